@@ -1,0 +1,170 @@
+"""Audio in and out, normalised once at the edge.
+
+Everything that comes in is turned into 16 kHz mono float32 in [-1, 1]; every
+module behind this one can rely on that. Everything that goes out is PCM16
+little-endian, wrapped as WAV, raw, or base64 in JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+
+import av
+import numpy as np
+
+from .errors import APIError
+
+SAMPLE_RATE = 16000
+
+# Content types that mean "raw PCM16 little-endian mono" rather than a container.
+RAW_PCM_TYPES = {"audio/pcm", "audio/l16", "audio/x-raw", "audio/raw", "audio/s16le"}
+
+
+def is_raw_pcm(content_type: str | None) -> bool:
+    return bool(content_type) and content_type.split(";")[0].strip().lower() in RAW_PCM_TYPES
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    if len(data) % 2:
+        raise APIError(400, "raw PCM16 audio must have an even number of bytes", "invalid_audio")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def float_to_pcm16(audio: np.ndarray) -> bytes:
+    clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    return (clipped * 32767.0).astype("<i2").tobytes()
+
+
+def resample(audio: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Linear-interpolation resampling; good enough for speech models at these rates."""
+    if src_rate == dst_rate or audio.size == 0:
+        return audio.astype(np.float32, copy=False)
+    n_out = int(round(audio.size * dst_rate / src_rate))
+    x_old = np.arange(audio.size, dtype=np.float64) / src_rate
+    x_new = np.arange(n_out, dtype=np.float64) / dst_rate
+    return np.interp(x_new, x_old, audio).astype(np.float32)
+
+
+def decode_raw_pcm(data: bytes, sample_rate: int | None = None) -> np.ndarray:
+    rate = sample_rate or SAMPLE_RATE
+    if not 4000 <= rate <= 192000:
+        raise APIError(400, f"sample_rate {rate} is out of range (4000-192000)", "invalid_sample_rate")
+    if not data:
+        raise APIError(400, "audio is empty", "empty_audio")
+    return resample(pcm16_to_float(data), rate)
+
+
+def decode_audio(
+    data: bytes,
+    content_type: str | None = None,
+    sample_rate: int | None = None,
+    max_seconds: float = 3 * 3600,
+) -> np.ndarray:
+    """Decode an upload to 16 kHz mono float32.
+
+    Raw PCM16 is taken when the content type says so; anything else goes through
+    PyAV (wav, flac, mp3, ogg/opus, webm, m4a, ...). Errors: empty -> 400,
+    not audio -> 415, a recognised but broken file -> 400.
+    """
+    if not data:
+        raise APIError(400, "audio is empty", "empty_audio")
+    if is_raw_pcm(content_type):
+        return decode_raw_pcm(data, sample_rate)
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.error.InvalidDataError, av.error.EOFError, av.error.ValueError, ValueError):
+        raise APIError(
+            415,
+            "unsupported or unrecognised audio format (send wav, flac, mp3, ogg/opus, webm or m4a, "
+            "or raw PCM16 with Content-Type audio/pcm)",
+            "unsupported_audio",
+        ) from None
+    except av.error.FFmpegError as exc:
+        raise APIError(400, f"could not read audio: {exc}", "invalid_audio") from None
+    with container:
+        streams = container.streams.audio
+        if not streams:
+            raise APIError(415, "the file holds no audio stream", "no_audio_stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        chunks: list[np.ndarray] = []
+        total = 0
+        limit = int(max_seconds * SAMPLE_RATE)
+        try:
+            for frame in container.decode(streams[0]):
+                for out in resampler.resample(frame):
+                    arr = out.to_ndarray().reshape(-1)
+                    chunks.append(arr)
+                    total += arr.size
+                if total > limit:
+                    raise APIError(
+                        413, f"audio is longer than {max_seconds:.0f} s", "audio_too_long"
+                    )
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except APIError:
+            raise
+        except (av.error.FFmpegError, ValueError) as exc:
+            if not chunks:
+                raise APIError(400, f"corrupt audio: {exc}", "corrupt_audio") from None
+            # A truncated file: keep what decoded, as ffmpeg itself does.
+    if not chunks:
+        raise APIError(400, "audio decodes to no samples", "empty_audio")
+    audio = np.concatenate(chunks).astype(np.float32, copy=False)
+    if audio.size == 0:
+        raise APIError(400, "audio decodes to no samples", "empty_audio")
+    return audio
+
+
+def wav_header(sample_rate: int, n_bytes: int | None = None, channels: int = 1) -> bytes:
+    """A PCM16 WAV header; with no length (streaming) the sizes are set to the maximum."""
+    data_len = 0xFFFFFFFF - 36 if n_bytes is None else n_bytes
+    byte_rate = sample_rate * channels * 2
+    return (
+        b"RIFF"
+        + struct.pack("<I", min(36 + data_len, 0xFFFFFFFF))
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, byte_rate, channels * 2, 16)
+        + b"data"
+        + struct.pack("<I", data_len)
+    )
+
+
+def wav_bytes(pcm16: bytes, sample_rate: int) -> bytes:
+    return wav_header(sample_rate, len(pcm16)) + pcm16
+
+
+def base64_audio(pcm16: bytes, sample_rate: int, fmt: str = "wav") -> dict:
+    """JSON payload for audio: WAV (default) or raw PCM16, base64-encoded."""
+    payload = wav_bytes(pcm16, sample_rate) if fmt == "wav" else pcm16
+    return {
+        "audio": base64.b64encode(payload).decode("ascii"),
+        "sample_rate": sample_rate,
+        "format": fmt,
+        "duration": round(len(pcm16) / 2 / sample_rate, 3),
+    }
+
+
+def encode_audio(pcm16: bytes, sample_rate: int, fmt: str) -> bytes:
+    """Encode PCM16 mono to a compressed container (mp3, opus, flac, aac) with PyAV."""
+    codecs = {"mp3": ("mp3", "mp3"), "opus": ("ogg", "libopus"), "flac": ("flac", "flac"),
+              "aac": ("adts", "aac")}
+    if fmt not in codecs:
+        raise APIError(400, f"unsupported output format {fmt!r}", "unsupported_format")
+    container_fmt, codec = codecs[fmt]
+    out_rate = 48000 if codec == "libopus" else sample_rate
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container_fmt) as container:
+        stream = container.add_stream(codec, rate=out_rate)
+        stream.layout = "mono"
+        samples = np.frombuffer(pcm16, dtype="<i2").reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = sample_rate
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=out_rate)
+        for rframe in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(rframe):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buf.getvalue()

@@ -1,0 +1,136 @@
+"""One error shape for every service, the OpenAI one: ``{"error": {"message", "type", "code"}}``.
+
+HTTP errors use it as the response body; on a WebSocket the server sends
+``{"type": "error", "error": {...}}`` and then closes with 1008 (the client's
+fault) or 1011 (ours).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.websockets import WebSocket, WebSocketState
+
+log = logging.getLogger("rvchat.errors")
+
+# HTTP status -> OpenAI-style error type.
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+WS_POLICY = 1008  # client sent something we will not accept
+WS_SERVER_ERROR = 1011
+
+
+def error_type(status: int) -> str:
+    return _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+
+
+def error_body(message: str, status: int = 400, code: str | None = None, **extra: Any) -> dict:
+    body: dict[str, Any] = {"message": message, "type": error_type(status), "code": code}
+    body.update(extra)
+    return {"error": body}
+
+
+class APIError(Exception):
+    """Raise anywhere in a request to answer with the shared error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = headers
+        self.param = param
+
+    def body(self) -> dict:
+        extra = {"param": self.param} if self.param else {}
+        return error_body(self.message, self.status, self.code, **extra)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    parts = []
+    param = None
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        where = ".".join(loc) or "request"
+        param = param or (loc[0] if loc else None)
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return APIError(422, message, "validation_error", param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint"
+        return JSONResponse(
+            error_body(message, exc.status_code, code=None),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal server error", 500, "internal_error"), status_code=500
+        )
+
+
+async def ws_error(
+    ws: WebSocket, message: str, code: str | None = None, close_code: int = WS_POLICY
+) -> None:
+    """Tell a WebSocket client what went wrong, then close the connection."""
+    status = 400 if close_code == WS_POLICY else 500
+    payload = {"type": "error", **error_body(message, status, code)}
+    try:
+        if ws.client_state == WebSocketState.CONNECTED:
+            await ws.send_json(payload)
+            await ws.close(code=close_code, reason=message[:120])
+    except Exception:  # the client may already be gone; nothing more to tell it
+        pass
+
+
+async def ws_event_error(ws: WebSocket, message: str, code: str | None = None) -> None:
+    """Report a recoverable problem on a WebSocket without closing it."""
+    await ws.send_json({"type": "error", **error_body(message, 400, code)})

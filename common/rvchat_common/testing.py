@@ -1,0 +1,123 @@
+"""Helpers for tests and benchmarks: run a service as a real process, score transcripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+SPEECH_DIR = REPO / "tests" / "data" / "speech"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """``python -m <module>`` on a free port, waited on until ``/readyz`` says ready.
+
+    Output goes to a log file whose tail is shown when the service fails to start.
+    """
+
+    def __init__(self, module: str, env_prefix: str, env: dict[str, str] | None = None,
+                 port: int | None = None, ready_timeout: float = 180.0) -> None:
+        self.module = module
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.ready_timeout = ready_timeout
+        self.env = {**os.environ, f"{env_prefix}HOST": "127.0.0.1", f"{env_prefix}PORT": str(self.port),
+                    f"{env_prefix}LOG_JSON": "false", **(env or {})}
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{module}-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_ready: bool = True) -> "ServiceProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, cwd=REPO,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        if wait_ready:
+            self.wait("/readyz", self.ready_timeout)
+        else:
+            self.wait("/healthz", 60)
+        return self
+
+    def wait(self, path: str = "/readyz", timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.module} not answering {path} after {timeout} s:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def __enter__(self) -> "ServiceProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def speech_manifest() -> list[dict]:
+    with open(SPEECH_DIR / "manifest.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def speech_sample(name: str) -> Path:
+    return SPEECH_DIR / name
+
+
+_FILLERS = {"uh", "um", "ah", "er", "hmm", "mm"}
+
+
+def normalise(text: str) -> list[str]:
+    """Lower-case words without punctuation or fillers, for WER."""
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    return [w.strip("'") for w in text.split() if w.strip("'") and w not in _FILLERS]
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: word-level edit distance over reference length."""
+    ref, hyp = normalise(reference), normalise(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / len(ref)

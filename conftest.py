@@ -1,0 +1,48 @@
+"""Fixtures shared by every test folder: the services as real processes, started once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from rvchat_common.testing import ServiceProcess
+
+# Model threads: leave a core for the test process itself on a 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+_SERVICES = {
+    "vad": ("rvchat_vad", "VAD_", {}),
+    "stt": ("rvchat_stt", "STT_", {}),
+    "tts": ("rvchat_tts", "TTS_", {}),
+    "llm": ("rvchat_llm", "LLM_", {"LLM_PROVIDER": "local"}),
+}
+
+
+def _service(name: str):
+    module, prefix, env = _SERVICES[name]
+    proc = ServiceProcess(module, prefix, env).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def vad_service():
+    yield from _service("vad")
+
+
+@pytest.fixture(scope="session")
+def stt_service():
+    yield from _service("stt")
+
+
+@pytest.fixture(scope="session")
+def tts_service():
+    yield from _service("tts")
+
+
+@pytest.fixture(scope="session")
+def llm_service():
+    yield from _service("llm")
