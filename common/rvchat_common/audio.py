@@ -74,7 +74,7 @@ def decode_audio(
         return decode_raw_pcm(data, sample_rate)
     try:
         container = av.open(io.BytesIO(data), mode="r")
-    except (av.error.InvalidDataError, av.error.EOFError, av.error.ValueError, ValueError):
+    except (av.error.InvalidDataError, av.error.EOFError, ValueError):
         raise APIError(
             415,
             "unsupported or unrecognised audio format (send wav, flac, mp3, ogg/opus, webm or m4a, "

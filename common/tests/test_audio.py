@@ -1,0 +1,100 @@
+import base64
+import io
+import wave
+
+import numpy as np
+import pytest
+
+from rvchat_common import audio
+from rvchat_common.errors import APIError
+
+from .conftest import FORMATS, SAMPLE
+
+
+def _energy(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x**2)))
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_decodes_every_format_to_16k_mono(audio_files, fmt):
+    ref = audio.decode_audio(SAMPLE.read_bytes())
+    out = audio.decode_audio(audio_files[fmt].read_bytes())
+    assert out.dtype == np.float32 and out.ndim == 1
+    # Same duration within codec padding (encoders add up to ~50 ms of priming).
+    assert abs(out.size - ref.size) / audio.SAMPLE_RATE < 0.08
+    # Same loudness: the signal survived resampling and downmixing.
+    assert _energy(out) == pytest.approx(_energy(ref), rel=0.25)
+    assert np.abs(out).max() <= 1.0
+
+
+def test_wav_decode_is_sample_exact():
+    with wave.open(str(SAMPLE)) as w:
+        raw = w.readframes(w.getnframes())
+    out = audio.decode_audio(SAMPLE.read_bytes())
+    assert np.allclose(out, audio.pcm16_to_float(raw), atol=1e-4)
+
+
+def test_raw_pcm_is_resampled_from_its_rate():
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(48000) / 48000)).astype(np.float32)
+    out = audio.decode_audio(audio.float_to_pcm16(tone), content_type="audio/pcm", sample_rate=48000)
+    assert out.size == 16000
+    # The tone is still 440 Hz after resampling.
+    spectrum = np.abs(np.fft.rfft(out))
+    assert abs(np.argmax(spectrum) * 16000 / out.size - 440) < 2
+
+
+@pytest.mark.parametrize(
+    "data,ctype,rate,status,code",
+    [
+        (b"", None, None, 400, "empty_audio"),
+        (b"this is plainly not audio at all" * 20, None, None, 415, "unsupported_audio"),
+        (b"\x00\x01\x02", "audio/pcm", 16000, 400, "invalid_audio"),
+        (b"\x00\x01", "audio/pcm", 100, 400, "invalid_sample_rate"),
+    ],
+)
+def test_bad_audio_is_a_clear_4xx(data, ctype, rate, status, code):
+    with pytest.raises(APIError) as err:
+        audio.decode_audio(data, content_type=ctype, sample_rate=rate)
+    assert err.value.status == status and err.value.code == code
+
+
+def test_truncated_file_keeps_what_decodes_or_says_corrupt(audio_files):
+    data = audio_files["mp3"].read_bytes()
+    out = audio.decode_audio(data[: len(data) // 2])
+    assert 0.5 < out.size / audio.SAMPLE_RATE < 1.5
+    with pytest.raises(APIError) as err:
+        audio.decode_audio(SAMPLE.read_bytes()[:30])  # a WAV header cut short
+    assert 400 <= err.value.status < 500
+
+
+def test_too_long_audio_is_413():
+    pcm = audio.float_to_pcm16(np.zeros(16000 * 3, dtype=np.float32))
+    with pytest.raises(APIError) as err:
+        audio.decode_audio(audio.wav_bytes(pcm, 16000), max_seconds=1)
+    assert err.value.status == 413
+
+
+def test_wav_and_base64_round_trip():
+    pcm = audio.float_to_pcm16(np.linspace(-1, 1, 2205, dtype=np.float32))
+    wav = audio.wav_bytes(pcm, 22050)
+    with wave.open(io.BytesIO(wav)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (22050, 1, 2)
+        assert w.readframes(w.getnframes()) == pcm
+    payload = audio.base64_audio(pcm, 22050)
+    assert base64.b64decode(payload["audio"]) == wav
+    assert payload["duration"] == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "flac", "aac"])
+def test_encode_compressed_formats_decode_back(fmt):
+    tone = (0.3 * np.sin(2 * np.pi * 300 * np.arange(22050) / 22050)).astype(np.float32)
+    data = audio.encode_audio(audio.float_to_pcm16(tone), 22050, fmt)
+    back = audio.decode_audio(data)
+    assert abs(back.size / 16000 - 1.0) < 0.1
+    assert _energy(back) == pytest.approx(_energy(tone), rel=0.3)
+
+
+def test_streaming_wav_header_is_readable_by_decoders():
+    pcm = audio.float_to_pcm16(np.full(1600, 0.25, dtype=np.float32))
+    out = audio.decode_audio(audio.wav_header(16000) + pcm)
+    assert out.size == 1600
