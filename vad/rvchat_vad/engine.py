@@ -1,0 +1,119 @@
+"""Silero VAD behind a small class; the only module that imports silero_vad / onnxruntime.
+
+Two ONNX sessions, both loaded once and shared:
+
+- the streaming model (``silero_vad.onnx``), one 512-sample chunk (32 ms at 16 kHz) per call,
+  with a 64-sample context and a recurrent state that live in each :class:`SileroStream`,
+  so WebSocket clients share the session but never each other's state
+  (``InferenceSession.run`` is thread-safe in ONNX Runtime);
+- the sequence model (``silero_vad_16k_sequence.onnx``, same weights, bit-exact
+  probabilities) for whole files: one call per ~16 s instead of one per 32 ms.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from silero_vad import get_speech_timestamps_from_probs
+from silero_vad.sequence_vad import SileroVADSequence
+
+from rvchat_common.models import silero_vad_file
+
+log = logging.getLogger("rvchat.vad")
+
+SAMPLE_RATE = 16000
+CHUNK = 512  # samples per model call at 16 kHz
+CONTEXT = 64  # trailing samples of the previous chunk the v5/v6 model expects in front
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class SileroStream:
+    """One audio stream's recurrent state over the shared streaming session.
+
+    Mirrors ``silero_vad.utils_vad.OnnxWrapper.__call__`` for 16 kHz, batch 1, in numpy
+    (no torch tensors on the per-chunk path).
+    """
+
+    chunk_size = CHUNK
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+        self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._context = np.zeros((1, CONTEXT), dtype=np.float32)
+
+    def __call__(self, chunk: np.ndarray) -> float:
+        """Speech probability of one 512-sample float32 chunk."""
+        x = np.concatenate([self._context, chunk.reshape(1, CHUNK).astype(np.float32, copy=False)],
+                           axis=1)
+        out, self._state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})
+        self._context = x[:, -CONTEXT:]
+        return float(out[0, 0])
+
+
+class SileroEngine:
+    def __init__(self, model_path: str | None = None, threads: int = 1) -> None:
+        self.model_path = Path(model_path) if model_path else None
+        self.threads = threads
+        self._stream_session: ort.InferenceSession | None = None
+        self._sequence: SileroVADSequence | None = None
+        self._load_lock = threading.Lock()
+
+    def load(self) -> None:
+        with self._load_lock:
+            path = self.model_path or silero_vad_file(onnx=True)
+            self._stream_session = _session(path, self.threads)
+            if self.model_path is None:
+                seq_path = path.with_name("silero_vad_16k_sequence.onnx")
+                if seq_path.is_file():
+                    self._sequence = SileroVADSequence(str(seq_path), sampling_rate=SAMPLE_RATE)
+            # First calls allocate ONNX Runtime buffers; pay that now, not on a user's first chunk.
+            stream = self.new_stream()
+            for _ in range(3):
+                stream(np.zeros(CHUNK, dtype=np.float32))
+            self.probabilities(np.zeros(SAMPLE_RATE, dtype=np.float32))
+            log.info("Silero VAD loaded from %s (sequence model: %s, %d thread(s))",
+                     path, "yes" if self._sequence else "no", self.threads)
+
+    def new_stream(self) -> SileroStream:
+        if self._stream_session is None:
+            raise RuntimeError("VAD model is not loaded")
+        return SileroStream(self._stream_session)
+
+    def probabilities(self, audio: np.ndarray) -> np.ndarray:
+        """Per-chunk speech probabilities of 16 kHz mono float32 audio (last chunk zero-padded)."""
+        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        if self._sequence is not None:
+            return self._sequence.audio_forward(audio, sampling_rate=SAMPLE_RATE)
+        stream = self.new_stream()
+        n = -(-audio.size // CHUNK)
+        padded = np.zeros(n * CHUNK, dtype=np.float32)
+        padded[: audio.size] = audio
+        return np.array([stream(padded[i * CHUNK:(i + 1) * CHUNK]) for i in range(n)],
+                        dtype=np.float32)
+
+    def detect(self, audio: np.ndarray, threshold: float = 0.5, min_speech_ms: int = 250,
+               min_silence_ms: int = 100, speech_pad_ms: int = 30) -> list[tuple[float, float]]:
+        """Speech segments (start, end) in seconds, by Silero's own get_speech_timestamps logic."""
+        if audio.size == 0:
+            return []
+        probs = self.probabilities(audio)
+        stamps = get_speech_timestamps_from_probs(
+            probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=threshold,
+            min_speech_duration_ms=min_speech_ms, min_silence_duration_ms=min_silence_ms,
+            speech_pad_ms=speech_pad_ms, audio_length_samples=int(audio.size),
+        )
+        return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]

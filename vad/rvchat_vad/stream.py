@@ -1,0 +1,219 @@
+"""Streaming turn detection: PCM16 frames of any size in, speech_start / speech_end events out.
+
+Pure logic (no model library): the model is any callable taking one 512-sample chunk
+and returning a speech probability, so tests can drive the state machine with fakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+NEG_THRESHOLD_GAP = 0.15  # Silero's hysteresis: once in speech, stay there until p < threshold - 0.15
+
+
+class ChunkModel(Protocol):
+    chunk_size: int
+
+    def __call__(self, chunk: np.ndarray) -> float: ...
+
+    def reset(self) -> None: ...
+
+
+class StreamResampler:
+    """Linear-interpolation resampler that stays continuous across frame boundaries.
+
+    Resampling each frame on its own would restart the interpolation grid at every frame
+    and drift the stream clock; this one carries the last input sample and the fractional
+    read position over to the next frame.
+    """
+
+    def __init__(self, src_rate: int, dst_rate: int = SAMPLE_RATE) -> None:
+        self.src_rate = src_rate
+        self.dst_rate = dst_rate
+        self.step = src_rate / dst_rate
+        self._tail = np.zeros(0, dtype=np.float32)
+        self._pos = 0.0  # read position of the next output sample, in samples of _tail + next input
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.src_rate == self.dst_rate:
+            return x
+        buf = np.concatenate([self._tail, x]) if self._tail.size else x
+        last = buf.size - 1
+        if last < self._pos:
+            self._tail, self._pos = buf, self._pos
+            return np.zeros(0, dtype=np.float32)
+        n = int(np.floor((last - self._pos) / self.step)) + 1
+        positions = self._pos + self.step * np.arange(n)
+        out = np.interp(positions, np.arange(buf.size), buf).astype(np.float32)
+        next_pos = positions[-1] + self.step
+        keep = int(np.floor(next_pos))  # first input sample the next output still needs
+        keep = min(keep, last)
+        self._tail = buf[keep:].copy()
+        self._pos = next_pos - keep
+        return out
+
+
+@dataclass
+class TurnConfig:
+    threshold: float = 0.5
+    min_speech_ms: int = 250
+    min_silence_ms: int = 500
+    speech_pad_ms: int = 30
+
+    @property
+    def neg_threshold(self) -> float:
+        return max(self.threshold - NEG_THRESHOLD_GAP, 0.01)
+
+
+class TurnDetector:
+    """quiet -> starting -> speaking -> stopping -> quiet, with start and stop hold times.
+
+    - quiet: p >= threshold opens a candidate at this chunk's start.
+    - starting: needs ``min_speech_ms`` of speech (p staying >= neg threshold) before
+      ``speech_start`` is sent, stamped with the candidate's start (not the hold's end);
+      a drop below the neg threshold first (a cough, a click) goes back to quiet silently.
+    - speaking: p < neg threshold starts a possible end at this chunk's start.
+    - stopping: p >= threshold resumes speaking (a pause); ``min_silence_ms`` of silence
+      sends ``speech_end`` at once, stamped with where the silence began.
+    Times are seconds of stream audio at 16 kHz; padding is added as in Silero's timestamps.
+    """
+
+    def __init__(self, config: TurnConfig, chunk_seconds: float) -> None:
+        self.config = config
+        self.chunk_seconds = chunk_seconds
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = "quiet"
+        self._start = 0.0  # where the current (candidate) speech began, unpadded
+        self._silence_start = 0.0
+        self._last_end = 0.0  # padded end of the previous turn: the next start never precedes it
+
+    def _padded_start(self) -> float:
+        return max(self._start - self.config.speech_pad_ms / 1000, self._last_end, 0.0)
+
+    def step(self, t: float, p: float) -> list[dict]:
+        """Feed the probability of the chunk starting at stream time ``t``."""
+        cfg = self.config
+        end_of_chunk = t + self.chunk_seconds
+        events: list[dict] = []
+        if self.state == "quiet":
+            if p >= cfg.threshold:
+                self._start = t
+                self.state = "starting"
+            else:
+                return events
+        if self.state == "starting":
+            if p < cfg.neg_threshold:
+                self.state = "quiet"
+            elif end_of_chunk - self._start >= cfg.min_speech_ms / 1000 - 1e-9:
+                self.state = "speaking"
+                events.append({"type": "speech_start", "timestamp": round(self._padded_start(), 3)})
+            return events
+        if self.state == "speaking":
+            if p < cfg.neg_threshold:
+                self._silence_start = t
+                self.state = "stopping"
+            else:
+                return events
+        if self.state == "stopping":
+            if p >= cfg.threshold:
+                self.state = "speaking"
+            elif end_of_chunk - self._silence_start >= cfg.min_silence_ms / 1000 - 1e-9:
+                events.append(self._end(min(self._silence_start + cfg.speech_pad_ms / 1000,
+                                            end_of_chunk)))
+        return events
+
+    def _end(self, end: float) -> dict:
+        start = self._padded_start()
+        self.state = "quiet"
+        self._last_end = end
+        return {"type": "speech_end", "timestamp": round(end, 3), "start": round(start, 3),
+                "duration": round(end - start, 3)}
+
+    def flush(self, now: float) -> list[dict]:
+        """End of stream: close an open turn (a candidate that never started is dropped)."""
+        if self.state == "speaking":
+            return [self._end(now)]
+        if self.state == "stopping":
+            return [self._end(min(self._silence_start + self.config.speech_pad_ms / 1000, now))]
+        self.state = "quiet"
+        return []
+
+
+class VadStream:
+    """One WebSocket's stream: resample to 16 kHz, cut into model chunks, run the detector."""
+
+    def __init__(self, model: ChunkModel, config: TurnConfig, sample_rate: int = SAMPLE_RATE,
+                 probabilities: bool = False,
+                 on_chunk: Callable[[float], None] | None = None) -> None:
+        self.model = model
+        self.chunk = model.chunk_size
+        self.config = config
+        self.probabilities = probabilities
+        self.on_chunk = on_chunk
+        self.detector = TurnDetector(config, self.chunk / SAMPLE_RATE)
+        self.set_sample_rate(sample_rate)
+        self.reset()
+
+    def set_sample_rate(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.resampler = StreamResampler(sample_rate)
+
+    def reset(self) -> None:
+        self.model.reset()
+        self.detector.reset()
+        self.resampler = StreamResampler(self.sample_rate)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self.samples = 0  # 16 kHz samples fed to the model so far: the stream clock
+
+    @property
+    def time(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+    def pending_chunks(self, n_bytes: int) -> int:
+        """How many model calls a frame of ``n_bytes`` will cause (to decide where to run it)."""
+        incoming = n_bytes // 2 * SAMPLE_RATE / self.sample_rate
+        return int((self._pending.size + incoming) // self.chunk)
+
+    def feed(self, pcm16: bytes) -> list[dict]:
+        """Process a PCM16 frame (even length, checked by the caller); return the events."""
+        audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+        audio = self.resampler(audio)
+        buf = np.concatenate([self._pending, audio]) if self._pending.size else audio
+        n = buf.size // self.chunk
+        events: list[dict] = []
+        for i in range(n):
+            events += self._run(buf[i * self.chunk:(i + 1) * self.chunk])
+        self._pending = buf[n * self.chunk:].copy()
+        return events
+
+    def _run(self, chunk: np.ndarray) -> list[dict]:
+        t = self.time
+        p = self.model(chunk)
+        self.samples += self.chunk
+        if self.on_chunk:
+            self.on_chunk(p)
+        events = [{"type": "probability", "timestamp": round(t, 3),
+                   "probability": round(p, 4)}] if self.probabilities else []
+        return events + self.detector.step(t, p)
+
+    def flush(self) -> list[dict]:
+        """End of stream: run the buffered remainder (zero-padded), close any open turn, start over."""
+        events: list[dict] = []
+        if self._pending.size:
+            real = self._pending.size
+            chunk = np.zeros(self.chunk, dtype=np.float32)
+            chunk[:real] = self._pending
+            self._pending = np.zeros(0, dtype=np.float32)
+            events += self._run(chunk)
+            self.samples -= self.chunk - real  # the padding is not stream time
+        now = self.time
+        events += self.detector.flush(now)
+        events.append({"type": "flushed", "timestamp": round(now, 3)})
+        self.reset()
+        return events
