@@ -46,3 +46,18 @@ def tts_service():
 @pytest.fixture(scope="session")
 def llm_service():
     yield from _service("llm")
+
+
+@pytest.fixture(scope="session")
+def app_service(vad_service, stt_service, tts_service, llm_service, tmp_path_factory):
+    """main_app wired to the four service processes, with its own SQLite file."""
+    env = {
+        "APP_VAD_URL": vad_service.url, "APP_STT_URL": stt_service.url,
+        "APP_TTS_URL": tts_service.url, "APP_LLM_URL": llm_service.url,
+        "APP_DB_PATH": str(tmp_path_factory.mktemp("app") / "history.sqlite3"),
+    }
+    proc = ServiceProcess("rvchat_app", "APP_", env).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

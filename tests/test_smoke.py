@@ -3,18 +3,6 @@
 import httpx
 import pytest
 
-from rvchat_common.testing import ServiceProcess
-
-
-@pytest.fixture(scope="module")
-def app_service(vad_service, stt_service, tts_service, llm_service, tmp_path_factory):
-    env = {
-        "APP_VAD_URL": vad_service.url, "APP_STT_URL": stt_service.url,
-        "APP_TTS_URL": tts_service.url, "APP_LLM_URL": llm_service.url,
-        "APP_DB_PATH": str(tmp_path_factory.mktemp("smoke") / "history.sqlite3"),
-    }
-    with ServiceProcess("rvchat_app", "APP_", env) as proc:
-        yield proc
 
 
 @pytest.mark.parametrize("name", ["vad", "stt", "tts", "llm", "app"])
