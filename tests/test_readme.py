@@ -44,6 +44,5 @@ def test_curl_example_works(request, command, tmp_path):
     body, _, status = out.stdout.rpartition(b"\n")
     assert out.returncode == 0, out.stderr.decode()
     assert status.decode().startswith("2"), f"{status.decode()}: {body[:500]!r}"
-    saved = [tmp_path / a for a in args if (tmp_path / a).exists()]
     assert body.strip() or any(p.stat().st_size > 0 for p in tmp_path.iterdir()), "empty response"
     assert proc.alive()
