@@ -1,0 +1,162 @@
+"""The streaming logic on its own: turn state machine, chunking, resampling (fake model, no ONNX)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rvchat_common.audio import float_to_pcm16, resample
+from rvchat_vad.stream import StreamResampler, TurnConfig, TurnDetector, VadStream
+
+CHUNK_S = 512 / 16000
+
+
+def run(probs: list[float], **cfg) -> list[tuple[int, dict]]:
+    """Feed one probability per 32 ms chunk; return (chunk index when emitted, event)."""
+    det = TurnDetector(TurnConfig(**cfg), CHUNK_S)
+    out = []
+    for i, p in enumerate(probs):
+        out += [(i, e) for e in det.step(i * CHUNK_S, p)]
+    return out
+
+
+def chunks(ms: float) -> int:
+    return int(round(ms / 1000 / CHUNK_S))
+
+
+def test_speech_start_after_hold_but_stamped_at_onset():
+    probs = [0.0] * 10 + [0.9] * 30 + [0.0] * 40
+    events = run(probs, min_speech_ms=250, min_silence_ms=500, speech_pad_ms=30)
+    (i_start, start), (i_end, end) = events
+    assert start["type"] == "speech_start" and end["type"] == "speech_end"
+    # Sent once 250 ms of speech are in (8 chunks = 256 ms), stamped where speech began minus pad.
+    assert i_start == 10 + 7
+    assert start["timestamp"] == pytest.approx(10 * CHUNK_S - 0.03, abs=1e-3)
+    # Sent as soon as 500 ms of silence have passed (16 chunks), stamped where silence began plus pad.
+    assert i_end == 40 + 15
+    assert end["timestamp"] == pytest.approx(40 * CHUNK_S + 0.03, abs=1e-3)
+    assert end["start"] == start["timestamp"]
+    assert end["duration"] == pytest.approx(end["timestamp"] - end["start"], abs=1e-3)
+
+
+def test_cough_shorter_than_min_speech_starts_nothing():
+    probs = [0.0] * 10 + [0.95] * chunks(150) + [0.0] * 50
+    assert run(probs, min_speech_ms=250) == []
+
+
+def test_pause_shorter_than_min_silence_does_not_end_turn():
+    probs = [0.9] * 20 + [0.05] * chunks(300) + [0.9] * 20 + [0.0] * 30
+    events = run(probs, min_silence_ms=500)
+    assert [e["type"] for _, e in events] == ["speech_start", "speech_end"]
+
+
+def test_hysteresis_between_neg_threshold_and_threshold():
+    # 0.4 is below threshold 0.5 but above neg threshold 0.35: it neither starts speech...
+    assert run([0.4] * 100) == []
+    # ...nor ends it once started.
+    events = run([0.9] * 10 + [0.4] * 60 + [0.0] * 20, min_silence_ms=300)
+    (_, start), (i_end, end) = events
+    assert end["timestamp"] == pytest.approx(70 * CHUNK_S + 0.03, abs=1e-3)
+
+
+def test_silence_with_dips_above_neg_threshold_still_counts_as_silence():
+    # Silero resets the silence timer only on p >= threshold, so 0.4 during a stop keeps it running.
+    probs = [0.9] * 20 + [0.1, 0.4] * 10 + [0.0] * 10
+    events = run(probs, min_silence_ms=500)
+    assert [e["type"] for _, e in events] == ["speech_start", "speech_end"]
+    assert events[1][0] == 20 + 15
+
+
+def test_min_speech_zero_starts_on_first_speech_chunk():
+    events = run([0.0, 0.0, 0.8, 0.8, 0.0], min_speech_ms=0, speech_pad_ms=0)
+    assert events[0] == (2, {"type": "speech_start", "timestamp": round(2 * CHUNK_S, 3)})
+
+
+def test_next_turn_start_never_precedes_previous_end():
+    probs = [0.9] * 20 + [0.0] * 16 + [0.9] * 20 + [0.0] * 20
+    events = [e for _, e in run(probs, min_silence_ms=500, speech_pad_ms=400)]
+    assert [e["type"] for e in events] == ["speech_start", "speech_end"] * 2
+    assert events[2]["timestamp"] >= events[1]["timestamp"]
+
+
+def test_flush_closes_open_turn_and_drops_unstarted_candidate():
+    det = TurnDetector(TurnConfig(min_speech_ms=250), CHUNK_S)
+    for i in range(20):
+        det.step(i * CHUNK_S, 0.9)
+    (end,) = det.flush(20 * CHUNK_S)
+    assert end["type"] == "speech_end" and end["timestamp"] == pytest.approx(20 * CHUNK_S, abs=1e-3)
+    det.reset()
+    det.step(0.0, 0.9)  # a 32 ms candidate, never started
+    assert det.flush(CHUNK_S) == []
+
+
+class EnergyModel:
+    """A stand-in for Silero: loud chunks are speech. Records what it was fed."""
+
+    chunk_size = 512
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.resets = 0
+
+    def __call__(self, chunk: np.ndarray) -> float:
+        assert chunk.shape == (512,)
+        self.calls += 1
+        return 0.95 if np.abs(chunk).mean() > 0.05 else 0.01
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def _signal() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    quiet = np.zeros(16000, dtype=np.float32)
+    loud = rng.uniform(-0.5, 0.5, 16000).astype(np.float32)
+    return np.concatenate([quiet, loud, quiet, quiet])
+
+
+@pytest.mark.parametrize("frame_bytes", [2, 640, 1024, 1026, 4098, 70000])
+def test_frame_size_does_not_change_events(frame_bytes):
+    pcm = float_to_pcm16(_signal())
+    reference = VadStream(EnergyModel(), TurnConfig())
+    expected = reference.feed(pcm) + reference.flush()
+    stream = VadStream(EnergyModel(), TurnConfig())
+    events = []
+    for i in range(0, len(pcm), frame_bytes):
+        events += stream.feed(pcm[i:i + frame_bytes])
+    events += stream.flush()
+    assert events == expected
+    types = [e["type"] for e in events]
+    assert types == ["speech_start", "speech_end", "flushed"]
+    assert events[0]["timestamp"] == pytest.approx(1.0 - 0.03, abs=0.04)
+    assert events[1]["timestamp"] == pytest.approx(2.0 + 0.03, abs=0.04)
+    assert events[2]["timestamp"] == pytest.approx(4.0, abs=1e-3)
+
+
+def test_probabilities_and_reset():
+    model = EnergyModel()
+    stream = VadStream(model, TurnConfig(), probabilities=True)
+    events = stream.feed(float_to_pcm16(np.zeros(512 * 3, dtype=np.float32)))
+    assert [e["timestamp"] for e in events] == [0.0, 0.032, 0.064]
+    assert all(e["type"] == "probability" and 0 <= e["probability"] <= 1 for e in events)
+    resets = model.resets
+    stream.reset()
+    assert stream.time == 0 and model.resets == resets + 1
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_stream_resampler_matches_one_shot_resample(rate):
+    t = np.arange(rate * 2) / rate
+    x = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    rs = StreamResampler(rate)
+    rng = np.random.default_rng(2)
+    out, i = [], 0
+    while i < x.size:
+        n = int(rng.integers(1, 2000))
+        out.append(rs(x[i:i + n]))
+        i += n
+    y = np.concatenate(out)
+    ref = resample(x, rate)
+    assert abs(y.size - ref.size) <= 1
+    n = min(y.size, ref.size)
+    assert np.max(np.abs(y[:n] - ref[:n])) < 1e-3
