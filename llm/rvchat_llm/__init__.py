@@ -1,0 +1,2 @@
+"""LLM service: one API (/generate, /v1/chat/completions, /ws) in front of Ollama, any
+OpenAI-compatible server, or an embedded GGUF model."""

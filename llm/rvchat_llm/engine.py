@@ -1,0 +1,247 @@
+"""The provider-neutral part of generation: defaults, history trimming, timeouts, retries, timings.
+
+Routes talk only to :class:`LLMEngine`; it picks the provider module named by the
+settings (the only modules that import ollama, openai or llama_cpp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from rvchat_common.errors import APIError
+from rvchat_common.inference import InferenceQueue
+
+from .providers.base import ChatOptions, Delta, Final, Provider, UpstreamError
+from .settings import Settings
+
+log = logging.getLogger("rvchat.llm")
+
+# Template framing per message (role markers, newlines) on top of the content's tokens.
+_FRAMING = 6
+
+
+def make_provider(settings: Settings, queue: InferenceQueue) -> Provider:
+    if settings.provider == "ollama":
+        from .providers.ollama import OllamaProvider
+
+        return OllamaProvider(settings)
+    if settings.provider == "openai":
+        from .providers.openai_compat import OpenAIProvider
+
+        return OpenAIProvider(settings)
+    from .providers.local import LocalProvider
+
+    return LocalProvider(settings, queue)
+
+
+@dataclass
+class Request:
+    messages: list[dict[str, str]]
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    model: str | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    default_system: bool = True  # /generate and /ws add the configured system prompt; /v1 does not
+
+
+@dataclass
+class Done:
+    """What a finished generation reports."""
+
+    id: str
+    content: str
+    finish_reason: str
+    model: str
+    provider: str
+    usage: dict[str, int]
+    timings: dict[str, float | None]
+    dropped_messages: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def message(self) -> dict[str, str]:
+        return {"role": "assistant", "content": self.content}
+
+
+class LLMEngine:
+    def __init__(self, settings: Settings, provider: Provider | None = None) -> None:
+        self.settings = settings
+        self.queue = InferenceQueue(settings.max_queue)
+        self.provider = provider or make_provider(settings, self.queue)
+
+    # Lifecycle: load() runs in a thread at start-up (build_app); start/close on the loop.
+    def load(self) -> None:
+        self.provider.load()
+
+    async def start(self) -> None:
+        await self.provider.start()
+
+    async def close(self) -> None:
+        await self.provider.close()
+
+    async def ready(self) -> str | None:
+        return await self.provider.ready()
+
+    @property
+    def provider_name(self) -> str:
+        return self.provider.name
+
+    @property
+    def model(self) -> str:
+        return self.provider.default_model
+
+    def model_for(self, requested: str | None) -> str:
+        # One embedded model: any name is served by it (clients often send 'gpt-4o-mini').
+        if self.provider.name == "local" or not requested:
+            return self.provider.default_model
+        return requested
+
+    # --- conversation hygiene ------------------------------------------------------
+    def prepare(self, req: Request, max_tokens: int) -> tuple[list[dict[str, str]], int]:
+        """System prompt first, then as many of the newest turns as fit the context window.
+
+        Returns the messages and how many old ones were dropped. Blocking (tokenises); run
+        it in a thread.
+        """
+        messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+                    for m in req.messages]
+        if req.system is not None:
+            messages = [m for m in messages if m["role"] != "system"]
+            if req.system:
+                messages.insert(0, {"role": "system", "content": req.system})
+        elif req.default_system and self.settings.system_prompt \
+                and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": self.settings.system_prompt})
+
+        system = [m for m in messages if m["role"] == "system"]
+        turns = [m for m in messages if m["role"] != "system"]
+        count = getattr(self.provider, "text_tokens", None)
+
+        def cost(m: dict[str, str]) -> int:
+            return (count(m["content"]) if count else len(m["content"]) * 2 // 7) + _FRAMING
+
+        budget = self.provider.context_window - max_tokens - 16
+        used = sum(cost(m) for m in system)
+        kept: list[dict[str, str]] = []
+        # Newest first, stopping at the first turn that does not fit, so only what is kept
+        # gets tokenised (a hostile 500-message request costs no more than a fitting one).
+        for m in reversed(turns):
+            c = cost(m)
+            if used + c > budget and kept:
+                break
+            kept.append(m)
+            used += c
+        kept.reverse()
+        if used > budget:
+            raise APIError(400, f"the system prompt and last message need about {used} tokens, more than "
+                           f"the {self.provider.context_window}-token context window of '{self.model}' "
+                           f"leaves after max_tokens={max_tokens}; shorten them or lower max_tokens",
+                           "context_length_exceeded", param="messages")
+        dropped = len(turns) - len(kept)
+        if dropped:
+            log.info("trimmed %d old message(s) to fit the %d-token context", dropped,
+                     self.provider.context_window)
+        return system + kept, dropped
+
+    # --- generation ------------------------------------------------------------------
+    async def stream(self, req: Request) -> AsyncIterator[Delta | Done]:
+        """Deltas, then one Done. Raises APIError (before or during the stream).
+
+        Closing this iterator early (client gone, cancel) closes the provider's stream,
+        which stops generation upstream or in the worker thread.
+        """
+        s = self.settings
+        t0 = time.perf_counter()
+        max_tokens = min(req.max_tokens or s.max_tokens, s.max_tokens_limit)
+        messages, dropped = await asyncio.to_thread(self.prepare, req, max_tokens)
+        options = ChatOptions(model=self.model_for(req.model),
+                              temperature=s.default_temperature() if req.temperature is None else req.temperature,
+                              max_tokens=max_tokens, stop=req.stop, top_p=req.top_p, seed=req.seed)
+        gen_id = uuid.uuid4().hex[:16]
+        parts: list[str] = []
+        first_ms: float | None = None
+        attempt = 0
+        while True:
+            gen = self.provider.stream_chat(messages, options)
+            try:
+                while True:
+                    started = bool(parts)
+                    wait = s.token_timeout_s if started else s.first_token_timeout_s
+                    try:
+                        # asyncio.timeout, not wait_for: the generator must stay in this task
+                        # (httpx/anyio streams inside it dislike hopping between tasks).
+                        async with asyncio.timeout(wait):
+                            item = await anext(gen)
+                    except StopAsyncIteration:
+                        raise UpstreamError(502, f"{self.provider.name} ended the stream without finishing",
+                                            "upstream_incomplete") from None
+                    except asyncio.TimeoutError:
+                        what = "between tokens" if started else "for the first token"
+                        raise UpstreamError(504, f"{self._upstream()} sent nothing for {wait:g} s {what}; "
+                                            "gave up", "upstream_timeout") from None
+                    if isinstance(item, Delta):
+                        if first_ms is None:
+                            first_ms = (time.perf_counter() - t0) * 1000
+                        parts.append(item.content)
+                        yield item
+                        continue
+                    yield self._done(gen_id, parts, item, messages, options, dropped, first_ms, t0)
+                    return
+            except UpstreamError as exc:
+                # Retry only while nothing has been sent: a retry after a token would repeat output.
+                if parts or not exc.retryable or attempt >= s.retries:
+                    log.warning("generation failed after %d attempt(s): %s", attempt + 1, exc.message)
+                    raise
+                delay = s.retry_backoff_s * (2 ** attempt)
+                attempt += 1
+                log.info("upstream failed before the first token (%s); retry %d/%d in %.2f s",
+                         exc.message, attempt, s.retries, delay)
+                await asyncio.sleep(delay)
+            finally:
+                await gen.aclose()
+
+    def _upstream(self) -> str:
+        p = self.provider
+        where = getattr(p, "host", None) or getattr(p, "base_url", None)
+        return f"{p.name} at {where}" if where else f"the {p.name} model"
+
+    def _done(self, gen_id: str, parts: list[str], final: Final, messages: list[dict[str, str]],
+              options: ChatOptions, dropped: int, first_ms: float | None, t0: float) -> Done:
+        content = "".join(parts)
+        prompt = final.prompt_tokens
+        if prompt is None:
+            prompt = self.provider.count_tokens(messages)
+        completion = final.completion_tokens
+        if completion is None:
+            completion = len(parts)
+        total_ms = (time.perf_counter() - t0) * 1000
+        timings: dict[str, float | None] = {
+            "first_token_ms": round(first_ms, 1) if first_ms is not None else None,
+            "total_ms": round(total_ms, 1),
+        }
+        if first_ms is not None and completion > 1 and total_ms > first_ms:
+            timings["tokens_per_s"] = round((completion - 1) / ((total_ms - first_ms) / 1000), 1)
+        return Done(id=gen_id, content=content, finish_reason=final.finish_reason,
+                    model=final.model or options.model, provider=self.provider.name,
+                    usage={"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion},
+                    timings=timings, dropped_messages=dropped, extra=final.extra)
+
+    async def complete(self, req: Request) -> Done:
+        done: Done | None = None
+        stream = self.stream(req)
+        try:
+            async for item in stream:
+                if isinstance(item, Done):
+                    done = item
+        finally:
+            await stream.aclose()
+        assert done is not None
+        return done

@@ -1,0 +1,179 @@
+"""llama-cpp-python in this process, with the chat template stored in the GGUF file.
+
+Generation runs on a worker thread under the shared model lock; tokens reach the
+event loop through an asyncio queue. The thread checks a stop flag between tokens,
+so a cancel (client gone, WS ``cancel``, barge-in) ends generation within a token
+and frees the model. The model slot is held by a background task, not by the
+consumer, so a slow reader never keeps the model from other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from rvchat_common.inference import InferenceQueue
+from rvchat_common.models import gguf_model
+
+from ..settings import Settings
+from .base import ChatOptions, Delta, Final, StreamItem, UpstreamError
+
+log = logging.getLogger("rvchat.llm.local")
+
+# Used only when a GGUF carries no template of its own.
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% endif %}"
+)
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, settings: Settings, queue: InferenceQueue) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.path: Path = gguf_model(settings.gguf_path)
+        self.default_model = settings.model or self.path.name.removesuffix(".gguf")
+        self.context_window = settings.n_ctx
+        self._llm: llama_cpp.Llama | None = None
+        self._formatter: Jinja2ChatFormatter | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.template_source = "none"
+
+    # --- start-up ------------------------------------------------------------
+    def load(self) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=s.n_ctx, n_threads=s.n_threads,
+                              n_threads_batch=s.n_threads, verbose=False)
+        template = llm.metadata.get("tokenizer.chat_template")
+        self.template_source = "gguf" if template else "chatml-fallback"
+        eos_id, bos_id = llm.token_eos(), llm.token_bos()
+        eos = llm._model.token_get_text(eos_id) if eos_id != -1 else ""
+        bos = llm._model.token_get_text(bos_id) if bos_id != -1 else ""
+        # The same formatter llama-cpp-python builds from the GGUF metadata for
+        # create_chat_completion; built here so the prompt tokens are known exactly
+        # (usage, trimming) and the completion can stream through create_completion.
+        self._formatter = Jinja2ChatFormatter(template=template or CHATML, eos_token=eos,
+                                              bos_token=bos, stop_token_ids=[eos_id])
+        self._llm = llm
+        # One token now so the first user request does not pay for lazy allocations.
+        llm.create_completion(self._tokens([{"role": "user", "content": "Hi"}]), max_tokens=1,
+                              temperature=0.0)
+        log.info("loaded %s (n_ctx=%d, threads=%d, chat template from %s) in %.2f s",
+                 self.path.name, s.n_ctx, s.n_threads, self.template_source, time.perf_counter() - t0)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def ready(self) -> str | None:
+        return None if self._llm is not None else "local model not loaded"
+
+    # --- tokens ----------------------------------------------------------------
+    def render(self, messages: list[dict[str, str]]) -> str:
+        assert self._formatter is not None
+        return self._formatter(messages=messages).prompt
+
+    def _tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        assert self._llm is not None
+        # The template already writes any BOS it wants (added_special), as llama-cpp does.
+        return self._llm.tokenize(self.render(messages).encode("utf-8"), add_bos=False, special=True)
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self._tokens(messages))
+
+    def text_tokens(self, text: str) -> int:
+        assert self._llm is not None
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    # --- generation --------------------------------------------------------------
+    async def stream_chat(self, messages: list[dict[str, str]], options: ChatOptions) -> AsyncIterator[StreamItem]:
+        if self._llm is None:
+            raise UpstreamError(503, "local model is not loaded yet", "model_loading", retryable=False)
+        slot = self.queue.slot()  # 503 at once when too many are waiting
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+        task = asyncio.create_task(self._run(slot, messages, options, stop, loop, items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            while True:
+                item = await items.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Final):
+                    return
+        finally:
+            stop.set()  # the worker sees it before its next token and lets go of the model
+
+    async def _run(self, slot: Any, messages: list[dict[str, str]], options: ChatOptions,
+                   stop: threading.Event, loop: asyncio.AbstractEventLoop, items: asyncio.Queue) -> None:
+        try:
+            async with slot:
+                if stop.is_set():  # cancelled while queued
+                    return
+                await asyncio.to_thread(self._generate, messages, options, stop, loop, items)
+        except Exception as exc:
+            items.put_nowait(exc)
+
+    def _generate(self, messages: list[dict[str, str]], options: ChatOptions, stop: threading.Event,
+                  loop: asyncio.AbstractEventLoop, items: asyncio.Queue) -> None:
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # loop closed during shutdown
+                stop.set()
+
+        s = self.settings
+        llm = self._llm
+        assert llm is not None
+        with self.queue.thread_lock:
+            try:
+                prompt = self._tokens(messages)
+                room = s.n_ctx - len(prompt)
+                if room < 1:
+                    raise UpstreamError(400, f"the conversation ({len(prompt)} tokens) does not fit the "
+                                        f"model's {s.n_ctx}-token context", "context_length_exceeded")
+                stream = llm.create_completion(
+                    prompt, max_tokens=min(options.max_tokens, room), temperature=options.temperature,
+                    top_p=options.top_p if options.top_p is not None else s.top_p, top_k=s.top_k,
+                    min_p=s.min_p, repeat_penalty=s.repeat_penalty, stop=options.stop or None,
+                    seed=options.seed, stream=True)
+                text: list[str] = []
+                finish = "stop"
+                try:
+                    for chunk in stream:
+                        if stop.is_set():
+                            finish = "cancelled"
+                            break
+                        choice = chunk["choices"][0]
+                        if choice["text"]:
+                            text.append(choice["text"])
+                            put(Delta(choice["text"]))
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                finally:
+                    stream.close()  # ends llama's generator (and its KV bookkeeping) at once
+                completion = self.text_tokens("".join(text)) if text else 0
+                put(Final(finish, len(prompt), completion, options.model))
+            except UpstreamError as exc:
+                put(exc)
+            except Exception as exc:
+                log.exception("local generation failed")
+                put(UpstreamError(500, f"local model failed: {type(exc).__name__}: {exc}",
+                                  "generation_failed"))

