@@ -1,0 +1,9 @@
+"""``python -m rvchat_tts``: run the TTS service."""
+
+from rvchat_common.streaming import serve
+
+from .app import create_app
+from .settings import Settings
+
+if __name__ == "__main__":
+    serve(create_app, Settings())

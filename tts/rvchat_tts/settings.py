@@ -1,0 +1,59 @@
+"""TTS service settings (environment variables with the ``TTS_`` prefix)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from rvchat_common.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """Piper TTS service: voices, synthesis defaults, text limits and sentence splitting."""
+
+    model_config = SettingsConfigDict(env_prefix="TTS_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
+
+    port: int = Field(3003, description="TCP port to listen on.")
+    voice: str = Field(
+        "en_US-joe-medium", description="Default voice: the embedded 'en_US-joe-medium', a voice name "
+        "in voices_dir, or a path to a Piper .onnx file (its .onnx.json beside it).")
+    voices_dir: str | None = Field(
+        None, description="Folder of extra Piper voices (NAME.onnx + NAME.onnx.json); requests may "
+        "name any of them.")
+    voice_aliases: str = Field(
+        "", description="JSON object of extra or overriding aliases, e.g. "
+        '\'{"en_female": "en_US-amy-medium"}\'. Built-in aliases map to installed voices (see GET /voices).')
+    allow_voice_paths: bool = Field(
+        False, description="Let requests name a voice by .onnx file path (off: only installed names "
+        "and aliases, so clients cannot make the server open arbitrary files).")
+    voice_cache_size: int = Field(
+        3, ge=1, le=32, description="Voices kept loaded (least recently used ones are unloaded; the "
+        "default voice always stays).")
+    onnx_threads: int = Field(
+        0, ge=0, le=64, description="ONNX Runtime intra-op threads per voice (0: ONNX Runtime's default, "
+        "all cores).")
+    noise_scale: float | None = Field(
+        None, ge=0, le=2, description="Generator noise (voice default 0.667 when unset). 0 makes "
+        "output identical for identical input.")
+    noise_w: float | None = Field(
+        None, ge=0, le=2, description="Phoneme-duration noise (voice default 0.8 when unset). 0 makes "
+        "timing identical for identical input.")
+    sentence_silence_ms: int = Field(
+        0, ge=0, le=2000, description="Extra silence appended after each synthesised segment.")
+    max_text_chars: int = Field(
+        5000, ge=1, description="Longest text accepted by /synthesize and /v1/audio/speech; longer "
+        "gets 413. (Long text is split into sentences, never truncated.)")
+    first_clause_words: int = Field(
+        4, ge=0, description="Streaming: the first segment of a reply may end at a clause mark "
+        "(, ; : dash) once it has this many words, so audio starts sooner. 0 disables.")
+    min_segment_words: int = Field(
+        2, ge=1, description="Segments shorter than this are joined to the next one (except the last).")
+    max_segment_chars: int = Field(
+        300, ge=40, description="A segment with no sentence boundary is cut (at a clause mark or space) "
+        "after this many characters, bounding the wait for its audio.")
+    ws_max_pending_chars: int = Field(
+        20000, ge=100, description="WebSocket: most text that may wait to be spoken; more gets an "
+        "error event (the text is dropped, the connection stays open).")
+    max_ws_sessions: int = Field(
+        64, ge=1, description="Concurrent /ws sessions; more are refused with close code 1013.")

@@ -1,0 +1,115 @@
+"""From request text to audio: validation, splitting, cleaning, synthesis off the event loop.
+
+Shared by the HTTP routes and the WebSocket session so both follow the same
+rules (limits, voice fallback, sentence splitting, busy handling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from rvchat_common.errors import APIError
+from rvchat_common.inference import InferenceQueue
+from rvchat_common.text import SentenceSplitter, clean_for_speech
+
+from .settings import Settings
+from .voices import Resolved
+
+log = logging.getLogger("rvchat.tts")
+
+# How long a sentence of an already-started stream may wait for a busy model before giving up.
+_BUSY_WAIT_S = 120.0
+
+
+@dataclass
+class Segment:
+    text: str    # as written (shown to users)
+    speech: str  # what the voice reads
+
+
+class Speaker:
+    """The TTS pipeline around one engine: one model, used by one request at a time."""
+
+    def __init__(self, engine: Any, queue: InferenceQueue, settings: Settings, metrics: Any) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.settings = settings
+        self.metrics = metrics
+        self.first_audio = metrics.histogram(
+            "tts_first_audio_seconds", "Time from request to the first audio being ready", ["endpoint"])
+
+    # -- text --
+    def check_text(self, text: str) -> None:
+        if len(text) > self.settings.max_text_chars:
+            raise APIError(413, f"text is {len(text)} characters; the limit is "
+                           f"{self.settings.max_text_chars} (split it into several requests)",
+                           "text_too_long", param="text")
+        if not text.strip():
+            raise APIError(400, "text is empty", "empty_text", param="text")
+
+    def splitter(self, clause_first: bool) -> SentenceSplitter:
+        s = self.settings
+        return SentenceSplitter(first_clause_words=s.first_clause_words if clause_first else 0,
+                                min_words=s.min_segment_words, max_chars=s.max_segment_chars)
+
+    @staticmethod
+    def clean(raw: str) -> str:
+        return clean_for_speech(raw)
+
+    def segments(self, text: str, clause_first: bool = False) -> list[Segment]:
+        """Validated text as speakable segments; 400 when nothing speakable is left."""
+        self.check_text(text)
+        splitter = self.splitter(clause_first)
+        raw = splitter.push(text) + splitter.flush()
+        out = [Segment(r, c) for r in raw if (c := clean_for_speech(r))]
+        if not out:
+            raise APIError(400, "text has nothing to say once markup, code and symbols are removed",
+                           "empty_text", param="text")
+        return out
+
+    # -- voices --
+    def resolve(self, voice: str | None) -> Resolved:
+        return self.engine.catalog.resolve(voice)
+
+    async def prepare_voice(self, voice: str | None) -> tuple[str, bool]:
+        """(voice name to use, whether the request named an unknown voice); loads it off the loop."""
+        resolved = self.resolve(voice)
+        name = resolved.voice
+        if name != self.engine.catalog.default:
+            name = await self.queue.run(self.engine.ensure_voice, name)
+        return name, resolved.fallback
+
+    def sample_rate(self, voice: str) -> int:
+        return self.engine.sample_rate(voice)
+
+    # -- synthesis --
+    async def synth(self, text: str, voice: str, speed: float, cancel: Any = None,
+                    wait_when_busy: bool = False) -> bytes:
+        """PCM16 for one clean segment, in the model's worker thread.
+
+        ``wait_when_busy``: for a stream that has already started, a full queue means wait
+        (bounded) rather than fail, since a status code can no longer be sent.
+        """
+        deadline = time.monotonic() + _BUSY_WAIT_S
+        while True:
+            try:
+                with self.metrics.time_inference("synthesize"):
+                    return await self.queue.run(self.engine.synthesize, text, voice, speed, cancel)
+            except APIError as exc:
+                if not (wait_when_busy and exc.status == 503 and time.monotonic() < deadline):
+                    raise
+            await asyncio.sleep(0.05)
+
+    async def stream(self, segments: list[Segment], voice: str, speed: float, endpoint: str,
+                     cancel: Any) -> AsyncIterator[bytes]:
+        """PCM16 per segment, the first one as soon as it is ready."""
+        t0 = time.perf_counter()
+        for i, seg in enumerate(segments):
+            pcm = await self.synth(seg.speech, voice, speed, cancel, wait_when_busy=i > 0)
+            if i == 0:
+                self.first_audio.labels(endpoint).observe(time.perf_counter() - t0)
+            yield pcm
