@@ -1,0 +1,1 @@
+"""Speech-to-text service: faster-whisper behind REST, an OpenAI-compatible API and a WebSocket stream."""
