@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from rvchat_common.app import require_ready
-from rvchat_common.audio import base64_audio, encode_audio, float_to_pcm16, pcm16_to_float, resample, wav_header
+from rvchat_common.audio import base64_audio, float_to_pcm16, pcm16_to_float, resample, wav_header
 from rvchat_common.errors import APIError
 from rvchat_common.streaming import sse_event
 
+from .encoders import StreamEncoder
 from .schemas import SpeechRequest, SynthesizeRequest
 from .speech import Segment, Speaker
 
@@ -28,8 +29,6 @@ M = TypeVar("M", bound=BaseModel)
 OPENAI_PCM_RATE = 24000  # OpenAI documents pcm as 24 kHz, 16-bit signed, little-endian
 MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "mp3": "audio/mpeg", "opus": "audio/opus",
                "flac": "audio/flac", "aac": "audio/aac"}
-# Formats whose files can be cut per sentence and concatenated; opus (Ogg) and flac cannot.
-_CONCATENABLE = {"wav", "pcm", "mp3", "aac"}
 
 
 def _speaker(request: Request) -> Speaker:
@@ -68,7 +67,7 @@ def _voice_headers(voice: str, fallback: bool, sample_rate: int) -> dict[str, st
 async def _stream_response(
     speaker: Speaker, segments: list[Segment], voice: str, speed: float, endpoint: str,
     first_prefix: bytes, convert: Callable[[bytes], Awaitable[bytes]], media_type: str,
-    headers: dict[str, str], sse: bool = False,
+    headers: dict[str, str], sse: bool = False, finish: Callable[[], Awaitable[bytes]] | None = None,
 ) -> StreamingResponse:
     """Start streaming only once the first segment is synthesised, so its failure is a proper status."""
     cancel = speaker.engine.cancel_token()
@@ -88,6 +87,10 @@ async def _stream_response(
             async for pcm in chunks:
                 total += len(pcm)
                 yield _wrap(await convert(pcm), sse)
+            if finish is not None:
+                tail = await finish()
+                if tail:
+                    yield _wrap(tail, sse)
             if sse:
                 yield sse_event({"type": "speech.audio.done", "usage": {
                     "input_tokens": sum(len(s.text.split()) for s in segments), "output_tokens": 0,
@@ -175,22 +178,18 @@ async def openai_speech(request: Request) -> Response:
     headers = _voice_headers(voice, fallback, out_rate)
     sse = req.stream_format == "sse"
 
-    if fmt in _CONCATENABLE:
-        async def convert(pcm: bytes) -> bytes:
-            if fmt == "pcm":
-                return float_to_pcm16(resample(pcm16_to_float(pcm), rate, OPENAI_PCM_RATE))
-            if fmt in ("mp3", "aac"):
-                return await asyncio.to_thread(encode_audio, pcm, rate, fmt)
-            return pcm
+    encoder = StreamEncoder(fmt, rate) if fmt not in ("wav", "pcm") else None
 
-        prefix = wav_header(rate) if fmt == "wav" else b""
-        return await _stream_response(speaker, segments, voice, req.speed, "openai", prefix, convert,
-                                      MEDIA_TYPES[fmt], headers, sse=sse)
-    # Ogg/Opus and FLAC files cannot be concatenated: encode the whole text once.
-    pcm = await _synthesize_all(speaker, segments, voice, req.speed)
-    data = await asyncio.to_thread(encode_audio, pcm, rate, fmt)
-    if sse:
-        events = [_wrap(data, True), sse_event({"type": "speech.audio.done", "usage": {
-            "input_tokens": len(req.input.split()), "output_tokens": 0, "total_tokens": len(req.input.split())}})]
-        return Response("".join(events), media_type="text/event-stream", headers=headers)
-    return Response(data, media_type=MEDIA_TYPES[fmt], headers=headers)
+    async def convert(pcm: bytes) -> bytes:
+        if fmt == "pcm":
+            return float_to_pcm16(resample(pcm16_to_float(pcm), rate, OPENAI_PCM_RATE))
+        if encoder is not None:
+            return await asyncio.to_thread(encoder.encode, pcm)
+        return pcm
+
+    async def finish() -> bytes:
+        return await asyncio.to_thread(encoder.close) if encoder is not None else b""
+
+    prefix = wav_header(rate) if fmt == "wav" else b""
+    return await _stream_response(speaker, segments, voice, req.speed, "openai", prefix, convert,
+                                  MEDIA_TYPES[fmt], headers, sse=sse, finish=finish)

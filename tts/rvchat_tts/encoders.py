@@ -1,0 +1,88 @@
+"""Compressed audio encoded incrementally, so mp3/opus/flac/aac can stream sentence by sentence.
+
+``rvchat_common.audio.encode_audio`` makes a whole file at once; files made per
+sentence cannot simply be concatenated (ID3 tags, Ogg streams, FLAC headers).
+Here one encoder and muxer live for the whole response and write into a sink
+that is drained after each sentence. The sink has no ``seek``, so muxers that
+would go back to patch a header (FLAC's sample count, MP3's Xing frame) leave
+it as a streaming file, which every decoder accepts.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from rvchat_common.errors import APIError
+
+_CODECS = {"mp3": ("mp3", "libmp3lame", {"id3v2_version": "0", "write_xing": "0"}),
+           # Small Ogg pages, so each sentence's audio leaves at once rather than once a second.
+           "opus": ("ogg", "libopus", {"page_duration": "20000"}),
+           "flac": ("flac", "flac", {}),
+           "aac": ("adts", "aac", {})}
+
+
+class _Sink:
+    """Write-only, non-seekable buffer."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+class StreamEncoder:
+    """PCM16 mono chunks in, bytes of one continuous compressed file out."""
+
+    def __init__(self, fmt: str, sample_rate: int) -> None:
+        if fmt not in _CODECS:
+            raise APIError(400, f"unsupported output format {fmt!r}", "unsupported_format")
+        container_fmt, codec, options = _CODECS[fmt]
+        self.sample_rate = sample_rate
+        out_rate = 48000 if codec == "libopus" else sample_rate
+        self.sink = _Sink()
+        self.container = av.open(self.sink, mode="w", format=container_fmt, options=options)
+        try:
+            self.stream = self.container.add_stream(codec, rate=out_rate)
+        except (av.error.FFmpegError, ValueError):  # no libmp3lame in this build: ffmpeg's own mp3 name
+            self.stream = self.container.add_stream(fmt, rate=out_rate)
+        self.stream.layout = "mono"
+        self.resampler = av.AudioResampler(format=self.stream.format.name, layout="mono", rate=out_rate)
+        self.samples = 0
+        self.closed = False
+
+    def encode(self, pcm16: bytes) -> bytes:
+        samples = np.frombuffer(pcm16, dtype="<i2").reshape(1, -1)
+        if samples.size:
+            frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            frame.sample_rate = self.sample_rate
+            frame.time_base = Fraction(1, self.sample_rate)
+            frame.pts = self.samples
+            self.samples += samples.shape[1]
+            for rframe in self.resampler.resample(frame):
+                for packet in self.stream.encode(rframe):
+                    self.container.mux(packet)
+        return self.sink.take()
+
+    def close(self) -> bytes:
+        if self.closed:
+            return b""
+        self.closed = True
+        for rframe in self.resampler.resample(None):
+            for packet in self.stream.encode(rframe):
+                self.container.mux(packet)
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)
+        self.container.close()
+        return self.sink.take()
