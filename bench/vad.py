@@ -14,7 +14,7 @@ import time
 import httpx
 import numpy as np
 
-from rvchat_common.audio import decode_audio, float_to_pcm16, wav_bytes
+from rvchat_common.audio import decode_audio, float_to_pcm16
 from rvchat_common.testing import ServiceProcess, speech_sample
 
 SR = 16000

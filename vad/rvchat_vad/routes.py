@@ -93,7 +93,7 @@ async def detect(request: Request) -> DetectResponse:
     with request.app.state.metrics.time_inference("detect"):
         spans = await request.app.state.queue.run(
             engine.detect, audio,
-            threshold=p.threshold if p.threshold is not None else settings.threshold,
+            threshold=_pick(p.threshold, settings.threshold),
             min_speech_ms=_pick(p.min_speech_ms, settings.min_speech_ms),
             min_silence_ms=_pick(p.min_silence_ms, settings.detect_min_silence_ms),
             speech_pad_ms=_pick(p.speech_pad_ms, settings.speech_pad_ms),
@@ -106,7 +106,7 @@ async def detect(request: Request) -> DetectResponse:
     )
 
 
-def _pick(value: int | None, default: int) -> int:
+def _pick(value: float | None, default: float) -> float:
     return default if value is None else value
 
 

@@ -43,8 +43,8 @@ class StreamResampler:
             return x
         buf = np.concatenate([self._tail, x]) if self._tail.size else x
         last = buf.size - 1
-        if last < self._pos:
-            self._tail, self._pos = buf, self._pos
+        if last < self._pos:  # not enough input yet for the next output sample
+            self._tail = buf.copy()
             return np.zeros(0, dtype=np.float32)
         n = int(np.floor((last - self._pos) / self.step)) + 1
         positions = self._pos + self.step * np.arange(n)

@@ -13,7 +13,7 @@ import pytest
 from rvchat_common.audio import float_to_pcm16, resample, wav_bytes
 from rvchat_common.testing import ServiceProcess, speech_manifest, speech_sample
 
-from .conftest import SR, load, non_speech
+from .conftest import SR, non_speech
 
 TIMEOUT = 60
 CLEAN_READ = ("ljspeech_", "librispeech_", "jfk_", "mfa_english_")

@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from rvchat_common.audio import float_to_pcm16, resample
 
-from .conftest import SR, load
+from .conftest import SR
 
 WAIT = 15  # seconds: every receive is bounded
 
