@@ -1,0 +1,1 @@
+"""main_app: the browser voice chat page and the orchestrator over the VAD, STT, LLM and TTS services."""

@@ -1,0 +1,63 @@
+"""main_app settings (environment variables with the ``APP_`` prefix)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from rvchat_common.settings import ServiceSettings
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant. Answer in one or two short spoken sentences, "
+    "plain words only: no lists, no markdown, no emoji."
+)
+
+
+class Settings(ServiceSettings):
+    """Where the four services are, where history is kept, and the turn-taking defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="APP_", env_file=".env", extra="ignore", populate_by_name=True)
+
+    port: int = Field(3000, description="TCP port to listen on.")
+    vad_url: str = Field("http://localhost:3001", description="Base URL of the VAD service.")
+    stt_url: str = Field("http://localhost:3002", description="Base URL of the STT service.")
+    tts_url: str = Field("http://localhost:3003", description="Base URL of the TTS service.")
+    llm_url: str = Field("http://localhost:3004", description="Base URL of the LLM service.")
+    services_api_key: str | None = Field(
+        None, description="API key sent to the four services (when they are protected by one)."
+    )
+    db_path: str = Field("./data/rvchat.sqlite3", description="SQLite file holding conversations and messages.")
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt given to the LLM on every turn.")
+    history_messages: int = Field(
+        8, description="How many earlier messages of the conversation are sent to the LLM as context."
+    )
+    max_tokens: int = Field(80, description="Upper bound on the reply length in tokens (short replies speak fast).")
+    temperature: float = Field(0.6, description="LLM sampling temperature.")
+    llm_model: str | None = Field(None, description="Model name passed to the LLM service (None: its default).")
+    tts_voice: str | None = Field(None, description="Voice passed to the TTS service (None: its default).")
+    stt_language: str = Field("en", description="Language passed to the STT service.")
+    stt_partials: bool = Field(
+        False,
+        description="Ask STT for partial transcripts while the user speaks. Off by default: on a 2-core "
+        "CPU the repeated partial passes delay the final transcript.",
+    )
+    vad_threshold: float = Field(0.5, description="Default speech probability threshold (0-1).")
+    vad_min_silence_ms: int = Field(350, description="Default silence that ends a user's turn, in ms.")
+    vad_min_speech_ms: int = Field(200, description="Default shortest speech that counts as a turn, in ms.")
+    vad_speech_pad_ms: int = Field(30, description="Padding the VAD adds around speech, in ms.")
+    barge_in_threshold: float = Field(
+        0.7,
+        description="VAD threshold while the assistant is speaking: higher, so that leftover echo of the "
+        "reply does not interrupt it.",
+    )
+    preroll_ms: int = Field(
+        300, description="Audio kept from before the VAD's speech start and sent to STT, so no first word is cut."
+    )
+    turn_timeout_s: float = Field(
+        45.0, description="Longest wait for the next event from a service during a turn before it is failed."
+    )
+    status_interval_s: float = Field(3.0, description="How often the services' readiness is polled, in seconds.")
+    cue_tones: bool = Field(True, description="Default for the page's short cue tones.")
+
+    def service_urls(self) -> dict[str, str]:
+        return {"vad": self.vad_url, "stt": self.stt_url, "llm": self.llm_url, "tts": self.tts_url}

@@ -1,0 +1,208 @@
+"""In-process fakes of the four service streams (same methods as clients.py), for fast tests.
+
+A :class:`FakeHub` makes factories and keeps every stream it made, so a test can
+script the VAD, choose the transcript and the reply, take a service down, or
+kill a connection mid-turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from .clients import ServiceClosed
+
+_CLOSE = object()
+
+
+class FakeStream:
+    name = "fake"
+
+    def __init__(self, hub: "FakeHub") -> None:
+        self.hub = hub
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.sent: list[Any] = []
+        self.ready: dict = {"type": "ready"}
+        self.closed = False
+
+    @property
+    def connected(self) -> bool:
+        return not self.closed
+
+    async def connect(self) -> dict:
+        if self.name in self.hub.down:
+            raise ServiceClosed(self.name, "connection refused (fake)")
+        self.hub.streams.setdefault(self.name, []).append(self)
+        return self.ready
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.queue.put_nowait(_CLOSE)
+
+    def kill(self) -> None:
+        """The service dies: the connection drops."""
+        self.queue.put_nowait(_CLOSE)
+
+    def emit(self, event: dict) -> None:
+        self.queue.put_nowait(event)
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ServiceClosed(self.name, "not connected")
+
+    async def events(self):
+        while True:
+            event = await self.queue.get()
+            if event is _CLOSE:
+                self.closed = True
+                raise ServiceClosed(self.name, "connection closed (fake)")
+            yield event
+
+    def calls(self, kind: str) -> list:
+        return [s for s in self.sent if isinstance(s, dict) and s.get("type") == kind]
+
+
+class FakeVad(FakeStream):
+    name = "vad"
+
+    def __init__(self, hub: "FakeHub") -> None:
+        super().__init__(hub)
+        self.ready = {"type": "ready", "sample_rate": 16000}
+        self.audio_bytes = 0
+
+    async def audio(self, pcm: bytes) -> None:
+        self._check()
+        self.audio_bytes += len(pcm)
+
+    async def configure(self, **config: Any) -> None:
+        self._check()
+        self.sent.append({"type": "config", **config})
+
+    async def reset(self) -> None:
+        self.sent.append({"type": "reset"})
+
+
+class FakeStt(FakeStream):
+    name = "stt"
+
+    def __init__(self, hub: "FakeHub") -> None:
+        super().__init__(hub)
+        self.buffer = bytearray()
+        self.utterances: list[bytes] = []
+
+    async def audio(self, pcm: bytes) -> None:
+        self._check()
+        self.buffer.extend(pcm)
+
+    async def end(self) -> None:
+        self._check()
+        self.sent.append({"type": "end"})
+        self.utterances.append(bytes(self.buffer))
+        self.buffer.clear()
+        text = self.hub.transcripts.pop(0) if self.hub.transcripts else self.hub.transcript
+        self.emit({"type": "final", "text": text, "language": "en"})
+
+    async def reset(self) -> None:
+        self.buffer.clear()
+
+
+class FakeLlm(FakeStream):
+    name = "llm"
+
+    def __init__(self, hub: "FakeHub") -> None:
+        super().__init__(hub)
+        self.task: asyncio.Task | None = None
+
+    async def generate(self, messages: list[dict], **options: Any) -> None:
+        self._check()
+        self.sent.append({"type": "generate", "messages": messages, **options})
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        self.emit({"type": "start", "id": "x", "model": "fake", "provider": "fake"})
+        out = ""
+        for i, word in enumerate(self.hub.reply.split(" ")):
+            await asyncio.sleep(self.hub.token_delay)
+            delta = word if i == 0 else " " + word
+            out += delta
+            self.emit({"type": "delta", "content": delta})
+        self.emit({"type": "done", "message": {"role": "assistant", "content": out}, "usage": {},
+                   "timings": {}})
+
+    async def cancel(self) -> None:
+        self._check()
+        self.sent.append({"type": "cancel"})
+        if self.task and not self.task.done():
+            self.task.cancel()
+        self.emit({"type": "cancelled", "content": ""})
+
+
+class FakeTts(FakeStream):
+    """Speaks each complete sentence as soon as it is complete: ``ms_per_word`` of a quiet tone."""
+
+    name = "tts"
+    rate = 22050
+
+    def __init__(self, hub: "FakeHub") -> None:
+        super().__init__(hub)
+        self.ready = {"type": "ready", "sample_rate": self.rate, "voice": "fake"}
+        self.pending = ""
+        self.index = 0
+
+    @property
+    def sample_rate(self) -> int:
+        return self.rate
+
+    def _speak(self, sentence: str) -> None:
+        n = int(self.rate * self.hub.ms_per_word / 1000) * max(1, len(sentence.split()))
+        pcm = (b"\x10\x00" * n)
+        self.emit({"type": "audio", "index": self.index, "text": sentence, "sample_rate": self.rate,
+                   "bytes": len(pcm), "pcm": pcm})
+        self.index += 1
+
+    async def text(self, text: str) -> None:
+        self._check()
+        self.sent.append({"type": "text", "text": text})
+        self.pending += text
+        while True:
+            m = re.search(r"[.!?]\s", self.pending)
+            if not m:
+                break
+            sentence, self.pending = self.pending[:m.start() + 1].strip(), self.pending[m.end():]
+            self._speak(sentence)
+
+    async def flush(self) -> None:
+        self._check()
+        self.sent.append({"type": "flush"})
+        if self.pending.strip():
+            self._speak(self.pending.strip())
+        self.pending = ""
+        self.emit({"type": "done", "sentences": self.index})
+
+    async def cancel(self) -> None:
+        self._check()
+        self.sent.append({"type": "cancel"})
+        self.pending = ""
+        self.emit({"type": "cancelled"})
+
+
+class FakeHub:
+    def __init__(self, transcript: str = "What is the capital of France?",
+                 reply: str = "The capital of France is Paris. It is a lovely city.",
+                 token_delay: float = 0.002, ms_per_word: float = 200.0) -> None:
+        self.transcript = transcript
+        self.transcripts: list[str] = []
+        self.reply = reply
+        self.token_delay = token_delay
+        self.ms_per_word = ms_per_word
+        self.down: set[str] = set()
+        self.streams: dict[str, list[FakeStream]] = {}
+
+    def factories(self) -> dict:
+        kinds = {"vad": FakeVad, "stt": FakeStt, "llm": FakeLlm, "tts": FakeTts}
+        return {name: (lambda cls=cls: cls(self)) for name, cls in kinds.items()}
+
+    def last(self, name: str) -> Any:
+        return self.streams[name][-1]

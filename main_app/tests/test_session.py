@@ -1,0 +1,292 @@
+"""Orchestration logic against in-process fakes of the four services (fast, no models)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rvchat_app.session import Session, is_meaningful, spoken_text
+from rvchat_app.settings import Settings
+from rvchat_app.store import Store
+from rvchat_app.testing import FakeHub
+
+FRAME = b"\x01\x00" * 320  # 20 ms of 16 kHz PCM16
+
+
+class Page:
+    """Collects what the session sends to the browser."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+        self.new = asyncio.Event()
+
+    async def send(self, event) -> None:
+        self.events.append(event)
+        self.new.set()
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events if isinstance(e, dict)]
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if isinstance(e, dict) and e["type"] == kind]
+
+    async def wait(self, kind: str, count: int = 1, timeout: float = 5.0, **match) -> dict:
+        async def until():
+            while True:
+                found = [e for e in self.of(kind) if all(e.get(k) == v for k, v in match.items())]
+                if len(found) >= count:
+                    return found[count - 1]
+                self.new.clear()
+                await self.new.wait()
+        return await asyncio.wait_for(until(), timeout)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = Store(str(tmp_path / "t.sqlite3"))
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def make(store, hub: FakeHub, **settings) -> tuple[Session, Page]:
+    page = Page()
+    observed = []
+    session = Session(send=page.send, store=store, settings=Settings(db_path=":memory:", **settings),
+                      factories=hub.factories(), observe=lambda st, s: observed.append((st, s)))
+    session.observed = observed
+    await session.start()
+    for name in ("vad", "stt", "llm", "tts"):
+        await asyncio.wait_for(session.links[name].up_event.wait(), 2)
+    return session, page
+
+
+async def speak(session: Session, hub: FakeHub, frames_before: int = 20, frames_speech: int = 30) -> None:
+    for _ in range(frames_before):
+        await session.on_audio(FRAME)
+    vad = hub.last("vad")
+    vad.emit({"type": "speech_start", "timestamp": frames_before * 0.02})
+    await asyncio.sleep(0.01)
+    for _ in range(frames_speech):
+        await session.on_audio(FRAME)
+    end = (frames_before + frames_speech) * 0.02
+    for _ in range(5):
+        await session.on_audio(FRAME)
+    vad.emit({"type": "speech_end", "timestamp": end, "start": frames_before * 0.02, "duration": end})
+
+
+async def test_voice_turn_streams_transcript_then_text_then_audio(store):
+    hub = FakeHub()
+    session, page = await make(store, hub)
+    try:
+        await speak(session, hub)
+        end = await page.wait("reply_end")
+        types = page.types()
+        assert types.index("transcript") < types.index("reply_delta") < types.index("audio")
+        assert page.of("transcript")[0]["text"] == hub.transcript
+        assert "".join(e["text"] for e in page.of("reply_delta")) == hub.reply
+        assert end["text"] == hub.reply
+        # Audio header then its PCM frame, one per sentence, in order.
+        audio_idx = [i for i, e in enumerate(page.events) if isinstance(e, dict) and e["type"] == "audio"]
+        assert len(audio_idx) == 2
+        for i in audio_idx:
+            assert isinstance(page.events[i + 1], bytes) and len(page.events[i + 1]) == page.events[i]["bytes"]
+        # STT got the pre-roll (300 ms before the VAD's start) plus the speech: (15 + 30 + 5) frames.
+        stt = hub.last("stt")
+        assert len(stt.utterances[0]) == (15 + 30 + 5) * len(FRAME)
+        lat = await page.wait("latency")
+        assert {"endpoint_ms", "stt_ms", "llm_first_token_ms", "tts_first_audio_ms", "total_ms"} <= set(lat)
+        assert any(stage == "total_ms" for stage, _ in session.observed)
+        conv = await store.get_conversation(session.conversation_id)
+        assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+            ("user", hub.transcript), ("assistant", hub.reply)]
+        # The LLM got the system prompt and the user's words.
+        gen = hub.last("llm").calls("generate")[0]
+        assert gen["messages"][-1] == {"role": "user", "content": hub.transcript}
+        assert "short" in gen["system"]
+        assert "speaking" in [e["state"] for e in page.of("state")]
+    finally:
+        await session.close()
+
+
+async def test_barge_in_stops_playback_cancels_upstream_and_keeps_what_was_heard(store):
+    hub = FakeHub(reply="First sentence here. Second sentence is a longer one. Third one never heard.",
+                  token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        await speak(session, hub)
+        await page.wait("audio", count=2)
+        # The user starts talking while the reply is playing; the page reports 1.2 s played
+        # (the whole first sentence, 3 words x 300 ms = 900 ms, and 1 word of the second).
+        vad = hub.last("vad")
+        vad.emit({"type": "speech_start", "timestamp": 5.0})
+        stop = await page.wait("stop_playback")
+        await session.on_text_event({"type": "playback", "turn": stop["turn"], "played_ms": 1200})
+        ev = await page.wait("interrupted")
+        assert ev["spoken_text"] == "First sentence here. Second"
+        llm, tts = hub.last("llm"), hub.last("tts")
+        assert llm.calls("cancel") or llm.task.done()
+        assert tts.calls("cancel")
+        conv = await store.get_conversation(session.conversation_id)
+        assistant = [m for m in conv["messages"] if m["role"] == "assistant"][-1]
+        assert assistant["content"] == "First sentence here. Second"
+        assert assistant["interrupted"] is True
+        assert assistant["meta"]["full_text"].startswith("First sentence here.")
+        assert session.state == "user_speaking"
+    finally:
+        await session.close()
+
+
+async def test_barge_in_before_any_audio_merges_the_utterances(store):
+    hub = FakeHub(token_delay=0.2)
+    hub.transcripts = ["I would like to know", "the weather in Paris"]
+    session, page = await make(store, hub)
+    try:
+        await speak(session, hub)
+        await page.wait("reply_start")
+        await speak(session, hub)  # the user goes on before any reply audio
+        await page.wait("interrupted")
+        t2 = await page.wait("transcript", count=2)
+        assert t2["text"] == "I would like to know the weather in Paris"
+        await page.wait("reply_end", timeout=10)  # the interrupted reply sent `interrupted`, not reply_end
+        conv = await store.get_conversation(session.conversation_id)
+        users = [m["content"] for m in conv["messages"] if m["role"] == "user"]
+        assert users == ["I would like to know the weather in Paris"]
+    finally:
+        await session.close()
+
+
+async def test_text_message_with_voice_off_gets_text_only(store):
+    hub = FakeHub()
+    session, page = await make(store, hub)
+    try:
+        await session.on_text_event({"type": "config", "voice_out": False})
+        await session.on_text_event({"type": "text", "text": "hello there"})
+        end = await page.wait("reply_end")
+        assert end["text"] == hub.reply
+        assert not page.of("audio")
+        assert not hub.last("tts").sent
+    finally:
+        await session.close()
+
+
+async def test_tts_down_replies_as_text_and_says_so(store):
+    hub = FakeHub()
+    hub.down.add("tts")
+    page = Page()
+    session = Session(send=page.send, store=store, settings=Settings(db_path=":memory:"), factories=hub.factories())
+    await session.start()
+    try:
+        await asyncio.wait_for(session.links["llm"].up_event.wait(), 2)
+        svc = await page.wait("services", count=1)
+        for _ in range(50):
+            view = session.services_view()
+            if not view["modes"]["voice_out"] and view["modes"]["chat"]:
+                break
+            await asyncio.sleep(0.02)
+        assert "text only" in view["notice"] and svc
+        await session.on_text_event({"type": "text", "text": "hi"})
+        end = await page.wait("reply_end")
+        assert end["text"] == hub.reply and not page.of("audio")
+        # TTS comes back: the session reconnects by itself.
+        hub.down.discard("tts")
+        await asyncio.wait_for(session.links["tts"].up_event.wait(), 8)
+        await session.on_text_event({"type": "text", "text": "again"})
+        await page.wait("audio")
+    finally:
+        await session.close()
+
+
+async def test_llm_dying_mid_turn_ends_the_turn_with_an_error(store):
+    hub = FakeHub(token_delay=0.05, reply="one two three four five six seven eight nine ten")
+    session, page = await make(store, hub)
+    try:
+        await session.on_text_event({"type": "text", "text": "count"})
+        await page.wait("reply_delta")
+        hub.last("llm").kill()
+        err = await page.wait("error", source="llm")
+        assert "language model" in err["error"]["message"]
+        end = await page.wait("reply_end")
+        assert end["error"] is True
+        await asyncio.sleep(0.05)
+        assert session.state == "listening"
+        # The link reconnects and the next message works.
+        await asyncio.wait_for(session.links["llm"].up_event.wait(), 5)
+        await session.on_text_event({"type": "text", "text": "again"})
+        assert (await page.wait("reply_end", count=2, timeout=10))["text"] == hub.reply
+    finally:
+        await session.close()
+
+
+async def test_llm_down_says_no_reply_possible(store):
+    hub = FakeHub()
+    hub.down.add("llm")
+    page = Page()
+    session = Session(send=page.send, store=store, settings=Settings(db_path=":memory:"), factories=hub.factories())
+    await session.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert "no replies" in session.services_view()["notice"]
+        await session.on_text_event({"type": "text", "text": "hi"})
+        err = await page.wait("error", source="llm")
+        assert "unavailable" in err["error"]["message"]
+    finally:
+        await session.close()
+
+
+async def test_silence_transcript_gives_no_reply(store):
+    hub = FakeHub(transcript="  ")
+    session, page = await make(store, hub)
+    try:
+        await speak(session, hub)
+        await page.wait("no_speech")
+        await asyncio.sleep(0.05)
+        assert not page.of("reply_start") and session.state == "listening"
+    finally:
+        await session.close()
+
+
+async def test_config_is_validated_and_applied_to_the_vad(store):
+    hub = FakeHub()
+    session, page = await make(store, hub)
+    try:
+        await session.on_text_event({"type": "config", "threshold": 3})
+        assert "between" in (await page.wait("error"))["error"]["message"]
+        await session.on_text_event({"type": "config", "threshold": 0.6, "min_silence_ms": 500})
+        ack = await page.wait("config")
+        assert ack["threshold"] == 0.6 and ack["min_silence_ms"] == 500
+        sent = hub.last("vad").calls("config")[-1]
+        assert sent["threshold"] == 0.6 and sent["min_silence_ms"] == 500
+        await session.on_text_event({"type": "bogus"})
+        assert (await page.wait("error", count=2))["error"]["code"] == "unknown_event"
+    finally:
+        await session.close()
+
+
+async def test_vad_threshold_rises_while_the_assistant_speaks(store):
+    hub = FakeHub(ms_per_word=50)
+    session, page = await make(store, hub, barge_in_threshold=0.8)
+    try:
+        await session.on_text_event({"type": "text", "text": "hi"})
+        await page.wait("audio")
+        assert hub.last("vad").calls("config")[-1]["threshold"] == 0.8
+        await page.wait("state", state="listening", timeout=5)
+        assert hub.last("vad").calls("config")[-1]["threshold"] == 0.5
+    finally:
+        await session.close()
+
+
+def test_spoken_text_counts_whole_sentences_then_words():
+    chunks = [("One two three.", 900.0), ("Four five six seven.", 1200.0)]
+    assert spoken_text(chunks, 0) == ""
+    assert spoken_text(chunks, 899) == "One two three."
+    assert spoken_text(chunks, 900 + 600) == "One two three. Four five"
+    assert spoken_text(chunks, 5000) == "One two three. Four five six seven."
+
+
+def test_meaningful_transcripts():
+    assert not is_meaningful("")
+    assert not is_meaningful(" . ")
+    assert not is_meaningful("[BLANK_AUDIO]")
+    assert is_meaningful("yes")
