@@ -81,7 +81,8 @@ def ollama_llm(fake_ollama):
 def openai_llm(llm_service):
     """The LLM service with provider=openai in front of a second, local-provider instance."""
     env = {"LLM_PROVIDER": "openai", "OPENAI_BASE_URL": llm_service.url + "/v1", "OPENAI_API_KEY": "test",
-           "LLM_MODEL": "smollm2", **FAST_FAULTS, "LLM_FIRST_TOKEN_TIMEOUT_S": "60"}
+           "LLM_MODEL": "smollm2", **FAST_FAULTS, "LLM_FIRST_TOKEN_TIMEOUT_S": "60",
+           "LLM_TOKEN_TIMEOUT_S": "30"}
     proc = ServiceProcess("rvchat_llm", "LLM_", env, ready_timeout=60).start()
     try:
         yield proc
