@@ -235,7 +235,7 @@ def build_app(
         allow_origins=settings.cors_origin_list,
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["x-request-id", "x-sample-rate"],
+        expose_headers=["x-request-id", "x-sample-rate", "x-voice", "x-voice-fallback", "x-audio-duration"],
     )
     return app
 
