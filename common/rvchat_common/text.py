@@ -126,13 +126,13 @@ def _decimal_words(s: str) -> str:
 _ABBREVIATIONS = {
     "mr": "Mister", "mrs": "Missus", "ms": "Miz", "dr": "Doctor", "prof": "Professor",
     "st": "Saint", "jr": "Junior", "sr": "Senior", "vs": "versus", "etc": "et cetera",
-    "approx": "approximately", "no": "number", "fig": "figure", "dept": "department",
+    "approx": "approximately", "fig": "figure", "dept": "department",
     "est": "established", "min": "minutes", "max": "maximum", "hr": "hour", "hrs": "hours",
     "mins": "minutes", "sec": "seconds", "secs": "seconds", "inc": "Incorporated", "ltd": "Limited",
     "co": "Company", "corp": "Corporation", "mt": "Mount", "ave": "Avenue", "govt": "government",
 }
 # Abbreviations that stand before a name or number and never end a sentence.
-_TITLE_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "fig", "mt", "no", "approx",
+_TITLE_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "fig", "mt", "approx",
                         "dept", "e.g", "i.e", "cf", "al", "ca", "gen", "gov", "sen", "rep", "lt",
                         "col", "sgt", "capt", "rev", "hon", "pres", "ph.d", "u.s", "u.k", "a.m", "p.m"}
 # Abbreviations that may end a sentence: a boundary only when a capitalised word follows.
@@ -176,6 +176,8 @@ _RE_EMAIL = re.compile(r"\b([\w.+-]+)@([\w-]+(?:\.[\w-]+)+)\b")
 _RE_DOTTED_ACRONYM = re.compile(r"\b((?:[A-Za-z]\.){2,})(?=\s|$|[,;:!?)])")
 _RE_ABBREV = re.compile(r"\b(" + "|".join(sorted(_ABBREVIATIONS, key=len, reverse=True)) + r")\.(?=\s|$)",
                         re.I)
+_RE_NUMBER_ABBR = re.compile(r"\b(?:No|no|NO)\.\s?(?=\d)")  # "No. 5", but "I said no." stays
+_RE_SAINT = re.compile(r"\bSt\.(?=\s+[A-Z])")  # St. Louis; "Main St." is a street
 _RE_EG = re.compile(r"\b(e\.g|i\.e)\.?(?=[\s,]|$)", re.I)
 _RE_CURRENCY = re.compile(
     r"(?P<neg>-)?(?P<sym>[$€£¥])\s?(?P<num>" + _NUM + r")(?:\.(?P<frac>\d+))?"
@@ -316,7 +318,9 @@ def clean_for_speech(text: str) -> str:
     text = _RE_EMAIL.sub(lambda m: f"{m[1]} at {m[2]}", text)
     text = _RE_EG.sub(lambda m: "for example" if m[1].lower() == "e.g" else "that is", text)
     text = _RE_DOTTED_ACRONYM.sub(lambda m: m[1].replace(".", "").upper(), text)
-    text = _RE_ABBREV.sub(lambda m: _ABBREVIATIONS[m[1].lower()], text)
+    text = _RE_NUMBER_ABBR.sub("number ", text)
+    text = _RE_SAINT.sub("Saint", text)
+    text = _RE_ABBREV.sub(lambda m: "Street" if m[1].lower() == "st" else _ABBREVIATIONS[m[1].lower()], text)
     text = text.replace("&", " and ").replace("w/o ", "without ").replace("w/ ", "with ")
     text = _RE_SLASH_WORDS.sub(" or ", text) if "://" not in text else text
     text = _RE_HASH_NUM.sub("number ", text)
@@ -535,6 +539,9 @@ class SentenceSplitter:
             return True
         if token.isdigit() and not buf[line_start:i - len(token)].strip():
             return False  # "1. " numbered list marker
+        if token == "no":  # "No. 5" continues; "I said no." ends
+            m = re.compile(r"\s*(\S)").match(buf, k)
+            return (True if final else None) if not m else not m.group(1).isdigit()
         if token in _TITLE_ABBREVIATIONS or re.fullmatch(r"(?:[a-z]\.)+[a-z]", token):
             return False  # Dr. Smith, e.g. this, U.S. Army
         if len(token) == 1 and token.isalpha() and token not in "ai":

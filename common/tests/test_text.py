@@ -41,6 +41,8 @@ def stream(text: str, step: int = 1, **kw) -> list[str]:
     ("I like apples, pears, etc. But not kiwis at all.", ["I like apples, pears, etc.", "But not kiwis at all."]),
     ("I like apples, pears, etc. and kiwis too.", ["I like apples, pears, etc. and kiwis too."]),
     ("Visit example.com today. It is great.", ["Visit example.com today.", "It is great."]),
+    ("I said no. Then I left.", ["I said no.", "Then I left."]),
+    ("Try room No. 5 first. Then go.", ["Try room No. 5 first.", "Then go."]),
 ])
 def test_sentences_split_where_a_reader_would_pause(text: str, expected: list[str]) -> None:
     assert split_sentences(text) == expected
@@ -168,6 +170,8 @@ def test_numbers_are_spoken_as_words(text: str, spoken: str) -> None:
     ("Salt, pepper, etc.", "Salt, pepper, et cetera"),
     ("The U.S. economy", "The US economy"),
     ("Tom & Jerry", "Tom and Jerry"),
+    ("The answer is no.", "The answer is no."),
+    ("Room No. 5 on St. Mark's Square, off Main St.", "Room number five on Saint Mark's Square, off Main Street"),
 ])
 def test_abbreviations_are_expanded(text: str, spoken: str) -> None:
     assert clean_for_speech(text) == spoken
