@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
-from faster_whisper.vad import VadOptions, get_speech_timestamps
+from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
 
 from rvchat_common.audio import SAMPLE_RATE
 from rvchat_common.models import whisper_model
@@ -84,6 +84,7 @@ class WhisperEngine:
         # Warm up the kernels and the Silero VAD so the first real request is not slow.
         warm = (np.random.default_rng(0).standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)
         self.speech_spans(warm)
+        self.speech_probs(warm)
         self._decode_short(warm, self.default_language(), None)
 
     # --- languages -----------------------------------------------------------
@@ -130,6 +131,21 @@ class WhisperEngine:
                           min_silence_duration_ms=500, speech_pad_ms=200)
         return [(t["start"] / SAMPLE_RATE, t["end"] / SAMPLE_RATE)
                 for t in get_speech_timestamps(audio, opts)]
+
+    VAD_WINDOW = 512  # samples per Silero probability at 16 kHz (32 ms)
+
+    def speech_probs(self, audio: np.ndarray) -> np.ndarray:
+        """Silero speech probability per 32 ms window (audio padded to whole windows).
+
+        Stateless and thread-safe (one ONNX session, no carried state), so the stream
+        can call it on new audio without waiting for the Whisper lock.
+        """
+        n = -(-audio.size // self.VAD_WINDOW) * self.VAD_WINDOW
+        if n == 0:
+            return np.zeros(0, dtype=np.float32)
+        padded = np.zeros(n, dtype=np.float32)
+        padded[: audio.size] = audio
+        return np.asarray(get_vad_model()(padded), dtype=np.float32).reshape(-1)
 
     def _silent(self, audio: np.ndarray, language: str | None, spans: list) -> Transcript:
         return Transcript(text="", language=language or self.default_language() or "en",

@@ -249,4 +249,8 @@ async def stream(ws: WebSocket) -> None:
         await ws_error(ws, "model is still loading; retry shortly", "model_loading", close_code=1013)
         return
     session = StreamSession(ws, app.state.engine, app.state.queue, app.state.settings, app.state.metrics)
-    await session.run()
+    try:
+        await session.run()
+    except Exception:
+        log.exception("stream session failed")
+        await ws_error(ws, "internal error in the stream session", "internal_error", close_code=1011)

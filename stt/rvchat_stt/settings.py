@@ -59,6 +59,14 @@ class Settings(ServiceSettings):
         0.7, description="Re-decode the growing stream buffer for a partial after this much new audio."
     )
     partial_min_audio_s: float = Field(0.5, description="No partials before this much audio has arrived.")
+    early_final: bool = Field(
+        True,
+        description="Decode speculatively once the stream's tail has been silent for early_final_silence_s; "
+        "when 'end' arrives and no speech came after that snapshot, its result is the final at once.",
+    )
+    early_final_silence_s: float = Field(
+        0.25, description="Trailing silence (Silero VAD) after which the speculative decode starts."
+    )
     stream_max_seconds: float = Field(
         30.0, description="Longest utterance buffered on the stream; at the limit a final is sent automatically."
     )

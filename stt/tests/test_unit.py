@@ -213,3 +213,74 @@ def test_keep_segment_rules():
     assert guard.keep_segment(seg("real words", start=3, end=4), speech)  # unknown text, confident: kept
     assert guard.is_digital_silence(np.zeros(100, np.float32))
     assert not guard.is_digital_silence(np.full(100, 0.01, np.float32))
+
+
+class FakeVadEngine(FakeEngine):
+    """Adds a stand-in for Silero: a 32 ms window is speech when it is loud."""
+
+    VAD_WINDOW = 512
+
+    def speech_probs(self, audio):
+        n = -(-audio.size // self.VAD_WINDOW) * self.VAD_WINDOW
+        windows = np.pad(audio, (0, n - audio.size)).reshape(-1, self.VAD_WINDOW)
+        return (np.sqrt((windows ** 2).mean(axis=1)) > 0.05).astype(np.float32)
+
+
+def _loud(seconds: float) -> bytes:
+    rng = np.random.default_rng(0)
+    return (rng.uniform(-0.3, 0.3, int(16000 * seconds)) * 32767).astype("<i2").tobytes()
+
+
+def _quiet(seconds: float) -> bytes:
+    return np.zeros(int(16000 * seconds), "<i2").tobytes()
+
+
+def _wait_calls(engine, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while engine.calls < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.calls == n
+
+
+def test_early_final_reuses_a_decode_made_after_speech_ended():
+    engine = FakeVadEngine()
+    with client(engine) as c, c.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_json({"type": "config", "partials": False})
+        ws.receive_json()
+        # Speech, then silence: the session decodes speculatively ...
+        ws.send_bytes(_loud(1.0) + _quiet(0.5))
+        _wait_calls(engine, 1)
+        # ... and 'end' with no speech since then turns that decode into the final, no second call.
+        ws.send_json({"type": "end"})
+        final = ws.receive_json()
+        assert final["type"] == "final" and final["text"] == "hello world" and final["duration"] == 1.5
+        assert engine.calls == 1
+        # Speech after the speculative snapshot: the final must decode the whole buffer again.
+        ws.send_bytes(_loud(1.0) + _quiet(0.5))
+        _wait_calls(engine, 2)
+        ws.send_bytes(_loud(0.3))
+        ws.send_json({"type": "end"})
+        final = ws.receive_json()
+        assert final["duration"] == 1.8 and engine.calls == 3
+        # No speech at all: an empty final without calling the model.
+        ws.send_bytes(_quiet(1.0))
+        ws.send_json({"type": "end"})
+        final = ws.receive_json()
+        assert final["text"] == "" and final["duration"] == 1.0 and engine.calls == 3
+
+
+def test_partials_skipped_when_audio_arrives_faster_than_real_time():
+    engine = FakeVadEngine()
+    with client(engine, partial_interval_s=0.2) as c, c.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["type"] == "ready"
+        for _ in range(40):  # 4 s of speech in a few ms
+            ws.send_bytes(_loud(0.1))
+        ws.send_json({"type": "end"})
+        events = [ws.receive_json()]
+        while events[-1]["type"] != "final":
+            events.append(ws.receive_json())
+        # Only the partials due before the client got 1 s ahead of real time (at 0.5, 0.7, 0.9 s),
+        # not one per 0.2 s of the 4 s.
+        assert sum(e["type"] == "partial" for e in events) <= 4
+        assert engine.calls <= 5
