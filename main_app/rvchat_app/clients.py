@@ -50,6 +50,7 @@ class ServiceStream:
     """A WebSocket to one service: connect (waits for ``ready``), send, iterate events."""
 
     name = "service"
+    expects_ready = True  # the service greets a new connection with a ``ready`` event
 
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.url = ws_url(base_url, "/ws", api_key)
@@ -70,10 +71,16 @@ class ServiceStream:
             self.ws = None
             raise ServiceClosed(self.name, f"cannot connect to {self.url}: {exc}") from None
         try:
+            if not self.expects_ready:
+                await self.on_connect()
+                return self.ready
             self.ready = await asyncio.wait_for(self._next_json(), READY_TIMEOUT_S)
             if self.ready.get("type") != "ready":
                 raise ServiceClosed(self.name, f"expected a ready event, got {self.ready.get('type')!r}")
             await self.on_connect()
+        except asyncio.TimeoutError:
+            await self.close()
+            raise ServiceClosed(self.name, "no ready event from the service") from None
         except BaseException:
             await self.close()
             raise
@@ -181,6 +188,7 @@ class LlmStream(ServiceStream):
     """Token streaming: ``generate`` -> start, delta..., done | cancelled."""
 
     name = "llm"
+    expects_ready = False  # the LLM protocol has no greeting: the socket is usable once open
 
     async def generate(self, messages: list[dict], **options: Any) -> None:
         body = {"type": "generate", "messages": messages}

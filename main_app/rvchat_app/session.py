@@ -38,6 +38,7 @@ LABELS = {"vad": "voice activity detection (VAD)", "stt": "speech recognition (S
 Send = Callable[[dict | bytes], Awaitable[None]]
 StreamFactory = Callable[[], ServiceStream]
 Observe = Callable[[str, float], None]
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
 
 
 def spoken_text(chunks: list[tuple[str, float]], played_ms: float, full_text: str = "") -> str:
@@ -91,6 +92,8 @@ class Turn:
     message_id: int | None = None
     user_message_id: int | None = None
     task: asyncio.Task | None = None
+    cancelled: list[str] = field(default_factory=list)
+    capped: bool = False  # the reply reached max_reply_sentences and the LLM was stopped  # upstream work cancelled by an interruption
 
     def estimated_played_ms(self, now: float) -> float:
         """Audio played so far, assuming the page started playing each chunk as it arrived."""
@@ -191,11 +194,10 @@ class Link:
             await self.on_event(self.name, {"type": "_closed", "reason": reason})
 
     async def _set_down(self, reason: str) -> None:
-        was_up = self.up
+        changed = self.up or self.reason != reason
         self.up, self.reason = False, reason
         self.up_event.clear()
-        if was_up or self.reason != reason or not getattr(self, "_reported", False):
-            self._reported = True
+        if changed:
             log.warning("%s down: %s", self.name, reason)
             await self.on_status(self)
 
@@ -275,6 +277,7 @@ class Session:
         self._turn_ids = 0
         self._tasks: set[asyncio.Task] = set()
         self._send_lock = asyncio.Lock()
+        self._stt_lock = asyncio.Lock()
         self._closed = False
         self._listen_timer: asyncio.Task | None = None
 
@@ -354,10 +357,11 @@ class Session:
             "voice_out": up.get("tts", False),
             "chat": up.get("llm", False),
         }
-        down = [LABELS[n] for n, ok in up.items() if not ok]
+        # A link still making its first connection is not reported as down.
+        down = [LABELS[n] for n, ok in up.items() if not ok and self.links[n].reason != "connecting"]
         if not down:
             notice = ""
-        elif not modes["chat"]:
+        elif not modes["chat"] and LABELS["llm"] in down:
             notice = f"The {LABELS['llm']} is unavailable: no replies can be made until it is back."
         elif not modes["voice_in"] and not modes["voice_out"]:
             notice = f"{', '.join(down)} unavailable: typed chat works, with text replies only."
@@ -421,9 +425,10 @@ class Session:
         if vad is not None and vad.up:
             await vad.call("audio", pcm)
         if self.user_speaking:
-            stt = self.links.get("stt")
-            if stt is not None and stt.up:
-                await stt.call("audio", pcm)
+            async with self._stt_lock:
+                stt = self.links.get("stt")
+                if self.user_speaking and stt is not None and stt.up:
+                    await stt.call("audio", pcm)
 
     def _sample_time(self, sample: int) -> float | None:
         """Wall-clock (perf_counter) time at which a given mic sample arrived."""
@@ -461,16 +466,20 @@ class Session:
         turn = self.turn
         if turn is not None and not turn.finished or self.state in ("thinking", "speaking"):
             await self._interrupt(reason="barge-in")
-        self.user_speaking = True
+        stt = self.links.get("stt")
+        async with self._stt_lock:
+            # Pre-roll and the switch to live forwarding happen under one lock, so no mic frame
+            # reaches STT twice or out of order.
+            self.user_speaking = True
+            if stt is not None and stt.up:
+                start_sample = (self.vad_offset + int(ts * SAMPLE_RATE)
+                                - int(self.settings.preroll_ms * SAMPLE_RATE / 1000))
+                preroll = self._audio_since(max(0, start_sample))
+                if preroll:
+                    await stt.call("audio", preroll)
         await self._set_state("user_speaking")
         await self.send({"type": "speech_start", "timestamp": ts})
-        stt = self.links.get("stt")
-        if stt is not None and stt.up:
-            start_sample = self.vad_offset + int(ts * SAMPLE_RATE) - int(self.settings.preroll_ms * SAMPLE_RATE / 1000)
-            preroll = self._audio_since(max(0, start_sample))
-            if preroll:
-                await stt.call("audio", preroll)
-        else:
+        if stt is None or not stt.up:
             await self.send({"type": "error", "source": "stt",
                              "error": {"message": "speech heard, but speech recognition is unavailable: "
                                        "please type", "type": "service_unavailable", "code": "stt_down"}})
@@ -478,7 +487,8 @@ class Session:
     async def _speech_end(self, ts: float) -> None:
         if not self.user_speaking:
             return
-        self.user_speaking = False
+        async with self._stt_lock:
+            self.user_speaking = False
         now = time.perf_counter()
         sample = self.vad_offset + int(ts * SAMPLE_RATE)
         t_end = self._sample_time(sample)
@@ -657,6 +667,12 @@ class Session:
         llm = self.links.get("llm")
         tts = self.links.get("tts")
         try:
+            if llm is not None and not llm.up and llm.reason == "connecting":
+                # A message typed the moment the page opened: give the fresh link a moment.
+                try:
+                    await asyncio.wait_for(llm.up_event.wait(), 3.0)
+                except asyncio.TimeoutError:
+                    pass
             if llm is None or not llm.up:
                 await self._fail_turn(turn, "llm", "the language model service is unavailable: no reply "
                                       "can be made until it is back")
@@ -705,8 +721,15 @@ class Session:
                         continue
                     if "first_token" not in turn.t:
                         turn.t["first_token"] = time.perf_counter()
+                    if turn.capped:
+                        continue
                     turn.text += delta
                     await self.send({"type": "reply_delta", "turn": turn.id, "text": delta})
+                    limit = self.settings.max_reply_sentences
+                    if limit and len(_SENTENCE_END.findall(turn.text)) >= limit:
+                        # Enough for a spoken answer: stop the model rather than speak a monologue.
+                        turn.capped = True
+                        await llm.call("cancel")
                     if turn.voice and tts is not None:
                         if not turn.tts_used:
                             tts.idle.clear()
@@ -728,6 +751,9 @@ class Session:
                             await self._tts_lost(turn, "connection lost")
                 elif kind == "cancelled":
                     turn.llm_done = True
+                    if turn.tts_used and tts is not None and not turn.tts_done:
+                        if not await tts.call("flush"):
+                            await self._tts_lost(turn, "connection lost")
                 elif kind in ("error", "_closed"):
                     msg = (event.get("error") or {}).get("message") if kind == "error" else event.get("reason")
                     if turn.tts_used and tts is not None and not turn.tts_done:
@@ -805,10 +831,10 @@ class Session:
         if turn.chunks:
             await self.send({"type": "audio_end", "turn": turn.id, "chunks": len(turn.chunks),
                              "audio_ms": round(turn.audio_ms, 1)})
-        await self.send({"type": "reply_end", "turn": turn.id, "text": text, "message_id": turn.message_id,
-                         "interrupted": False, "latency": latency})
         if latency:
             await self.send({"type": "latency", "turn": turn.id, **latency})
+        await self.send({"type": "reply_end", "turn": turn.id, "text": text, "message_id": turn.message_id,
+                         "interrupted": False, "latency": latency})
         if turn.chunks and not self.user_speaking:
             # Speaking until the page has played the queued audio (or says it has).
             delay = max(0.0, turn.play_end - time.perf_counter()) + 0.15
@@ -849,10 +875,10 @@ class Session:
             if turn.task is not None and turn.task is not asyncio.current_task():
                 turn.task.cancel()
             llm, tts = self.links.get("llm"), self.links.get("tts")
-            if not turn.llm_done and llm is not None:
-                await llm.call("cancel")
-            if turn.tts_used and not turn.tts_done and tts is not None:
-                await tts.call("cancel")
+            if not turn.llm_done and llm is not None and await llm.call("cancel"):
+                turn.cancelled.append("llm")
+            if turn.tts_used and not turn.tts_done and tts is not None and await tts.call("cancel"):
+                turn.cancelled.append("tts")
         self._spawn(self._record_interrupted(turn, now, reason, notify), f"interrupt-{turn.id}")
 
     async def _record_interrupted(self, turn: Turn, at: float, reason: str, notify: bool) -> None:
@@ -876,7 +902,8 @@ class Session:
             heard = ""  # nothing was spoken yet
         else:
             heard = turn.text.strip()  # a text reply: what was shown is what was "said"
-        meta = {"full_text": turn.text.strip(), "played_ms": round(played, 1), "reason": reason}
+        meta = {"full_text": turn.text.strip(), "played_ms": round(played, 1), "reason": reason,
+                "cancelled": turn.cancelled}
         if turn.message_id is not None:
             await self.store.update_message(turn.message_id, content=heard, interrupted=True, meta=meta)
         elif heard:
@@ -890,6 +917,7 @@ class Session:
             self._carry_message_id = turn.user_message_id
         if notify:
             await self.send({"type": "interrupted", "turn": turn.id, "spoken_text": heard,
+                             "full_text": turn.text.strip(), "cancelled": turn.cancelled,
                              "played_ms": round(played, 1), "message_id": turn.message_id, "reason": reason})
         log.info("turn %s interrupted (%s) after %.0f ms of audio", turn.id, reason, played)
 

@@ -32,6 +32,9 @@ class Settings(ServiceSettings):
         8, description="How many earlier messages of the conversation are sent to the LLM as context."
     )
     max_tokens: int = Field(80, description="Upper bound on the reply length in tokens (short replies speak fast).")
+    max_reply_sentences: int = Field(
+        3, description="Stop the LLM once the reply has this many sentences (0: no limit); spoken "
+        "answers stay short and the next turn does not wait behind a monologue.")
     temperature: float = Field(0.6, description="LLM sampling temperature.")
     llm_model: str | None = Field(None, description="Model name passed to the LLM service (None: its default).")
     tts_voice: str | None = Field(None, description="Voice passed to the TTS service (None: its default).")

@@ -206,3 +206,113 @@ class FakeHub:
 
     def last(self, name: str) -> Any:
         return self.streams[name][-1]
+
+
+# --------------------------------------------------------------------------- real-time client
+def speech_end_seconds(pcm16: bytes, sample_rate: int = 16000) -> float:
+    """Where speech ends in a clip: the end of the last 20 ms frame well above the noise floor."""
+    import numpy as np
+
+    audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+    hop = sample_rate // 50
+    n = audio.size // hop
+    if n == 0:
+        return 0.0
+    rms = np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
+    db = 20 * np.log10(rms)
+    threshold = max(db.max() - 35.0, np.percentile(db, 10) + 10.0)
+    loud = np.nonzero(db > threshold)[0]
+    return float((loud[-1] + 1) * hop / sample_rate) if loud.size else 0.0
+
+
+def load_pcm16(path) -> bytes:
+    """A WAV file as 16 kHz mono PCM16."""
+    from rvchat_common.audio import decode_audio, float_to_pcm16
+
+    with open(path, "rb") as f:
+        return float_to_pcm16(decode_audio(f.read()))
+
+
+async def voice_turn(ws, pcm16: bytes, *, pad_s: float = 1.0, frame_ms: int = 20, realtime: bool = True,
+                     timeout: float = 60.0, until: str = "reply_end", extra_silence_s: float = 30.0) -> dict:
+    """Stream one utterance into main_app's /ws like a mic would, and collect what comes back.
+
+    ``ws`` is an open ``websockets`` client connection (after its ``hello``). The
+    clip is sent in ``frame_ms`` frames paced at real time, then silence (the mic
+    keeps running) until the ``until`` event arrives. Returns the events, the
+    reply audio, and the time from the end of speech to the first reply audio.
+    """
+    import json
+    import time
+
+    step = 16000 * frame_ms // 1000 * 2
+    speech_end = speech_end_seconds(pcm16)
+    silence = b"\x00\x00" * (16000 * frame_ms // 1000)
+    frames = [pcm16[i:i + step] for i in range(0, len(pcm16), step)]
+    frames += [silence] * int(pad_s * 1000 / frame_ms)
+    max_frames = len(frames) + int(extra_silence_s * 1000 / frame_ms)
+    out: dict = {"events": [], "audio": bytearray(), "first_audio_at": None, "speech_end_s": speech_end,
+                 "order": []}
+    done = asyncio.Event()
+    t0 = time.perf_counter()
+    out["speech_end_at"] = t0 + speech_end
+
+    async def reader() -> None:
+        pending = None
+        async for msg in ws:
+            now = time.perf_counter()
+            if isinstance(msg, bytes):
+                if pending is not None:
+                    if out["first_audio_at"] is None:
+                        out["first_audio_at"] = now
+                    out["audio"].extend(msg)
+                    out["order"].append("audio")
+                    pending = None
+                continue
+            ev = json.loads(msg)
+            ev["_t"] = now - t0
+            out["events"].append(ev)
+            if ev["type"] == "audio":
+                pending = ev
+            else:
+                out["order"].append(ev["type"])
+            if ev["type"] == until or (ev["type"] == "error" and ev.get("turn")):
+                done.set()
+                return
+
+    task = asyncio.create_task(reader())
+    i = 0
+    try:
+        for i in range(max_frames):
+            if done.is_set():
+                break
+            await ws.send(frames[i] if i < len(frames) else silence)
+            if realtime:
+                delay = t0 + (i + 1) * frame_ms / 1000 - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        await asyncio.wait_for(done.wait(), timeout)
+        # Like a real mic, the rest of the clip is still spoken after the event came.
+        for j in range(i + 1, len(frames)):
+            await ws.send(frames[j])
+            if realtime:
+                delay = t0 + (j + 1) * frame_ms / 1000 - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+    finally:
+        task.cancel()
+    if out["first_audio_at"] is not None:
+        out["latency_s"] = out["first_audio_at"] - out["speech_end_at"]
+    return out
+
+
+def events_of(result: dict, kind: str) -> list[dict]:
+    return [e for e in result["events"] if e["type"] == kind]
+
+
+def app_env(services: dict, db_path, **extra: str) -> dict:
+    """Environment for a main_app process wired to running services ({name: ServiceProcess})."""
+    env = {f"APP_{name.upper()}_URL": svc.url for name, svc in services.items()}
+    env["APP_DB_PATH"] = str(db_path)
+    env.update(extra)
+    return env
