@@ -104,10 +104,10 @@ class LLMEngine:
         return requested
 
     # --- conversation hygiene ------------------------------------------------------
-    def prepare(self, req: Request, max_tokens: int) -> tuple[list[dict[str, str]], int]:
+    def prepare(self, req: Request, max_tokens: int) -> tuple[list[dict[str, str]], int, int]:
         """System prompt first, then as many of the newest turns as fit the context window.
 
-        Returns the messages and how many old ones were dropped. Blocking (tokenises); run
+        Returns the messages, how many old ones were dropped and the max_tokens that fits. Blocking (tokenises); run
         it in a thread.
         """
         messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
@@ -140,6 +140,12 @@ class LLMEngine:
             used += c
         kept.reverse()
         if used > budget:
+            # The newest turn alone is too big for the reply room asked for: shorten the reply
+            # rather than refuse, as long as a useful reply still fits.
+            room = self.provider.context_window - used - 16
+            if room >= 16:
+                log.info("max_tokens lowered from %d to %d to fit the context", max_tokens, room)
+                return system + kept, len(turns) - len(kept), room
             raise APIError(400, f"the system prompt and last message need about {used} tokens, more than "
                            f"the {self.provider.context_window}-token context window of '{self.model}' "
                            f"leaves after max_tokens={max_tokens}; shorten them or lower max_tokens",
@@ -148,7 +154,7 @@ class LLMEngine:
         if dropped:
             log.info("trimmed %d old message(s) to fit the %d-token context", dropped,
                      self.provider.context_window)
-        return system + kept, dropped
+        return system + kept, dropped, max_tokens
 
     # --- generation ------------------------------------------------------------------
     async def stream(self, req: Request) -> AsyncIterator[Delta | Done]:
@@ -160,7 +166,7 @@ class LLMEngine:
         s = self.settings
         t0 = time.perf_counter()
         max_tokens = min(req.max_tokens or s.max_tokens, s.max_tokens_limit)
-        messages, dropped = await asyncio.to_thread(self.prepare, req, max_tokens)
+        messages, dropped, max_tokens = await asyncio.to_thread(self.prepare, req, max_tokens)
         options = ChatOptions(model=self.model_for(req.model),
                               temperature=s.default_temperature() if req.temperature is None else req.temperature,
                               max_tokens=max_tokens, stop=req.stop, top_p=req.top_p, seed=req.seed)
