@@ -27,6 +27,14 @@ def _same_model(wanted: str, have: str) -> bool:
     return norm(wanted) == norm(have)
 
 
+def _keep_alive(value: str) -> str | float:
+    # Ollama reads a bare number as seconds (-1: for ever) but a string must carry a unit ("30m").
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 class OllamaProvider:
     name = "ollama"
 
@@ -35,7 +43,7 @@ class OllamaProvider:
         self.host = settings.ollama_base_url.rstrip("/")
         self.default_model = settings.model_name()
         self.context_window = settings.num_ctx
-        self.keep_alive: str | float = settings.ollama_keep_alive
+        self.keep_alive: str | float = _keep_alive(settings.ollama_keep_alive)
         # Reads are bounded by the engine's token timeouts; this one is only the backstop.
         timeout = httpx.Timeout(settings.first_token_timeout_s + 5, connect=settings.connect_timeout_s)
         self.client = ollama.AsyncClient(host=self.host, timeout=timeout)
