@@ -192,7 +192,7 @@ async def ws_generate(ws: WebSocket) -> None:
                     parts.append(item.content)
                     await send({"type": "delta", "id": gen_id, "content": item.content})
                 else:
-                    await send({"type": "done", "id": gen_id, **done_body(item)})
+                    await send({**done_body(item), "type": "done", "id": gen_id})
         except asyncio.CancelledError:
             await stream.aclose()  # stop the model before telling the client it stopped
             try:

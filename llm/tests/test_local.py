@@ -126,14 +126,16 @@ async def test_ws_new_generate_replaces_running_one(llm_service):
         first = json.loads(await asyncio.wait_for(ws.recv(), 60))
         assert first["type"] == "start"
         await ws.send(json.dumps({"type": "generate", **SEED, "max_tokens": 6}))
-        kinds, ids = [], []
+        kinds, second = [], None
         while True:
             e = json.loads(await asyncio.wait_for(ws.recv(), 60))
             kinds.append(e["type"])
             if e["type"] == "cancelled":
                 assert e["id"] == first["id"]
+            if e["type"] == "start":
+                second = e["id"]
             if e["type"] == "done":
-                assert e["id"] != first["id"]
+                assert e["id"] == second != first["id"]
                 break
         assert "cancelled" in kinds and kinds.index("cancelled") < kinds.index("done")
 
