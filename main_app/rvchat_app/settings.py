@@ -29,7 +29,7 @@ class Settings(ServiceSettings):
     db_path: str = Field("./data/rvchat.sqlite3", description="SQLite file holding conversations and messages.")
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt given to the LLM on every turn.")
     history_messages: int = Field(
-        8, description="How many earlier messages of the conversation are sent to the LLM as context."
+        6, description="How many earlier messages of the conversation are sent to the LLM as context."
     )
     max_tokens: int = Field(80, description="Upper bound on the reply length in tokens (short replies speak fast).")
     max_reply_sentences: int = Field(
