@@ -98,7 +98,7 @@ def _latency_table(proc: ServiceProcess, label: str) -> list[str]:
         for name in SHORT_CLIPS:
             ref = next(m["text"] for m in speech_manifest() if m["file"] == name)
             for _ in range(REPEATS):
-                t, text = _ws_final_latency(proc.ws_url, name, realtime)
+                t, text = _ws_final_latency(proc.ws_url, name, realtime, 0.6 if realtime else 0.0)
                 lat.append(t)
                 errs.append(wer(ref, text))
         mode = "real time + 0.6 s silence" if realtime else "all at once, no pause"
@@ -114,26 +114,41 @@ def run() -> str:
     lines = ["## STT (faster-whisper)", ""]
 
     # Service round trip vs in-process, same model, same audio, same (default) decoding options.
+    # The two are interleaved run by run, so both see the same machine load.
+    from faster_whisper import WhisperModel
+
+    from rvchat_common.models import whisper_model
+
+    model = WhisperModel(whisper_model("tiny.en"), device="cpu", compute_type="int8",
+                         cpu_threads=os.cpu_count() or 1)
+    direct: dict[str, list[float]] = {}
+    service: dict[str, list[float]] = {}
     proc = ServiceProcess("rvchat_stt", "STT_").start()
     try:
-        for name in OVERHEAD_CLIPS:  # warm-up
-            _service_times(proc.url, [name], 1)
-        service = _service_times(proc.url, OVERHEAD_CLIPS, REPEATS)
+        _service_times(proc.url, OVERHEAD_CLIPS, 1)  # warm-up
+        for name in OVERHEAD_CLIPS:
+            audio = decode_audio(speech_sample(name).read_bytes())
+            for _ in range(REPEATS):
+                t0 = time.perf_counter()
+                list(model.transcribe(audio)[0])
+                direct.setdefault(name, []).append(time.perf_counter() - t0)
+                service.setdefault(name, []).extend(_service_times(proc.url, [name], 1)[name])
         latency_rows = _latency_table(proc, "early final on (default)")
     finally:
         proc.stop()
+    del model
     proc = ServiceProcess("rvchat_stt", "STT_", {"STT_EARLY_FINAL": "false"}).start()
     try:
         latency_rows += _latency_table(proc, "early final off")
     finally:
         proc.stop()
 
-    direct = _in_process("tiny.en", OVERHEAD_CLIPS, REPEATS)
     lines += [
         "### Service round trip vs faster-whisper in-process (tiny.en, int8, beam 5)",
         "",
-        f"Median of {REPEATS} runs per clip. The service time is the whole HTTP round trip "
-        "(multipart upload, decoding the WAV, VAD speech gate, transcription, JSON).",
+        f"Median of {REPEATS} runs per clip, service and in-process runs interleaved. The service time "
+        "is the whole HTTP round trip (multipart upload, decoding the WAV, VAD speech gate, "
+        "transcription, JSON); in-process is `model.transcribe(audio)` on the decoded array.",
         "",
         "| clip | audio s | in-process ms | service ms | overhead ratio |",
         "|---|---:|---:|---:|---:|",
@@ -153,15 +168,12 @@ def run() -> str:
     ]
     total_audio = sum(seconds.values())
     for model in ("tiny.en", "base"):
-        t0 = time.perf_counter()
         res = _in_process(model, names, 1)
-        elapsed = time.perf_counter() - t0
         proc_s = sum(sum(v) for k, v in res.items() if k != "_texts")
         texts = res["_texts"]
         mean_wer = statistics.mean(wer(m["text"], texts[m["file"]]) for m in manifest)  # type: ignore[index]
         lines.append(f"| {model} | {total_audio:.0f} | {proc_s:.1f} | {proc_s / total_audio:.3f} | "
                      f"{mean_wer:.3f} |")
-        del elapsed
     lines += [
         "",
         "### WebSocket: final latency after `end` (tiny.en, short utterances)",

@@ -89,6 +89,7 @@ def test_curl_example_shape(stt_service):
     assert body["language"] == "en" and body["duration"] == pytest.approx(11.0, abs=0.01)
     assert all(set(s) >= {"start", "end", "text"} for s in body["segments"])
     r = post_file(stt_service.url + "/transcribe", speech_sample("mfa_thoughts.wav"), word_timestamps="true")
+    assert r.json()["language"] == "en"  # no language given: tiny.en's auto-detect is English
     words = r.json()["words"]
     assert [w["word"].strip(" .").lower() for w in words][:3] == ["i", "have", "a"]
     assert all(0 <= w["start"] <= w["end"] <= 3.6 for w in words)
