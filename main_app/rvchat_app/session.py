@@ -93,6 +93,7 @@ class Turn:
     user_message_id: int | None = None
     task: asyncio.Task | None = None
     cancelled: list[str] = field(default_factory=list)
+    llm_id: str | None = None  # the generation's id, from the LLM's start event
     capped: bool = False  # the reply reached max_reply_sentences and the LLM was stopped  # upstream work cancelled by an interruption
 
     def estimated_played_ms(self, now: float) -> float:
@@ -715,6 +716,16 @@ class Session:
                 return
             kind = event.get("type")
             if name == "llm":
+                # Events of an earlier (cancelled) generation can still arrive: keep only this one's.
+                if kind == "start":
+                    turn.llm_id = event.get("id") or "?"
+                    continue
+                gen_id = event.get("id")
+                if kind != "_closed" and not (kind == "error" and not gen_id):
+                    if turn.llm_id is None or (gen_id and turn.llm_id != "?" and gen_id != turn.llm_id):
+                        continue
+                    if kind == "cancelled" and not gen_id and not turn.capped:
+                        continue
                 if kind == "delta":
                     delta = event.get("content") or ""
                     if not delta:

@@ -114,6 +114,8 @@ class FakeLlm(FakeStream):
     def __init__(self, hub: "FakeHub") -> None:
         super().__init__(hub)
         self.task: asyncio.Task | None = None
+        self.gen = 0
+        self.running: str | None = None
 
     async def generate(self, messages: list[dict], **options: Any) -> None:
         self._check()
@@ -121,14 +123,18 @@ class FakeLlm(FakeStream):
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        self.emit({"type": "start", "id": "x", "model": "fake", "provider": "fake"})
+        self.gen += 1
+        gid = f"gen-{self.gen}"
+        self.running = gid
+        self.emit({"type": "start", "id": gid, "model": "fake", "provider": "fake"})
         out = ""
         for i, word in enumerate(self.hub.reply.split(" ")):
             await asyncio.sleep(self.hub.token_delay)
             delta = word if i == 0 else " " + word
             out += delta
-            self.emit({"type": "delta", "content": delta})
-        self.emit({"type": "done", "message": {"role": "assistant", "content": out}, "usage": {},
+            self.emit({"type": "delta", "id": gid, "content": delta})
+        self.running = None
+        self.emit({"type": "done", "id": gid, "message": {"role": "assistant", "content": out}, "usage": {},
                    "timings": {}})
 
     async def cancel(self) -> None:
@@ -136,7 +142,10 @@ class FakeLlm(FakeStream):
         self.sent.append({"type": "cancel"})
         if self.task and not self.task.done():
             self.task.cancel()
-        self.emit({"type": "cancelled", "content": ""})
+        # As the real service: a cancel with nothing running still gets a `cancelled`.
+        self.emit({"type": "cancelled", "id": self.running, "content": ""} if self.running
+                  else {"type": "cancelled", "content": ""})
+        self.running = None
 
 
 class FakeTts(FakeStream):

@@ -290,3 +290,33 @@ def test_meaningful_transcripts():
     assert not is_meaningful(" . ")
     assert not is_meaningful("[BLANK_AUDIO]")
     assert is_meaningful("yes")
+
+
+async def test_late_events_of_an_old_generation_are_ignored(store):
+    hub = FakeHub(token_delay=0.02)
+    session, page = await make(store, hub)
+    try:
+        await session.on_text_event({"type": "text", "text": "one"})
+        await page.wait("reply_end")
+        llm = hub.last("llm")
+        await session.on_text_event({"type": "text", "text": "two"})
+        # A stray `cancelled` (a cancel that raced the end of the last generation) and a late delta of it.
+        llm.emit({"type": "cancelled", "content": ""})
+        llm.emit({"type": "delta", "id": "gen-1", "content": " STALE"})
+        end = await page.wait("reply_end", count=2)
+        assert end["text"] == hub.reply and "STALE" not in end["text"]
+    finally:
+        await session.close()
+
+
+async def test_reply_is_capped_at_max_sentences(store):
+    hub = FakeHub(reply="One. Two. Three. Four. Five.", token_delay=0.01)
+    session, page = await make(store, hub, max_reply_sentences=2)
+    try:
+        await session.on_text_event({"type": "text", "text": "count"})
+        end = await page.wait("reply_end")
+        assert end["text"] == "One. Two."
+        assert hub.last("llm").calls("cancel")
+        assert [e["text"] for e in page.of("audio")] == ["One.", "Two."]
+    finally:
+        await session.close()
