@@ -194,7 +194,7 @@ class WhisperEngine:
                 id=s.id, seek=s.seek, start=round(s.start, 3), end=round(s.end, 3), text=s.text,
                 tokens=list(s.tokens), temperature=s.temperature or 0.0, avg_logprob=s.avg_logprob,
                 compression_ratio=s.compression_ratio, no_speech_prob=s.no_speech_prob,
-                words=[Word(word=w.word, start=round(w.start, 3), end=round(w.end, 3),
+                words=[Word(word=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3),
                             probability=round(w.probability, 4)) for w in s.words]
                 if s.words is not None else None,
             )

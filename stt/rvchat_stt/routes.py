@@ -141,7 +141,7 @@ async def _run(request: Request, audio: Any, opts: TranscribeOptions, op: str) -
 
 # --- endpoints -----------------------------------------------------------------
 @router.post("/transcribe", dependencies=[Depends(require_ready)], response_model=TranscribeResponse,
-             openapi_extra=_UPLOAD_DOC, tags=["stt"])
+             response_model_exclude_none=True, openapi_extra=_UPLOAD_DOC, tags=["stt"])
 async def transcribe(request: Request) -> TranscribeResponse:
     """Transcribe an uploaded file (multipart ``file``) or a raw audio body.
 

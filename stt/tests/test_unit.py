@@ -65,7 +65,8 @@ def test_transcribe_shape_and_field_errors():
         assert r.status_code == 200
         body = r.json()
         assert body["text"] == "hello world" and body["language"] == "en" and body["duration"] == 1.0
-        assert body["segments"] == [{"start": 0.0, "end": 1.0, "text": "hello world", "words": None}]
+        assert body["segments"] == [{"start": 0.0, "end": 1.0, "text": "hello world"}]
+        assert "words" not in body  # only when asked for
         r = c.post("/transcribe", files={"audio": ("a.wav", WAV, "audio/wav")})
         assert r.status_code == 400 and "'file'" in r.json()["error"]["message"]
         assert "audio" in r.json()["error"]["message"]  # tells the caller what it did send
