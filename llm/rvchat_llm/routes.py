@@ -10,7 +10,6 @@ import uuid
 from typing import Annotated, Any, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from rvchat_common.app import require_ready

@@ -14,8 +14,11 @@ from pydantic_settings import SettingsConfigDict
 
 from rvchat_common.settings import ServiceSettings
 
+# Measured on SmolLM2-135M, greedy, 12 factual questions + 2 chit-chat: 12/14 sensible answers
+# (~20 tokens) vs 8/14 with "You are a helpful assistant." and 7/14 with none; naming English
+# stops the tiny model answering questions about France or Spain in French or Spanish.
 DEFAULT_SYSTEM_PROMPT = (
-    "You are a friendly, helpful voice assistant. Keep answers short: one or two sentences."
+    "You are a helpful voice assistant. Answer directly in one or two short English sentences."
 )
 
 
