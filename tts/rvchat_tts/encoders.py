@@ -58,6 +58,9 @@ class StreamEncoder:
         except (av.error.FFmpegError, ValueError):  # no libmp3lame in this build: ffmpeg's own mp3 name
             self.stream = self.container.add_stream(fmt, rate=out_rate)
         self.stream.layout = "mono"
+        # Encoder defaults are thin for speech at 22 kHz (lame picks 32 kb/s); these keep consonants crisp.
+        if fmt in ("mp3", "aac", "opus"):
+            self.stream.bit_rate = {"mp3": 64000, "aac": 64000, "opus": 32000}[fmt]
         self.resampler = av.AudioResampler(format=self.stream.format.name, layout="mono", rate=out_rate)
         self.samples = 0
         self.closed = False
