@@ -155,8 +155,9 @@ def run() -> str:
         f"Median of {REPEATS} runs per cell; voice defaults (noise 0.667/0.8), service defaults "
         "(first segment may be a clause of >= 4 words). Time to first audio: from sending the request "
         "(WS: the first text) to the first audio byte. RTF: wall time / audio duration (lower is faster; "
-        "for the deltas rows the clock starts at the first token, so first audio includes the time the LLM takes "
-        "to write the first segment: about 0.2 s (medium) and 0.4 s (long) at 30 tokens/s). Other processes "
+        "for the deltas rows the clock starts at the first token, so first audio includes the time the "
+        "LLM takes to write the first segment: about 0.2 s (medium) and 0.4 s (long) at 30 tokens/s). "
+        "Other processes "
         "shared the 2 cores during the run (load average 3-6), so runs are interleaved (library and service "
         "paths take turns on each repetition) and the best run is shown too.",
         "",
@@ -167,8 +168,9 @@ def run() -> str:
         lines.append(f"| {name} | {label} | {first * 1000:.0f} | {best * 1000:.0f} | {rtf:.3f} |")
     lines += [
         "",
-        "Streaming makes time to first audio depend on the first segment, not the whole text: for the long "
-        "text the service's first audio arrives about as soon as the library yields its first sentence chunk, "
+        "Streaming makes time to first audio depend on the first segment, not the whole text: for the "
+        "long text the service's first audio arrives about as soon as the library yields its first "
+        "sentence chunk, "
         "while a whole-file request waits for all of it. The first segment is cut at a clause when one "
         "appears after 4 words (TTS_FIRST_CLAUSE_WORDS), so it is often shorter than the library's first "
         "sentence.",

@@ -189,9 +189,9 @@ _RE_PERCENT = re.compile(r"(?P<neg>-)?(?P<num>" + _NUM + r")(?:\.(?P<frac>\d+))?
 _RE_ORDINAL = re.compile(r"\b(?P<num>\d+)(?:st|nd|rd|th)\b", re.I)
 _RE_DECADE = re.compile(r"(?:(?<!\w)['‘’](?=\d\d'?s\b))?\b(?P<num>\d{2}|\d{4})'?s\b")
 _RE_RANGE = re.compile(r"\b(?P<a>\d+)\s?[-–]\s?(?P<b>\d+)\b(?![-–]\d)")
-_RE_UNIT = re.compile(r"(?P<num>\d+(?:\.\d+)?)\s?(?P<unit>km/h|°[cf]|°|" + "|".join(
-    sorted((u for u in _UNITS if not u.startswith("°") and u != "km/h"), key=len, reverse=True)) + r")(?![\w°])",
-    re.I)
+_PLAIN_UNITS = sorted((u for u in _UNITS if not u.startswith("°") and u != "km/h"), key=len, reverse=True)
+_RE_UNIT = re.compile(r"(?P<num>\d+(?:\.\d+)?)\s?(?P<unit>km/h|°[cf]|°|" + "|".join(_PLAIN_UNITS)
+                      + r")(?![\w°])", re.I)
 _RE_NUMBER = re.compile(r"(?P<neg>(?<![\w.])-)?(?<![\d.])(?P<num>" + _NUM + r")(?:\.(?P<frac>\d+))?(?![\d])")
 _RE_HASH_NUM = re.compile(r"#(?=\d)")
 _RE_PLUS = re.compile(r"(?<=\d)\s?\+\s?(?=\d)")

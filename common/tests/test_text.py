@@ -36,9 +36,11 @@ def stream(text: str, step: int = 1, **kw) -> list[str]:
      ["He lives in the U.S. now and works there.", "Good for him."]),
     ("Well... maybe later. Wait... What happened?",
      ["Well... maybe later.", "Wait...\nWhat happened?"]),
-    ('He said "Stop right there." Then he left quietly.', ['He said "Stop right there."', "Then he left quietly."]),
+    ('He said "Stop right there." Then he left quietly.',
+     ['He said "Stop right there."', "Then he left quietly."]),
     ("J. R. R. Tolkien wrote books. Many of them.", ["J. R. R. Tolkien wrote books.", "Many of them."]),
-    ("I like apples, pears, etc. But not kiwis at all.", ["I like apples, pears, etc.", "But not kiwis at all."]),
+    ("I like apples, pears, etc. But not kiwis at all.",
+     ["I like apples, pears, etc.", "But not kiwis at all."]),
     ("I like apples, pears, etc. and kiwis too.", ["I like apples, pears, etc. and kiwis too."]),
     ("Visit example.com today. It is great.", ["Visit example.com today.", "It is great."]),
     ("I said no. Then I left.", ["I said no.", "Then I left."]),
@@ -51,7 +53,8 @@ def test_sentences_split_where_a_reader_would_pause(text: str, expected: list[st
 
 
 def test_list_items_and_newlines_end_segments_and_short_items_are_joined() -> None:
-    text = "Here's what you need:\n- Apples\n- Pears\n- Bread and butter\n\n1. Preheat the oven.\n2. Bake it.\n"
+    text = ("Here's what you need:\n- Apples\n- Pears\n- Bread and butter\n\n"
+            "1. Preheat the oven.\n2. Bake it.\n")
     segments = stream(text)
     assert segments[0] == "Here's what you need:"
     # One-word items are held back and joined to the next, with a line break kept between them.
@@ -82,7 +85,8 @@ def test_first_segment_may_be_a_clause_after_enough_words() -> None:
     assert segments[1] == "and we should go outside."
     # Only the first segment of a turn is cut at a clause.
     assert segments[2] == "Yes, we should go."
-    assert stream(text, first_clause_words=0)[0] == "Well, I think the weather today is really nice, and we should go outside."
+    whole = "Well, I think the weather today is really nice, and we should go outside."
+    assert stream(text, first_clause_words=0)[0] == whole
 
 
 def test_clause_cut_ignores_commas_inside_numbers_and_times() -> None:
@@ -171,7 +175,8 @@ def test_numbers_are_spoken_as_words(text: str, spoken: str) -> None:
     ("The U.S. economy", "The US economy"),
     ("Tom & Jerry", "Tom and Jerry"),
     ("The answer is no.", "The answer is no."),
-    ("Room No. 5 on St. Mark's Square, off Main St.", "Room number five on Saint Mark's Square, off Main Street"),
+    ("Room No. 5 on St. Mark's Square, off Main St.",
+     "Room number five on Saint Mark's Square, off Main Street"),
 ])
 def test_abbreviations_are_expanded(text: str, spoken: str) -> None:
     assert clean_for_speech(text) == spoken

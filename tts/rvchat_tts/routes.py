@@ -53,8 +53,8 @@ async def _parse(request: Request, model: type[M]) -> M:
 
 
 def _body_schema(model: type[BaseModel]) -> dict:
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _voice_headers(voice: str, fallback: bool, sample_rate: int) -> dict[str, str]:
@@ -167,7 +167,10 @@ async def synthesize(request: Request) -> Response:
 @router.post("/v1/audio/speech", tags=["openai"], dependencies=[Depends(require_ready)],
              openapi_extra=_body_schema(SpeechRequest), response_model=None)
 async def openai_speech(request: Request) -> Response:
-    """OpenAI-compatible speech, streamed. pcm is 24 kHz s16le (OpenAI's contract); wav is the voice's rate."""
+    """OpenAI-compatible speech, streamed.
+
+    pcm is 24 kHz s16le (OpenAI's contract); wav is at the voice's own rate (stated in its header).
+    """
     req = await _parse(request, SpeechRequest)
     speaker = _speaker(request)
     fmt = req.response_format

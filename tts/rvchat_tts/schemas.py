@@ -35,7 +35,8 @@ class SpeechRequest(BaseModel):
                                            "installed voice; {'id': name} is accepted too.")
     response_format: Literal["wav", "pcm", "mp3", "opus", "flac", "aac"] = Field("mp3")
     speed: float = Field(1.0, ge=MIN_SPEED, le=MAX_SPEED)
-    instructions: StrictStr | None = Field(None, description="Accepted and ignored (Piper has no style control).")
+    instructions: StrictStr | None = Field(
+        None, description="Accepted and ignored (Piper has no style control).")
     stream_format: Literal["audio", "sse"] = Field("audio", description="audio: the file, streamed; "
                                                    "sse: speech.audio.delta events with base64 chunks.")
 

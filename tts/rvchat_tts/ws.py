@@ -93,7 +93,8 @@ class TTSSession:
             text = event.get("text")
             if not isinstance(text, str):
                 return await self._event_error("'text' must be a string", "invalid_text")
-            if len(text) + self.queued_chars + len(self.splitter.pending) > self.settings.ws_max_pending_chars:
+            waiting = self.queued_chars + len(self.splitter.pending)
+            if len(text) + waiting > self.settings.ws_max_pending_chars:
                 return await self._event_error(
                     f"more than {self.settings.ws_max_pending_chars} characters waiting to be spoken; "
                     "this text was dropped (send flush or cancel)", "too_much_text")
@@ -158,7 +159,8 @@ class TTSSession:
                 continue
             cancel = self.cancel
             try:
-                pcm = await self.speaker.synth(item.speech, item.voice, item.speed, cancel, wait_when_busy=True)
+                pcm = await self.speaker.synth(item.speech, item.voice, item.speed, cancel,
+                                               wait_when_busy=True)
             except APIError as exc:
                 await self._event_error(exc.message, exc.code or "synthesis_failed")
                 continue

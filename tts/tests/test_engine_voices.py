@@ -67,7 +67,8 @@ def test_aliases_prefer_installed_voices_of_the_right_kind(voices_dir) -> None:
     assert aliases["alloy"] == aliases["default"] == JOE
     assert catalog.resolve("EN_US-RYAN-MEDIUM").voice == "en_US-ryan-medium"
     assert catalog.resolve("custom-voice").voice == "custom-voice"
-    assert {v["name"] for v in catalog.listing()} == {JOE, "en_US-amy-medium", "en_US-ryan-medium", "custom-voice"}
+    names = {v["name"] for v in catalog.listing()}
+    assert names == {JOE, "en_US-amy-medium", "en_US-ryan-medium", "custom-voice"}
 
 
 def test_unknown_names_and_paths_fall_back_to_the_default(voices_dir) -> None:
@@ -83,8 +84,8 @@ def test_unknown_names_and_paths_fall_back_to_the_default(voices_dir) -> None:
 
 
 def test_operator_aliases_override_builtin_ones(voices_dir) -> None:
-    catalog = VoiceCatalog(JOE, str(voices_dir), '{"en_female": "en_US-ryan-medium", "robot": "custom-voice", '
-                                                 '"ghost": "not-installed"}')
+    extra = '{"en_female": "en_US-ryan-medium", "robot": "custom-voice", "ghost": "not-installed"}'
+    catalog = VoiceCatalog(JOE, str(voices_dir), extra)
     assert catalog.resolve("en_female").voice == "en_US-ryan-medium"
     assert catalog.resolve("robot").voice == "custom-voice"
     assert catalog.resolve("ghost").voice == JOE

@@ -45,7 +45,8 @@ def post(svc, path: str, **kw) -> httpx.Response:
 def test_readme_curl_example_returns_a_wav_of_speech(tts_service) -> None:
     # The README's curl, byte for byte: en_female maps to an installed voice.
     r = post(tts_service, "/synthesize", headers={"Content-Type": "application/json"},
-             content='{"text": "Hello, how can I help you today?", "voice": "en_female", "return_format": "wav"}')
+             content='{"text": "Hello, how can I help you today?", "voice": "en_female", '
+                     '"return_format": "wav"}')
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "audio/wav"
     assert r.headers["x-voice"] == "en_US-joe-medium" and "x-voice-fallback" not in r.headers
@@ -171,7 +172,8 @@ def test_concurrent_requests_are_all_served(tts_service) -> None:
     results: list[int] = []
 
     def one(i: int) -> None:
-        r = post(tts_service, "/synthesize", json={"text": f"Request number {i} is here.", "return_format": "pcm"})
+        r = post(tts_service, "/synthesize",
+                 json={"text": f"Request number {i} is here.", "return_format": "pcm"})
         results.append(r.status_code if r.status_code != 200 or len(r.content) > 10000 else -1)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]

@@ -17,7 +17,8 @@ TEXT = "Good morning. The weather today is sunny, with a light breeze from the w
 
 @pytest.fixture(scope="module")
 def client(tts_service) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{tts_service.url}/v1", api_key="not-needed", timeout=WAIT * 2, max_retries=0)
+    return openai.OpenAI(base_url=f"{tts_service.url}/v1", api_key="not-needed", timeout=WAIT * 2,
+                         max_retries=0)
 
 
 @pytest.fixture(autouse=True)

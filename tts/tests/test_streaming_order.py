@@ -50,7 +50,8 @@ class GatedEngine:
     def ensure_voice(self, name: str) -> str:
         return name
 
-    def synthesize(self, text: str, voice: str, speed: float = 1.0, cancel: CancelToken | None = None) -> bytes:
+    def synthesize(self, text: str, voice: str, speed: float = 1.0,
+                   cancel: CancelToken | None = None) -> bytes:
         self.started.append(text)
         deadline = time.monotonic() + WAIT
         while not self.permits.acquire(timeout=0.01):
@@ -111,7 +112,8 @@ def test_openai_endpoint_streams_the_same_way(served) -> None:
     engine, url, _ = served
     engine.permits.release(1)
     with httpx.stream("POST", f"{url}/v1/audio/speech", timeout=WAIT,
-                      json={"model": "tts-1", "input": THREE, "voice": "alloy", "response_format": "wav"}) as r:
+                      json={"model": "tts-1", "input": THREE, "voice": "alloy",
+                            "response_format": "wav"}) as r:
         assert r.status_code == 200
         chunks = r.iter_raw()
         received = next(chunks)

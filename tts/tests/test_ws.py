@@ -91,7 +91,8 @@ async def test_first_chunk_is_a_clause_and_audio_starts_before_flush(tts_service
 
 
 async def test_cancel_stops_output_and_the_connection_is_usable_after(tts_service) -> None:
-    long_reply = " ".join(f"Here is a rather long sentence number {i} that takes a while to say." for i in range(12))
+    long_reply = " ".join(f"Here is a rather long sentence number {i} that takes a while to say."
+                          for i in range(12))
     async with connect(f"{tts_service.ws_url}/ws", open_timeout=WAIT) as ws:
         await recv(ws)
         await ws.send(json.dumps({"type": "text", "text": long_reply}))
