@@ -23,11 +23,21 @@ OVERHEAD_CLIPS = ["ljspeech_LJ001-0008.wav", "mfa_thoughts.wav", "ljspeech_LJ001
 SHORT_CLIPS = ["common_voice_en_22058266.wav", "ljspeech_LJ001-0008.wav", "mfa_thoughts.wav",
                "mfa_longstop.wav"]
 REPEATS = 3
+HOLD_S = 0.35  # the orchestrator's default VAD silence before it sends 'end' (APP_VAD_MIN_SILENCE_MS)
 
 
-def _pcm(name: str) -> bytes:
+def _pcm(name: str, trim: bool = False) -> bytes:
     with wave.open(str(speech_sample(name))) as w:
-        return w.readframes(w.getnframes())
+        pcm = w.readframes(w.getnframes())
+    if trim:
+        # Cut the recording's own trailing silence: the stream then ends where the speech ends,
+        # plus only the silence the caller adds (the orchestrator's VAD hold).
+        x = np.frombuffer(pcm, "<i2").astype(np.float32)
+        frames = x[: x.size // 320 * 320].reshape(-1, 320)
+        rms = np.sqrt((frames ** 2).mean(axis=1))
+        last = int(np.flatnonzero(rms > 0.1 * rms.max())[-1]) + 1
+        pcm = pcm[: last * 640]
+    return pcm
 
 
 def _median_ms(values: list[float]) -> float:
@@ -66,11 +76,11 @@ def _service_times(url: str, names: list[str], repeats: int) -> dict[str, list[f
     return times
 
 
-def _ws_final_latency(ws_url: str, name: str, realtime: bool, trailing_silence_s: float = 0.6) -> tuple[float, str]:
-    """Stream a clip in 20 ms frames (+ trailing silence, as the orchestrator's VAD hold), then 'end'."""
+def _ws_final_latency(ws_url: str, name: str, realtime: bool, trailing_silence_s: float = 0.35) -> tuple[float, str]:
+    """Stream a clip cut at its speech end in 20 ms frames, plus trailing silence, then 'end'."""
     from websockets.sync.client import connect
 
-    pcm = _pcm(name) + b"\0\0" * int(16000 * trailing_silence_s)
+    pcm = _pcm(name, trim=True) + b"\0\0" * int(16000 * trailing_silence_s)
     step = 640  # 20 ms
     with connect(ws_url + "/ws", open_timeout=10, max_size=None) as ws:
         json.loads(ws.recv(timeout=10))
@@ -98,10 +108,10 @@ def _latency_table(proc: ServiceProcess, label: str) -> list[str]:
         for name in SHORT_CLIPS:
             ref = next(m["text"] for m in speech_manifest() if m["file"] == name)
             for _ in range(REPEATS):
-                t, text = _ws_final_latency(proc.ws_url, name, realtime, 0.6 if realtime else 0.0)
+                t, text = _ws_final_latency(proc.ws_url, name, realtime, HOLD_S if realtime else 0.0)
                 lat.append(t)
                 errs.append(wer(ref, text))
-        mode = "real time + 0.6 s silence" if realtime else "all at once, no pause"
+        mode = f"real time, speech end + {HOLD_S} s silence" if realtime else "all at once, no pause"
         rows.append(f"| {label} | {mode} | {_median_ms(lat):.0f} | {max(lat) * 1000:.0f} | "
                     f"{statistics.mean(errs):.3f} |")
     return rows
@@ -179,9 +189,9 @@ def run() -> str:
         "### WebSocket: final latency after `end` (tiny.en, short utterances)",
         "",
         f"Clips: {', '.join(SHORT_CLIPS)} ({REPEATS} runs each), streamed in 20 ms PCM16 frames. "
-        "'Real time' paces frames like a microphone and adds 0.6 s of silence before `end`, as the "
-        "voice orchestrator does after its VAD hears the turn end; the early final then usually has "
-        "the answer ready. 'All at once' measures a cold decode of the whole utterance.",
+        "'Real time' cuts each clip where its speech ends, paces frames like a microphone and "
+        f"adds {HOLD_S} s of silence before `end`, as the voice orchestrator does (it sends `end` once "
+        "its VAD has heard that much silence); the early final then usually has the answer ready. 'All at once' measures a cold decode of the whole utterance.",
         "",
         "| service | stream | median ms | max ms | mean WER |",
         "|---|---|---:|---:|---:|",
