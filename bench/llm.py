@@ -110,7 +110,8 @@ def _row(name: str, runs: list[tuple[float, float | None, int]]) -> str:
     ttft = [r[0] for r in runs]
     rates = [r[1] for r in runs if r[1]]
     return (f"| {name} | {statistics.median(ttft):.0f} | {min(ttft):.0f}–{max(ttft):.0f} | "
-            f"{statistics.median(rates):.1f} | {max(rates):.1f} | {statistics.median(r[2] for r in runs):.0f} |")
+            f"{statistics.median(rates):.1f} | {max(rates):.1f} | "
+            f"{statistics.median(r[2] for r in runs):.0f} |")
 
 
 def run() -> str:
@@ -130,7 +131,8 @@ def run() -> str:
     return "\n".join([
         "## LLM (local provider, SmolLM2-135M-Instruct Q4_1)",
         "",
-        f"{len(TOPICS)} different questions x {ROUNDS} rounds (system + user, ~35 prompt tokens), greedy, max_tokens "
+        f"{len(TOPICS)} different questions x {ROUNDS} rounds (system + user, ~35 prompt tokens), "
+        "greedy, max_tokens "
         f"{MAX_TOKENS}, n_ctx {N_CTX}, {THREADS} threads. Time to first token (TTFT) is measured by the "
         "client from sending the request to receiving the first token; tokens/s from the first to the "
         f"last token. Load average during the run: {load:.1f} on {os.cpu_count()} cores (other "

@@ -107,7 +107,8 @@ class LLMEngine:
     def prepare(self, req: Request, max_tokens: int) -> tuple[list[dict[str, str]], int, int]:
         """System prompt first, then as many of the newest turns as fit the context window.
 
-        Returns the messages, how many old ones were dropped and the max_tokens that fits. Blocking (tokenises); run
+        Returns the messages, how many old ones were dropped and the max_tokens that fits.
+        Blocking (tokenises); run
         it in a thread.
         """
         messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
@@ -168,7 +169,8 @@ class LLMEngine:
         max_tokens = min(req.max_tokens or s.max_tokens, s.max_tokens_limit)
         messages, dropped, max_tokens = await asyncio.to_thread(self.prepare, req, max_tokens)
         options = ChatOptions(model=self.model_for(req.model),
-                              temperature=s.default_temperature() if req.temperature is None else req.temperature,
+                              temperature=(s.default_temperature() if req.temperature is None
+                                           else req.temperature),
                               max_tokens=max_tokens, stop=req.stop, top_p=req.top_p, seed=req.seed)
         gen_id = uuid.uuid4().hex[:16]
         parts: list[str] = []

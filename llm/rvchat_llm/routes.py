@@ -41,7 +41,8 @@ def check_limits(settings: Settings, contents: list[str], where: str = "messages
                        f"{len(contents)}", "validation_error", param=where)
     for i, text in enumerate(contents):
         if len(text) > settings.max_message_chars:
-            raise APIError(422, f"{where}.{i}.content: longer than the {settings.max_message_chars}-character "
+            raise APIError(422, f"{where}.{i}.content: longer than the "
+                           f"{settings.max_message_chars}-character "
                            "limit", "validation_error", param=where)
 
 

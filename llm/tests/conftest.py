@@ -33,7 +33,8 @@ class FakeOllama:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "FakeOllama":
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "fake_ollama.py"), str(self.port), *self.models],
+        cmd = [sys.executable, str(HERE / "fake_ollama.py"), str(self.port), *self.models]
+        self.proc = subprocess.Popen(cmd,
                                      stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -23,7 +23,8 @@ def test_readme_seed_example(llm_service):
     assert len(body["message"]["content"].split()) >= 2
     assert body["provider"] == "local" and "SmolLM2" in body["model"]
     assert body["usage"]["prompt_tokens"] > 10 and body["usage"]["completion_tokens"] > 0
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert 0 < body["timings"]["first_token_ms"] <= body["timings"]["total_ms"]
 
 
@@ -121,7 +122,8 @@ async def test_ws_cancel_stops_generation_and_frees_the_model(llm_service):
 
 async def test_ws_new_generate_replaces_running_one(llm_service):
     async with websockets.connect(llm_service.ws_url + "/ws") as ws:
-        long = {"messages": [{"role": "user", "content": "Write a long poem about the sea."}], "max_tokens": 300}
+        long = {"messages": [{"role": "user", "content": "Write a long poem about the sea."}],
+                "max_tokens": 300}
         await ws.send(json.dumps({"type": "generate", **long}))
         first = json.loads(await asyncio.wait_for(ws.recv(), 60))
         assert first["type"] == "start"

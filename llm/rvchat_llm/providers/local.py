@@ -100,7 +100,8 @@ class LocalProvider:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     # --- generation --------------------------------------------------------------
-    async def stream_chat(self, messages: list[dict[str, str]], options: ChatOptions) -> AsyncIterator[StreamItem]:
+    async def stream_chat(self, messages: list[dict[str, str]],
+                          options: ChatOptions) -> AsyncIterator[StreamItem]:
         if self._llm is None:
             raise UpstreamError(503, "local model is not loaded yet", "model_loading", retryable=False)
         slot = self.queue.slot()  # 503 at once when too many are waiting

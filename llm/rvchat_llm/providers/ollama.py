@@ -82,7 +82,8 @@ class OllamaProvider:
             if exc.status_code >= 500 or exc.status_code == -1:
                 return UpstreamError(502, f"Ollama at {self.host} failed: {msg}", "upstream_error",
                                      retryable=exc.status_code != -1)
-            return UpstreamError(400, f"Ollama at {self.host} rejected the request: {msg}", "upstream_rejected")
+            return UpstreamError(400, f"Ollama at {self.host} rejected the request: {msg}",
+                                 "upstream_rejected")
         if isinstance(exc, (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout)):
             return UpstreamError(503, f"Ollama at {self.host} is unreachable ({type(exc).__name__})",
                                  "upstream_unavailable", retryable=True)
@@ -154,7 +155,8 @@ class OllamaProvider:
         return estimate_tokens([{"content": text}]) - 9
 
     # --- generation ------------------------------------------------------------------
-    async def stream_chat(self, messages: list[dict[str, str]], options: ChatOptions) -> AsyncIterator[StreamItem]:
+    async def stream_chat(self, messages: list[dict[str, str]],
+                          options: ChatOptions) -> AsyncIterator[StreamItem]:
         opts: dict = {"num_ctx": self.settings.num_ctx, "temperature": options.temperature,
                       "num_predict": options.max_tokens}
         if options.top_p is not None:

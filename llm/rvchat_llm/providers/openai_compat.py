@@ -50,7 +50,8 @@ class OpenAIProvider:
         if isinstance(exc, openai.APITimeoutError):
             return UpstreamError(504, f"{where} timed out", "upstream_timeout")
         if isinstance(exc, openai.APIConnectionError):
-            return UpstreamError(503, f"{where} is unreachable ({exc})", "upstream_unavailable", retryable=True)
+            return UpstreamError(503, f"{where} is unreachable ({exc})", "upstream_unavailable",
+                                 retryable=True)
         if isinstance(exc, openai.NotFoundError):
             return UpstreamError(404, f"model '{model}' is not available on {where}: {exc.message}",
                                  "model_not_found")
@@ -67,7 +68,8 @@ class OpenAIProvider:
             return UpstreamError(400, f"{where} rejected the request ({exc.status_code}): {exc.message}",
                                  "upstream_rejected")
         if isinstance(exc, openai.APIError):  # an error event inside the stream
-            return UpstreamError(502, f"{where} reported an error mid-stream: {exc.message}", "upstream_error")
+            return UpstreamError(502, f"{where} reported an error mid-stream: {exc.message}",
+                                 "upstream_error")
         if isinstance(exc, (httpx.HTTPError, ValueError)):
             return UpstreamError(502, f"connection to {where} broke: {type(exc).__name__}: {exc}",
                                  "upstream_error")
@@ -94,7 +96,8 @@ class OpenAIProvider:
     def text_tokens(self, text: str) -> int:
         return estimate_tokens([{"content": text}]) - 9
 
-    async def stream_chat(self, messages: list[dict[str, str]], options: ChatOptions) -> AsyncIterator[StreamItem]:
+    async def stream_chat(self, messages: list[dict[str, str]],
+                          options: ChatOptions) -> AsyncIterator[StreamItem]:
         kwargs: dict = {"model": options.model, "messages": messages, "temperature": options.temperature,
                         "max_tokens": options.max_tokens, "stream": True,
                         "stream_options": {"include_usage": True}}
