@@ -76,7 +76,8 @@ def _service_times(url: str, names: list[str], repeats: int) -> dict[str, list[f
     return times
 
 
-def _ws_final_latency(ws_url: str, name: str, realtime: bool, trailing_silence_s: float = 0.35) -> tuple[float, str]:
+def _ws_final_latency(ws_url: str, name: str, realtime: bool,
+                      trailing_silence_s: float = 0.35) -> tuple[float, str]:
     """Stream a clip cut at its speech end in 20 ms frames, plus trailing silence, then 'end'."""
     from websockets.sync.client import connect
 
@@ -191,7 +192,8 @@ def run() -> str:
         f"Clips: {', '.join(SHORT_CLIPS)} ({REPEATS} runs each), streamed in 20 ms PCM16 frames. "
         "'Real time' cuts each clip where its speech ends, paces frames like a microphone and "
         f"adds {HOLD_S} s of silence before `end`, as the voice orchestrator does (it sends `end` once "
-        "its VAD has heard that much silence); the early final then usually has the answer ready. 'All at once' measures a cold decode of the whole utterance.",
+        "its VAD has heard that much silence); the early final then usually has the answer ready. "
+        "'All at once' measures a cold decode of the whole utterance.",
         "",
         "| service | stream | median ms | max ms | mean WER |",
         "|---|---|---:|---:|---:|",

@@ -13,7 +13,11 @@ from .settings import Settings
 
 
 def create_app(settings: Settings | None = None, engine: Any | None = None) -> FastAPI:
-    """Build the app; tests may pass a fake ``engine`` (load, check_language, transcribe, transcribe_stream)."""
+    """Build the app; tests may pass a fake ``engine``.
+
+    A fake needs ``load``, ``check_language``, ``transcribe`` and ``transcribe_stream`` (and
+    ``speech_probs``/``VAD_WINDOW`` for the stream's early final).
+    """
     settings = settings or Settings()
     if engine is None:
         from .engine import WhisperEngine

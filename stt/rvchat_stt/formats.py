@@ -49,5 +49,6 @@ def to_srt(segments: list[Segment]) -> str:
 
 
 def to_vtt(segments: list[Segment]) -> str:
-    blocks = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n" for s in segments]
+    blocks = [f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n"
+              for s in segments]
     return "WEBVTT\n\n" + "\n".join(blocks)

@@ -20,14 +20,18 @@ class Settings(ServiceSettings):
         "name (e.g. 'small.en') or a path to a CTranslate2 model directory is passed to faster-whisper.",
     )
     device: str = Field("cpu", description="'cpu', 'cuda' or 'auto'.")
-    compute_type: str = Field("int8", description="CTranslate2 compute type: int8, int8_float32, float32, ...")
+    compute_type: str = Field(
+        "int8", description="CTranslate2 compute type: int8, int8_float32, float32, ..."
+    )
     cpu_threads: int = Field(0, description="Threads per inference; 0 = one per CPU core.")
     download_root: str | None = Field(None, description="Where faster-whisper caches models it downloads.")
     local_files_only: bool = Field(False, description="Never try to download a model by name.")
     language: str | None = Field(
         None, description="Default language code when a request gives none; empty = auto-detect."
     )
-    beam_size: int = Field(5, description="Beam size for /transcribe and the OpenAI endpoint (faster-whisper default).")
+    beam_size: int = Field(
+        5, description="Beam size for /transcribe and the OpenAI endpoint (faster-whisper default)."
+    )
     condition_on_previous_text: bool = Field(
         True, description="Feed each window's text to the next one on long files (faster-whisper default)."
     )
@@ -68,7 +72,8 @@ class Settings(ServiceSettings):
         0.25, description="Trailing silence (Silero VAD) after which the speculative decode starts."
     )
     stream_max_seconds: float = Field(
-        30.0, description="Longest utterance buffered on the stream; at the limit a final is sent automatically."
+        30.0,
+        description="Longest utterance buffered on the stream; at the limit a final is sent automatically.",
     )
     stream_idle_timeout_s: float = Field(
         300.0, description="Close a WebSocket that sends nothing for this long."

@@ -97,7 +97,8 @@ class StreamSession:
             chunk = pcm16_to_float(bytes(self.buffer[self.vad_src_pos:end]))
             self.vad_src_pos = end
             # Per-chunk resampling is a little rough at chunk edges: fine for VAD, never used to decode.
-            self.vad_pending = np.concatenate([self.vad_pending, resample(chunk, self.sample_rate, SAMPLE_RATE)])
+            chunk = resample(chunk, self.sample_rate, SAMPLE_RATE)
+            self.vad_pending = np.concatenate([self.vad_pending, chunk])
         win = self.engine.VAD_WINDOW
         n = self.vad_pending.size if flush else self.vad_pending.size // win * win
         if n == 0:
@@ -159,7 +160,8 @@ class StreamSession:
         if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
             problems.append("sample_rate must be an integer between 8000 and 48000")
         elif rate != self.sample_rate and self.buffer:
-            problems.append("sample_rate cannot change in the middle of an utterance; send end or reset first")
+            problems.append("sample_rate cannot change in the middle of an utterance; "
+                            "send end or reset first")
         language = self.language
         if "language" in event:
             try:
@@ -198,7 +200,8 @@ class StreamSession:
         self._update_vad()
         if len(self.buffer) >= limit:
             # Whisper reads 30 s windows; rather than grow without bound, close the utterance here.
-            log.info("stream buffer reached %.0f s: sending an automatic final", self.settings.stream_max_seconds)
+            log.info("stream buffer reached %.0f s: sending an automatic final",
+                     self.settings.stream_max_seconds)
             await self.finalise(auto=True)
             rest = data[room:]
             if rest:
@@ -217,7 +220,8 @@ class StreamSession:
         new_speech = self.speech_end > self.result_upto if self._vad else True
         if not new_speech:
             return
-        interval_due = self.partials and total - self.last_partial_at >= self.settings.partial_interval_s * SAMPLE_RATE
+        interval = self.settings.partial_interval_s * SAMPLE_RATE
+        interval_due = self.partials and total - self.last_partial_at >= interval
         if interval_due and self.first_audio_at is not None:
             # Audio arriving much faster than real time (a file, not a microphone): a partial would be
             # stale at once and only hold up the final.
@@ -306,7 +310,8 @@ class StreamSession:
         result = early
         if result is None:
             try:
-                result = await self.queue.run(self.engine.transcribe_stream, audio, self.language, self.prompt)
+                result = await self.queue.run(self.engine.transcribe_stream, audio, self.language,
+                                              self.prompt)
             except APIError as exc:
                 await ws_event_error(self.ws, exc.message, exc.code)
                 return

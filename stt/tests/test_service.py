@@ -160,7 +160,8 @@ def test_openai_verbose_json_with_words(openai_client):
 @pytest.mark.parametrize("fmt", ["srt", "vtt"])
 def test_openai_subtitles(openai_client, fmt):
     with open(speech_sample("jfk_inaugural_1961.wav"), "rb") as f:
-        out = openai_client.audio.transcriptions.create(model="gpt-4o-transcribe", file=f, response_format=fmt)
+        out = openai_client.audio.transcriptions.create(model="gpt-4o-transcribe", file=f,
+                                                        response_format=fmt)
     assert isinstance(out, str)
     lines = out.strip().splitlines()
     if fmt == "vtt":

@@ -72,13 +72,15 @@ def test_transcribe_shape_and_field_errors():
         assert "audio" in r.json()["error"]["message"]  # tells the caller what it did send
         r = c.post("/transcribe", files={"file": ("a.wav", WAV, "audio/wav")}, data={"language": "fr"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_language"
-        r = c.post("/transcribe", files={"file": ("a.wav", WAV, "audio/wav")}, data={"word_timestamps": "maybe"})
+        r = c.post("/transcribe", files={"file": ("a.wav", WAV, "audio/wav")},
+                   data={"word_timestamps": "maybe"})
         assert r.status_code == 400
         r = c.post("/transcribe", files={"file": ("a.wav", WAV, "audio/wav")}, data={"beam_size": "99"})
         assert r.status_code == 400
         r = c.post("/transcribe", data={"file": "not a file"})
         assert r.status_code == 400
-        r = c.post("/transcribe", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
+        r = c.post("/transcribe", content=b"--x\r\nbroken",
+                   headers={"content-type": "multipart/form-data; boundary=x"})
         assert 400 <= r.status_code < 500
         assert c.get("/healthz").status_code == 200
 
@@ -163,7 +165,8 @@ def test_ws_protocol_with_fake_engine():
             ws.send_json({"type": "config", "language": "fr"})
             assert ws.receive_json()["error"]["code"] == "invalid_config"
             ws.send_json({"type": "config", "sample_rate": 8000, "partials": False})
-            assert ws.receive_json() == {"type": "ready", "sample_rate": 8000, "language": "en", "model": "fake"}
+            ready = ws.receive_json()
+            assert ready == {"type": "ready", "sample_rate": 8000, "language": "en", "model": "fake"}
             ws.send_bytes(np.zeros(8000, "<i2").tobytes())
             ws.send_json({"type": "end"})
             final = ws.receive_json()
@@ -204,7 +207,8 @@ def test_known_hallucinations(text, known):
 
 def test_keep_segment_rules():
     def seg(text, nsp=0.1, lp=-0.3, cr=1.2, start=0.0, end=2.0):
-        return Segment(start=start, end=end, text=text, no_speech_prob=nsp, avg_logprob=lp, compression_ratio=cr)
+        return Segment(start=start, end=end, text=text, no_speech_prob=nsp, avg_logprob=lp,
+                       compression_ratio=cr)
 
     speech = [(0.5, 1.5)]
     assert not guard.keep_segment(seg("anything", nsp=0.9, lp=-1.2), speech)  # Whisper's own rule
