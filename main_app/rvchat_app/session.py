@@ -93,6 +93,9 @@ class Turn:
     user_message_id: int | None = None
     task: asyncio.Task | None = None
     cancelled: list[str] = field(default_factory=list)
+    held: list | None = None  # speculative turn: page events held back until the turn is committed
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+    emit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     llm_id: str | None = None  # the generation's id, from the LLM's start event
     capped: bool = False  # the reply reached max_reply_sentences and the LLM was stopped  # upstream work cancelled by an interruption
 
@@ -114,6 +117,7 @@ class Turn:
                 out[name] = round((t[b] - t[a]) * 1000, 1)
 
         span("endpoint_ms", "speech_end", "vad_end")  # silence the VAD waited for
+        span("commit_ms", "speech_end", "commit")  # a speculative reply reached the page from here
         span("stt_ms", "vad_end", "transcript")
         span("llm_first_token_ms", "transcript", "first_token")
         span("tts_first_audio_ms", "first_token", "first_audio")
@@ -279,6 +283,8 @@ class Session:
         self._tasks: set[asyncio.Task] = set()
         self._send_lock = asyncio.Lock()
         self._stt_lock = asyncio.Lock()
+        self._loud_chunks = 0
+        self._resumed_unconfirmed = False
         self._closed = False
         self._listen_timer: asyncio.Task | None = None
 
@@ -385,9 +391,17 @@ class Session:
             await self._set_state("listening")
         await self.send({"type": "services", **self.services_view()})
 
+    @property
+    def _speculative_ms(self) -> int:
+        """Silence after which the reply is started speculatively (0: off)."""
+        spec = self.settings.speculative_silence_ms
+        return spec if 0 < spec < self.vad_config["min_silence_ms"] else 0
+
     def _vad_wire_config(self) -> dict:
+        spec = self._speculative_ms
         return {"sample_rate": SAMPLE_RATE, "threshold": self._vad_threshold_now,
-                "min_silence_ms": self.vad_config["min_silence_ms"],
+                "min_silence_ms": spec or self.vad_config["min_silence_ms"],
+                "probabilities": bool(spec),
                 "min_speech_ms": self.vad_config["min_speech_ms"],
                 "speech_pad_ms": self.settings.vad_speech_pad_ms}
 
@@ -454,6 +468,8 @@ class Session:
             await self._speech_start(float(event.get("timestamp") or 0.0))
         elif kind == "speech_end":
             await self._speech_end(float(event.get("timestamp") or 0.0))
+        elif kind == "probability":
+            await self._on_probability(float(event.get("probability") or 0.0))
         elif kind == "_closed":
             if self.user_speaking:
                 self.user_speaking = False
@@ -461,8 +477,54 @@ class Session:
         elif kind == "error":
             await self.send({"type": "error", "source": "vad", "error": event.get("error")})
 
+    async def _on_probability(self, p: float) -> None:
+        turn = self.turn
+        if turn is None or turn.held is None or turn.interrupted:
+            self._loud_chunks = 0
+            return
+        self._loud_chunks = self._loud_chunks + 1 if p >= self.vad_config["threshold"] else 0
+        if self._loud_chunks >= 2:  # 64 ms of speech: the user was only pausing
+            self._loud_chunks = 0
+            await self._abort_speculation(turn, resumed=True)
+
+    async def _abort_speculation(self, turn: Turn, resumed: bool) -> None:
+        """Drop a reply started on a short pause that turned out not to end the turn; nothing reached the page."""
+        if self.turn is turn:
+            self.turn = None
+        turn.interrupted = turn.finished = True
+        if turn.task is not None and turn.task is not asyncio.current_task():
+            turn.task.cancel()
+        llm, tts = self.links.get("llm"), self.links.get("tts")
+        if not turn.llm_done and llm is not None:
+            await llm.call("cancel")
+        if turn.tts_used and not turn.tts_done and tts is not None:
+            await tts.call("cancel")
+        # What the user says next is the rest of this utterance.
+        self._carry_text, self._carry_message_id = turn.user_text, turn.user_message_id
+        log.info("turn %s: speculative reply dropped (user resumed speaking)", turn.id)
+        if resumed and not self.user_speaking:
+            stt = self.links.get("stt")
+            async with self._stt_lock:
+                self.user_speaking = True
+                self._resumed_unconfirmed = True
+                if stt is not None and stt.up:
+                    back = int((self.settings.preroll_ms + 100) * SAMPLE_RATE / 1000)
+                    preroll = self._audio_since(max(0, self.samples_in - back))
+                    if preroll:
+                        await stt.call("audio", preroll)
+            await self._set_state("user_speaking")
+            self._spawn(self._resume_fallback(), "resume-fallback")
+
+    async def _resume_fallback(self) -> None:
+        """If the VAD never confirms the resumed speech (a blip, not words), end the utterance after all."""
+        await asyncio.sleep((self.vad_config["min_speech_ms"] + 400) / 1000)
+        if self._resumed_unconfirmed and self.user_speaking:
+            self._resumed_unconfirmed = False
+            await self._speech_end(None)
+
     async def _speech_start(self, ts: float) -> None:
         if self.user_speaking:
+            self._resumed_unconfirmed = False
             return
         turn = self.turn
         if turn is not None and not turn.finished or self.state in ("thinking", "speaking"):
@@ -485,22 +547,26 @@ class Session:
                              "error": {"message": "speech heard, but speech recognition is unavailable: "
                                        "please type", "type": "service_unavailable", "code": "stt_down"}})
 
-    async def _speech_end(self, ts: float) -> None:
+    async def _speech_end(self, ts: float | None) -> None:
         if not self.user_speaking:
             return
         async with self._stt_lock:
             self.user_speaking = False
+        self._resumed_unconfirmed = False
         now = time.perf_counter()
-        sample = self.vad_offset + int(ts * SAMPLE_RATE)
-        t_end = self._sample_time(sample)
+        wait = (self._speculative_ms or self.vad_config["min_silence_ms"]) / 1000
+        t_end = self._sample_time(self.vad_offset + int(ts * SAMPLE_RATE)) if ts is not None else None
         if t_end is None or t_end > now:
-            t_end = now - self.vad_config["min_silence_ms"] / 1000
+            t_end = now - wait
         await self.send({"type": "speech_end", "timestamp": ts})
         stt = self.links.get("stt")
         if stt is None or not await stt.call("end"):
             await self._set_state("listening")
             return
         self._stt_pending = {"speech_end": t_end, "vad_end": now}
+        if self._speculative_ms and ts is not None:
+            # Start the reply now, but let it reach the page only once the full turn-end silence has passed.
+            self._stt_pending["commit_at"] = t_end + self.vad_config["min_silence_ms"] / 1000
         await self._set_state("thinking")
         self._spawn(self._stt_watchdog(self._stt_pending), "stt-watchdog")
 
@@ -538,7 +604,8 @@ class Session:
                 self._carry_text = text
                 await self.send({"type": "partial", "text": text})
                 return
-            await self._start_turn(text, source="voice", timings=pending)
+            commit_at = pending.pop("commit_at", None)
+            await self._start_turn(text, source="voice", timings=pending, commit_at=commit_at)
         elif kind in ("error", "_closed"):
             if self._stt_pending is not None:
                 self._stt_pending = None
@@ -644,7 +711,7 @@ class Session:
         return self.conversation_id
 
     async def _start_turn(self, text: str, *, source: str, timings: dict[str, float],
-                          voice: bool | None = None) -> None:
+                          voice: bool | None = None, commit_at: float | None = None) -> None:
         cid = await self._ensure_conversation(text)
         if self._carry_message_id is not None:
             await self.store.update_message(self._carry_message_id, content=text)
@@ -659,10 +726,38 @@ class Session:
                     voice=bool(want_voice and tts is not None and tts.up), t=dict(timings),
                     user_message_id=user_mid)
         self.turn = turn
-        await self.send({"type": "transcript", "turn": turn.id, "text": text, "source": source,
-                         "message_id": user_mid})
+        delay = (commit_at - time.perf_counter()) if commit_at is not None else 0.0
+        if delay > 0:
+            turn.held = []
+            self._spawn(self._commit_after(turn, delay), f"commit-{turn.id}")
+        else:
+            turn.committed.set()
+        await self._emit(turn, {"type": "transcript", "turn": turn.id, "text": text, "source": source,
+                                "message_id": user_mid})
         await self._set_state("thinking")
         turn.task = self._spawn(self._run_turn(turn), f"turn-{turn.id}")
+
+    async def _emit(self, turn: Turn, event: dict) -> None:
+        """Send a turn's event to the page, or hold it while the turn is still speculative."""
+        async with turn.emit_lock:
+            if turn.held is not None:
+                turn.held.append(("event", event))
+            else:
+                await self.send(event)
+
+    async def _commit_after(self, turn: Turn, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.turn is not turn or turn.interrupted:
+            return
+        async with turn.emit_lock:
+            held, turn.held = turn.held or [], None
+            turn.t["commit"] = time.perf_counter()
+            for item in held:
+                if item[0] == "event":
+                    await self.send(item[1])
+                else:
+                    await self._forward_audio(turn, *item[1:])
+        turn.committed.set()
 
     async def _run_turn(self, turn: Turn) -> None:
         llm = self.links.get("llm")
@@ -693,7 +788,7 @@ class Session:
                 llm.idle.set()
                 await self._fail_turn(turn, "llm", "the language model service connection was lost")
                 return
-            await self.send({"type": "reply_start", "turn": turn.id, "voice": turn.voice})
+            await self._emit(turn, {"type": "reply_start", "turn": turn.id, "voice": turn.voice})
             await self._pump(turn, llm, tts)
         except asyncio.CancelledError:
             raise
@@ -735,7 +830,7 @@ class Session:
                     if turn.capped:
                         continue
                     turn.text += delta
-                    await self.send({"type": "reply_delta", "turn": turn.id, "text": delta})
+                    await self._emit(turn, {"type": "reply_delta", "turn": turn.id, "text": delta})
                     limit = self.settings.max_reply_sentences
                     if limit and len(_SENTENCE_END.findall(turn.text)) >= limit:
                         # Enough for a spoken answer: stop the model rather than speak a monologue.
@@ -752,7 +847,7 @@ class Session:
                     final = (event.get("message") or {}).get("content")
                     if isinstance(final, str) and final.strip() and not turn.text.strip():
                         turn.text = final
-                        await self.send({"type": "reply_delta", "turn": turn.id, "text": final})
+                        await self._emit(turn, {"type": "reply_delta", "turn": turn.id, "text": final})
                         if turn.voice and tts is not None:
                             turn.tts_used = True
                             tts.idle.clear()
@@ -775,7 +870,11 @@ class Session:
                 if kind == "audio":
                     pcm = event.get("pcm") or b""
                     rate = int(event.get("sample_rate") or (tts.ready.get("sample_rate") if tts else 22050) or 22050)
-                    await self._forward_audio(turn, event, pcm, rate)
+                    async with turn.emit_lock:
+                        if turn.held is not None:
+                            turn.held.append(("audio", event, pcm, rate))
+                        else:
+                            await self._forward_audio(turn, event, pcm, rate)
                 elif kind == "done":
                     turn.tts_done = True
                 elif kind == "cancelled":
@@ -790,7 +889,7 @@ class Session:
             return
         turn.tts_done = True
         turn.voice = False
-        await self.send({"type": "error", "source": "tts", "turn": turn.id, "error": {
+        await self._emit(turn, {"type": "error", "source": "tts", "turn": turn.id, "error": {
             "message": f"speech synthesis failed ({why}): the reply continues as text",
             "type": "upstream_error", "code": "tts_failed"}})
 
@@ -814,6 +913,9 @@ class Session:
     async def _fail_turn(self, turn: Turn, source: str, message: str) -> None:
         if turn.finished:
             return
+        await turn.committed.wait()  # a speculative turn fails visibly only once it is really the turn
+        if turn.finished:
+            return
         turn.finished = True
         await self.send({"type": "error", "source": source, "turn": turn.id, "error": {
             "message": message, "type": "upstream_error", "code": f"{source}_failed"}})
@@ -829,6 +931,7 @@ class Session:
         await self._set_state("user_speaking" if self.user_speaking else "listening")
 
     async def _finish_turn(self, turn: Turn) -> None:
+        await turn.committed.wait()
         turn.finished = True
         latency = turn.latency()
         for stage, ms in latency.items():
@@ -868,6 +971,9 @@ class Session:
         turn = self.turn
         if turn is None:
             return
+        if turn.held is not None and not turn.finished:
+            await self._abort_speculation(turn, resumed=False)
+            return
         now = time.perf_counter()
         still_playing = turn.play_start is not None and now < turn.play_end
         if turn.finished and not still_playing:
@@ -890,7 +996,10 @@ class Session:
                 turn.cancelled.append("llm")
             if turn.tts_used and not turn.tts_done and tts is not None and await tts.call("cancel"):
                 turn.cancelled.append("tts")
-        self._spawn(self._record_interrupted(turn, now, reason, notify), f"interrupt-{turn.id}")
+        if notify:
+            self._spawn(self._record_interrupted(turn, now, reason, notify), f"interrupt-{turn.id}")
+        else:  # the page is gone: record what it had heard (by the clock) before the session ends
+            await self._record_interrupted(turn, now, reason, notify)
 
     async def _record_interrupted(self, turn: Turn, at: float, reason: str, notify: bool) -> None:
         if turn.play_start is not None and notify:

@@ -29,7 +29,8 @@ class Settings(ServiceSettings):
     db_path: str = Field("./data/rvchat.sqlite3", description="SQLite file holding conversations and messages.")
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt given to the LLM on every turn.")
     history_messages: int = Field(
-        6, description="How many earlier messages of the conversation are sent to the LLM as context."
+        4, description="How many earlier messages of the conversation are sent to the LLM as context (each "
+        "one costs prompt evaluation before the first token: about 1 s for 6 messages on 2 shared cores)."
     )
     max_tokens: int = Field(80, description="Upper bound on the reply length in tokens (short replies speak fast).")
     max_reply_sentences: int = Field(
@@ -46,6 +47,12 @@ class Settings(ServiceSettings):
     )
     vad_threshold: float = Field(0.5, description="Default speech probability threshold (0-1).")
     vad_min_silence_ms: int = Field(350, description="Default silence that ends a user's turn, in ms.")
+    speculative_silence_ms: int = Field(
+        200,
+        description="Start the reply (STT end, LLM, TTS) after this much silence, before the turn-end silence "
+        "has passed; its text and audio reach the page only once the full silence has passed, and it is "
+        "dropped if the user goes on speaking. 0 turns speculation off.",
+    )
     vad_min_speech_ms: int = Field(200, description="Default shortest speech that counts as a turn, in ms.")
     vad_speech_pad_ms: int = Field(30, description="Padding the VAD adds around speech, in ms.")
     barge_in_threshold: float = Field(

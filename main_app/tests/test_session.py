@@ -53,6 +53,7 @@ async def store(tmp_path):
 async def make(store, hub: FakeHub, **settings) -> tuple[Session, Page]:
     page = Page()
     observed = []
+    settings.setdefault("speculative_silence_ms", 0)
     session = Session(send=page.send, store=store, settings=Settings(db_path=":memory:", **settings),
                       factories=hub.factories(), observe=lambda st, s: observed.append((st, s)))
     session.observed = observed
@@ -318,5 +319,74 @@ async def test_reply_is_capped_at_max_sentences(store):
         assert end["text"] == "One. Two."
         assert hub.last("llm").calls("cancel")
         assert [e["text"] for e in page.of("audio")] == ["One.", "Two."]
+    finally:
+        await session.close()
+
+
+async def test_speculative_reply_is_held_until_the_turn_end_silence(store):
+    hub = FakeHub(token_delay=0.001)
+    session, page = await make(store, hub, speculative_silence_ms=150, vad_min_silence_ms=400)
+    try:
+        assert hub.last("vad").calls("config")[-1]["min_silence_ms"] == 150
+        assert hub.last("vad").calls("config")[-1]["probabilities"] is True
+        await speak(session, hub)
+        # LLM and TTS start at once, but nothing of the reply reaches the page before the commit.
+        await asyncio.sleep(0.1)
+        assert hub.last("llm").calls("generate")
+        assert "transcript" not in page.types() and "audio" not in page.types()
+        await page.wait("reply_end", timeout=5)
+        types = page.types()
+        assert types.index("transcript") < types.index("reply_delta") < types.index("audio")
+        lat = (await page.wait("latency"))
+        assert lat["commit_ms"] >= 390 and lat["total_ms"] >= lat["commit_ms"]
+    finally:
+        await session.close()
+
+
+async def test_speculative_reply_is_dropped_when_the_user_goes_on(store):
+    hub = FakeHub(token_delay=0.001)
+    hub.transcripts = ["I would like", "a cup of tea"]
+    session, page = await make(store, hub, speculative_silence_ms=150, vad_min_silence_ms=400)
+    try:
+        await speak(session, hub)
+        await asyncio.sleep(0.05)
+        assert hub.last("llm").calls("generate")
+        vad = hub.last("vad")
+        vad.emit({"type": "probability", "timestamp": 1.0, "probability": 0.9})
+        vad.emit({"type": "probability", "timestamp": 1.03, "probability": 0.9})
+        await asyncio.sleep(0.05)
+        assert session.state == "user_speaking" and session.turn is None
+        assert "transcript" not in page.types() and "reply_start" not in page.types()
+        # The VAD confirms the speech, which then ends: one turn with the whole utterance.
+        vad.emit({"type": "speech_start", "timestamp": 1.0})
+        for _ in range(10):
+            await session.on_audio(FRAME)
+        vad.emit({"type": "speech_end", "timestamp": 1.5})
+        end = await page.wait("reply_end", timeout=5)
+        assert [e["text"] for e in page.of("transcript")] == ["I would like a cup of tea"]
+        assert not page.of("stop_playback") and not page.of("interrupted")
+        assert end["text"] == hub.reply
+        conv = await store.get_conversation(session.conversation_id)
+        assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+            ("user", "I would like a cup of tea"), ("assistant", hub.reply)]
+    finally:
+        await session.close()
+
+
+async def test_a_noise_blip_during_speculation_still_gets_an_answer(store):
+    hub = FakeHub(token_delay=0.001)
+    hub.transcripts = ["What time is it", ""]
+    session, page = await make(store, hub, speculative_silence_ms=150, vad_min_silence_ms=400,
+                               vad_min_speech_ms=100)
+    try:
+        await speak(session, hub)
+        await asyncio.sleep(0.05)
+        vad = hub.last("vad")
+        for _ in range(2):
+            vad.emit({"type": "probability", "timestamp": 1.0, "probability": 0.9})
+        # No speech_start follows: after min_speech + 400 ms the utterance ends and is answered.
+        end = await page.wait("reply_end", timeout=5)
+        assert [e["text"] for e in page.of("transcript")] == ["What time is it"]
+        assert end["text"] == hub.reply
     finally:
         await session.close()
