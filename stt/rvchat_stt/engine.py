@@ -51,6 +51,13 @@ def _compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+def _sanitise(audio: np.ndarray) -> np.ndarray:
+    """Float files can carry NaN, inf or values far outside [-1, 1]; Whisper wants neither."""
+    if np.isfinite(audio).all() and (audio.size == 0 or np.abs(audio).max() <= 1.0):
+        return audio
+    return np.clip(np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0).astype(np.float32)
+
+
 def _temperatures(temperature: float | None) -> list[float]:
     """OpenAI semantics: 0 (or none) means 'start greedy, raise on failure'."""
     if not temperature:
@@ -175,6 +182,7 @@ class WhisperEngine:
     def transcribe(self, audio: np.ndarray, opts: TranscribeOptions) -> Transcript:
         assert self.model is not None, "engine not loaded"
         language = self.check_language(opts.language)
+        audio = _sanitise(audio)
         spans = self.speech_spans(audio)
         if self.settings.speech_gate and not spans:
             return self._silent(audio, language, spans)
@@ -208,6 +216,7 @@ class WhisperEngine:
         """Greedy, timestamp-free decoding of one utterance, tuned for latency."""
         assert self.model is not None, "engine not loaded"
         language = self.check_language(language)
+        audio = _sanitise(audio)
         spans = self.speech_spans(audio)
         if self.settings.speech_gate and not spans:
             return self._silent(audio, language, spans)

@@ -230,6 +230,14 @@ def test_bad_inputs_get_4xx_and_service_survives(stt_service, tmp_path):
         if expected:
             assert resp.status_code == expected, (label, resp.status_code, resp.text)
         assert "message" in resp.json()["error"], label
+    # Float WAV full of NaN and inf: decodes, and is silence to us.
+    nan_wav = (b"RIFF" + (4 + 24 + 8 + 64000).to_bytes(4, "little") + b"WAVEfmt "
+               + (16).to_bytes(4, "little") + (3).to_bytes(2, "little") + (1).to_bytes(2, "little")
+               + (16000).to_bytes(4, "little") + (64000).to_bytes(4, "little") + (4).to_bytes(2, "little")
+               + (32).to_bytes(2, "little") + b"data" + (64000).to_bytes(4, "little")
+               + np.array([np.nan, np.inf] * 8000, "<f4").tobytes())
+    r = up(nan_wav)
+    assert r.status_code == 200 and r.json()["text"] == "", r.text
     # A file cut in the middle of its audio: transcribe what is there, as ffmpeg does.
     r = up(wav[: len(wav) // 2])
     assert r.status_code == 200 and r.json()["duration"] < 2.0
@@ -336,3 +344,28 @@ def test_ws_8khz_stream(stt_service):
         ws.send(json.dumps({"type": "end"}))
         assert until_final(ws, [])["type"] == "final"
     assert httpx.get(stt_service.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_two_streams_and_an_upload_at_once(stt_service):
+    """Connections share one model through the queue; each keeps its own buffer."""
+    import threading
+
+    names = ["mfa_english_t.wav", "mfa_falsetto.wav"]
+    finals: dict[str, str] = {}
+
+    def one(name: str) -> None:
+        with connect(stt_service.ws_url + "/ws", open_timeout=10) as ws:
+            recv(ws)
+            events = stream(ws, pcm16(name), realtime=0.2)
+            ws.send(json.dumps({"type": "end"}))
+            finals[name] = until_final(ws, events)["text"]
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    r = post_file(stt_service.url + "/transcribe", speech_sample("mfa_thoughts.wav"))
+    for t in threads:
+        t.join(60)
+    assert wer(MANIFEST["mfa_thoughts.wav"]["text"], r.json()["text"]) <= 0.15
+    for name in names:
+        assert wer(MANIFEST[name]["text"], finals[name]) <= bound(name) + 0.1, (name, finals.get(name))
