@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
-from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
+from faster_whisper.vad import get_vad_model
 
 from rvchat_common.audio import SAMPLE_RATE
 from rvchat_common.models import whisper_model
@@ -131,13 +131,12 @@ class WhisperEngine:
 
     # --- speech detection --------------------------------------------------
     def speech_spans(self, audio: np.ndarray) -> list[tuple[float, float]]:
-        """Seconds of speech found by Silero VAD (the ONNX model shipped inside faster_whisper)."""
+        """Seconds of speech by Silero VAD (the ONNX model shipped inside faster_whisper); [] = none."""
         if guard.is_digital_silence(audio):
             return []
-        opts = VadOptions(threshold=self.settings.gate_threshold, min_speech_duration_ms=100,
-                          min_silence_duration_ms=500, speech_pad_ms=200)
-        return [(t["start"] / SAMPLE_RATE, t["end"] / SAMPLE_RATE)
-                for t in get_speech_timestamps(audio, opts)]
+        return guard.speech_spans_from_probs(
+            self.speech_probs(audio), self.VAD_WINDOW / SAMPLE_RATE,
+            threshold=self.settings.gate_threshold, min_windows=self.settings.gate_min_windows)
 
     VAD_WINDOW = 512  # samples per Silero probability at 16 kHz (32 ms)
 

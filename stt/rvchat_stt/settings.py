@@ -47,7 +47,11 @@ class Settings(ServiceSettings):
         "silence hallucinations (no_speech_prob, avg_logprob, compression ratio, phrase blocklist).",
     )
     gate_threshold: float = Field(
-        0.35, description="Silero VAD speech probability used by the speech gate (lower keeps more)."
+        0.25, description="Silero VAD probability a 32 ms window needs to count for the speech gate "
+        "(low, so whispered speech in a little noise passes)."
+    )
+    gate_min_windows: int = Field(
+        4, description="Windows at gate_threshold needed before audio is sent to Whisper at all."
     )
     # WebSocket stream
     stream_beam_size: int = Field(1, description="Beam size on the WebSocket stream (1 = greedy, fastest).")

@@ -35,6 +35,7 @@ from rvchat_common.audio import SAMPLE_RATE, pcm16_to_float, resample
 from rvchat_common.errors import APIError, ws_error, ws_event_error
 from rvchat_common.inference import InferenceQueue
 
+from . import guard
 from .settings import Settings
 
 log = logging.getLogger("rvchat.stt.ws")
@@ -105,7 +106,8 @@ class StreamSession:
             return
         probs = self.engine.speech_probs(self.vad_pending[:n])
         self.vad_pending = self.vad_pending[n:]
-        voiced = np.flatnonzero(probs >= self.settings.gate_threshold)
+        # A low bar: whatever might be speech keeps the utterance open (no early final before it).
+        voiced = np.flatnonzero(probs >= guard.SPAN_THRESHOLD)
         if voiced.size:
             self.speech_end = self.vad_samples + int(voiced[-1] + 1) * win
         self.vad_samples += n
