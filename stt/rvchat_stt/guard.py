@@ -9,8 +9,10 @@ checks three things, cheapest first:
    ``threshold`` -> empty text, no decode. The threshold is low (0.25, not the
    usual 0.5) because Silero scores whispered speech low, and lower still when
    there is a little noise: measured on the whispered samples with white noise
-   from 30 to 0 dB SNR, at least 4 windows reach 0.25, while white noise up to
-   0.9 RMS, pink/brown noise, hum, tones and clicks reach it in at most 2;
+   from 30 to 0 dB SNR, at least 4 windows reach 0.25, while pink/brown noise,
+   hum, tones, clicks and white noise up to 0.1 RMS reach it in none. Loud
+   white noise (0.3 RMS and up) sometimes passes: Whisper then writes nothing,
+   or rule 3 removes what it writes;
 3. per segment: Whisper's own silence rule (no_speech_prob > 0.6 and
    avg_logprob < -1) and, only where VAD found no speech under the segment,
    the known phrases, a high no_speech_prob or a looping (compressible) text.
