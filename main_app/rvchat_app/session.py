@@ -285,6 +285,7 @@ class Session:
         self._stt_lock = asyncio.Lock()
         self._loud_chunks = 0
         self._resumed_unconfirmed = False
+        self._ctx_start: dict[str, int | None] = {}  # conversation -> first message id in the LLM window
         self._closed = False
         self._listen_timer: asyncio.Task | None = None
 
@@ -737,6 +738,24 @@ class Session:
         await self._set_state("thinking")
         turn.task = self._spawn(self._run_turn(turn), f"turn-{turn.id}")
 
+    async def _context(self) -> list[dict]:
+        """The conversation as the LLM sees it: a window that only moves forward in jumps.
+
+        A window sliding by one exchange per turn changes the prompt's beginning every
+        turn, so the LLM re-evaluates all of it (about 0.5-1 s on 2 cores). Kept fixed,
+        the previous prompt is a prefix of the new one and the LLM's KV cache reuses it:
+        only the new user message is evaluated. When the window holds more than
+        ``history_messages``, it jumps to the last exchange.
+        """
+        recent = await self.store.messages(self.conversation_id, last=self.settings.history_messages + 8)
+        recent = [m for m in recent if m["role"] in ("user", "assistant") and m["content"]]
+        start = self._ctx_start.get(self.conversation_id)
+        window = [m for m in recent if start is not None and m["id"] >= start]
+        if start is None or not window or len(window) > self.settings.history_messages:
+            window = recent[-3:]  # the last exchange and the new message
+            self._ctx_start[self.conversation_id] = window[0]["id"] if window else None
+        return [{"role": m["role"], "content": m["content"]} for m in window]
+
     async def _emit(self, turn: Turn, event: dict) -> None:
         """Send a turn's event to the page, or hold it while the turn is still speculative."""
         async with turn.emit_lock:
@@ -775,9 +794,7 @@ class Session:
                 return
             if not llm.idle.is_set() and not await llm.wait_idle(2.0):
                 await llm.restart()
-            history = await self.store.messages(self.conversation_id, last=self.settings.history_messages)
-            messages = [{"role": m["role"], "content": m["content"]} for m in history
-                        if m["role"] in ("user", "assistant") and m["content"]]
+            messages = await self._context()
             if turn.voice and tts is not None and not tts.idle.is_set() and not await tts.wait_idle(2.0):
                 await tts.restart()
             llm.idle.clear()

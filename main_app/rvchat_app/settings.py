@@ -29,8 +29,8 @@ class Settings(ServiceSettings):
     db_path: str = Field("./data/rvchat.sqlite3", description="SQLite file holding conversations and messages.")
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt given to the LLM on every turn.")
     history_messages: int = Field(
-        4, description="How many earlier messages of the conversation are sent to the LLM as context (each "
-        "one costs prompt evaluation before the first token: about 1 s for 6 messages on 2 shared cores)."
+        8, description="Most messages of the conversation sent to the LLM as context. The window only moves "
+        "in jumps (back to the last exchange), so the LLM's prompt cache is reused between turns."
     )
     max_tokens: int = Field(80, description="Upper bound on the reply length in tokens (short replies speak fast).")
     max_reply_sentences: int = Field(

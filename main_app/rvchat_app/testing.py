@@ -263,6 +263,7 @@ async def voice_turn(ws, pcm16: bytes, *, pad_s: float = 1.0, frame_ms: int = 20
     out: dict = {"events": [], "audio": bytearray(), "first_audio_at": None, "speech_end_s": speech_end,
                  "order": []}
     done = asyncio.Event()
+    mine: set = set()
     t0 = time.perf_counter()
     out["speech_end_at"] = t0 + speech_end
 
@@ -285,7 +286,11 @@ async def voice_turn(ws, pcm16: bytes, *, pad_s: float = 1.0, frame_ms: int = 20
                 pending = ev
             else:
                 out["order"].append(ev["type"])
-            if ev["type"] == until or (ev["type"] == "error" and ev.get("turn")):
+            if ev["type"] == "transcript":
+                mine.add(ev.get("turn"))
+            # A reply_end of an earlier turn (still finishing when this call began) is not ours.
+            ours = until == "interrupted" or ev.get("turn") is None or ev.get("turn") in mine
+            if ours and (ev["type"] == until or (ev["type"] == "error" and ev.get("turn"))):
                 done.set()
                 return
 

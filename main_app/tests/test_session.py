@@ -390,3 +390,19 @@ async def test_a_noise_blip_during_speculation_still_gets_an_answer(store):
         assert end["text"] == hub.reply
     finally:
         await session.close()
+
+
+async def test_llm_context_window_moves_in_jumps_so_prompts_share_a_prefix(store):
+    hub = FakeHub()
+    session, page = await make(store, hub, history_messages=6)
+    try:
+        for i in range(6):
+            await session.on_text_event({"type": "text", "text": f"message {i}"})
+            await page.wait("reply_end", count=i + 1)
+        gens = [g["messages"] for g in hub.last("llm").calls("generate")]
+        assert [len(g) for g in gens] == [1, 3, 5, 3, 5, 3]
+        # Within a window each prompt extends the previous one (the LLM's KV cache is reused).
+        assert gens[1] == gens[2][:3] and gens[3] == gens[4][:3]
+        assert gens[-1][-1] == {"role": "user", "content": "message 5"}
+    finally:
+        await session.close()
