@@ -54,7 +54,7 @@ class LocalProvider:
         s = self.settings
         t0 = time.perf_counter()
         llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=s.n_ctx, n_threads=s.n_threads,
-                              n_threads_batch=s.n_threads, verbose=False)
+                              n_threads_batch=s.n_threads_batch, verbose=False)
         template = llm.metadata.get("tokenizer.chat_template")
         self.template_source = "gguf" if template else "chatml-fallback"
         eos_id, bos_id = llm.token_eos(), llm.token_bos()
