@@ -68,7 +68,18 @@ async def test_speech_in_streamed_reply_out(app_service):
     assert 'voice_turn_latency_seconds_count{stage="total_ms"}' in metrics
 
 
-async def test_barge_in_stops_the_reply_and_cancels_upstream(app_service):
+@pytest.fixture(scope="module")
+def long_reply_app(services, tmp_path_factory):
+    """An app whose replies run long (no sentence cap), so a barge-in always finds LLM/TTS work in
+    flight to cancel, however fast this machine writes and speaks the reply."""
+    env = app_env(services, tmp_path_factory.mktemp("long") / "rvchat.sqlite3",
+                  APP_MAX_REPLY_SENTENCES="0", APP_MAX_TOKENS="400")
+    with ServiceProcess("rvchat_app", "APP_", env) as proc:
+        yield proc
+
+
+async def test_barge_in_stops_the_reply_and_cancels_upstream(long_reply_app):
+    app_service = long_reply_app
     ws = await open_session(app_service)
     try:
         await ws.send(json.dumps({"type": "text", "text": "Tell me a long story about a brave little dragon."}))
