@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rvchat_app.settings import Settings as AppSettings
+
 MAX_CLIP_S = 10.5
 SILENCES = (200, 300, 350, 400, 500, 700)
 # One thread each for the LLM and Piper: during a turn they run at the same time on 2 cores, and
@@ -269,7 +271,7 @@ def run() -> str:
         f"{len(clips)} clips of tests/data/speech up to {MAX_CLIP_S:g} s, each streamed at real time in 20 ms "
         "frames into main_app's `/ws` (one session, service connections reused across turns), then silence. "
         "Latency = end of speech in the clip (energy-based) -> first reply PCM frame at the client. "
-        f"Defaults: VAD min_silence {350} ms, threshold 0.5; STT tiny.en; LLM SmolLM2-135M (local, "
+        f"Defaults: VAD min_silence {AppSettings().vad_min_silence_ms} ms, threshold 0.5; STT tiny.en; LLM SmolLM2-135M (local, "
         f"{THREADS['llm']} thread); Piper joe-medium ({THREADS['tts']} ONNX thread). "
         f"Machine shared with other work while measured; total bench time {time.perf_counter() - t_start:.0f} s.",
         "",

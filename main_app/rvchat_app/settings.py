@@ -46,7 +46,10 @@ class Settings(ServiceSettings):
         "CPU the repeated partial passes delay the final transcript.",
     )
     vad_threshold: float = Field(0.5, description="Default speech probability threshold (0-1).")
-    vad_min_silence_ms: int = Field(350, description="Default silence that ends a user's turn, in ms.")
+    vad_min_silence_ms: int = Field(
+        500, description="Default silence that ends a user's turn, in ms. It costs little latency: the "
+        "reply is prepared from the speculative silence on and is usually ready only after this much "
+        "silence anyway; a shorter hold cuts readers off at their commas.")
     speculative_silence_ms: int = Field(
         200,
         description="Start the reply (STT end, LLM, TTS) after this much silence, before the turn-end silence "

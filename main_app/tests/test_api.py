@@ -23,7 +23,7 @@ def hub():
 def client(tmp_path, hub):
     settings = Settings(db_path=str(tmp_path / "api.sqlite3"), vad_url="http://127.0.0.1:9",
                         stt_url="http://127.0.0.1:9", tts_url="http://127.0.0.1:9", llm_url="http://127.0.0.1:9",
-                        status_interval_s=60)
+                        status_interval_s=60, vad_min_silence_ms=420)
     with TestClient(create_app(settings, factories=hub.factories())) as c:
         yield c
 
@@ -35,7 +35,7 @@ def test_page_and_config(client):
         assert client.get(path).status_code == 200
     cfg = client.get("/config").json()
     assert cfg["input_sample_rate"] == 16000
-    assert cfg["turn_taking"]["min_silence_ms"] == 350
+    assert cfg["turn_taking"]["min_silence_ms"] == 420  # the page gets the configured turn-taking
     assert client.get("/readyz").status_code == 200
 
 

@@ -430,7 +430,7 @@ function updateOutputs() {
 // ------------------------------------------------------------------ wiring
 async function init() {
   try { cfg = await (await fetch("/config")).json(); } catch { cfg = null; }
-  const tt = (cfg && cfg.turn_taking) || { threshold: 0.5, min_silence_ms: 350, min_speech_ms: 200 };
+  const tt = (cfg && cfg.turn_taking) || { threshold: 0.5, min_silence_ms: 500, min_speech_ms: 200 };
   $("thr").value = tt.threshold; $("sil").value = tt.min_silence_ms; $("minsp").value = tt.min_speech_ms;
   if (cfg && cfg.features) $("cues").checked = !!cfg.features.cue_tones;
   updateOutputs();
