@@ -99,6 +99,27 @@ def speech_sample(name: str) -> Path:
     return SPEECH_DIR / name
 
 
+def non_speech_signals(seconds: float = 4.0, rate: int = 16000) -> dict:
+    """Audio with no speech in it: digital silence, white noise at several levels, tones, mains hum,
+    brown noise. Services must find no speech and write no text for any of them."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = int(rate * seconds)
+    t = np.arange(n) / rate
+    brown = np.cumsum(rng.normal(0, 1, n))
+    brown -= np.convolve(brown, np.ones(1600) / 1600, "same")
+    sigs = {"silence": np.zeros(n)}
+    for amp in (0.001, 0.02, 0.1, 0.4):
+        sigs[f"white_{amp}"] = np.clip(rng.normal(0, amp, n), -1, 1)
+    sigs["tone_440"] = 0.3 * np.sin(2 * np.pi * 440 * t)
+    sigs["tone_1000"] = 0.5 * np.sin(2 * np.pi * 1000 * t)
+    sigs["hum_50"] = 0.2 * np.sin(2 * np.pi * 50 * t) + 0.1 * np.sin(2 * np.pi * 150 * t)
+    sigs["hum_60_low"] = 0.02 * np.sin(2 * np.pi * 60 * t)
+    sigs["brown"] = 0.3 * brown / np.abs(brown).max()
+    return {k: v.astype(np.float32) for k, v in sigs.items()}
+
+
 _FILLERS = {"uh", "um", "ah", "er", "hmm", "mm"}
 
 

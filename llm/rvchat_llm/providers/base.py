@@ -78,3 +78,14 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
     # ~3.5 characters per token for English with BPE vocabularies, plus the chat template's
     # per-message framing; deliberately on the high side so trimming errs towards fitting.
     return sum(len(m.get("content") or "") * 2 // 7 + 6 for m in messages) + 3
+
+
+class EstimatedTokens:
+    """Token counting for remote providers, whose tokenizer is not at hand."""
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return estimate_tokens(messages)
+
+    def text_tokens(self, text: str) -> int:
+        # The message framing estimate_tokens adds (6 + 3) is not part of a bare text.
+        return estimate_tokens([{"content": text}]) - 9

@@ -16,7 +16,7 @@ import httpx
 import ollama
 
 from ..settings import Settings
-from .base import ChatOptions, Delta, Final, StreamItem, UpstreamError, estimate_tokens
+from .base import ChatOptions, Delta, EstimatedTokens, Final, StreamItem, UpstreamError
 
 log = logging.getLogger("rvchat.llm.ollama")
 
@@ -35,7 +35,7 @@ def _keep_alive(value: str) -> str | float:
         return value
 
 
-class OllamaProvider:
+class OllamaProvider(EstimatedTokens):
     name = "ollama"
 
     def __init__(self, settings: Settings) -> None:
@@ -146,13 +146,6 @@ class OllamaProvider:
         self.warmed = True
         log.info("model '%s' loaded on %s in %.2f s (keep_alive=%s)", model, self.host,
                  time.perf_counter() - t0, self.keep_alive)
-
-    # --- tokens --------------------------------------------------------------------
-    def count_tokens(self, messages: list[dict[str, str]]) -> int:
-        return estimate_tokens(messages)
-
-    def text_tokens(self, text: str) -> int:
-        return estimate_tokens([{"content": text}]) - 9
 
     # --- generation ------------------------------------------------------------------
     async def stream_chat(self, messages: list[dict[str, str]],

@@ -13,12 +13,12 @@ import httpx
 import openai
 
 from ..settings import Settings
-from .base import ChatOptions, Delta, Final, StreamItem, UpstreamError, estimate_tokens
+from .base import ChatOptions, Delta, EstimatedTokens, Final, StreamItem, UpstreamError
 
 log = logging.getLogger("rvchat.llm.openai")
 
 
-class OpenAIProvider:
+class OpenAIProvider(EstimatedTokens):
     name = "openai"
 
     def __init__(self, settings: Settings) -> None:
@@ -89,12 +89,6 @@ class OpenAIProvider:
             reason = self._error(exc, self.default_model).message
         self._ready_cache = (time.monotonic(), reason)
         return reason
-
-    def count_tokens(self, messages: list[dict[str, str]]) -> int:
-        return estimate_tokens(messages)
-
-    def text_tokens(self, text: str) -> int:
-        return estimate_tokens([{"content": text}]) - 9
 
     async def stream_chat(self, messages: list[dict[str, str]],
                           options: ChatOptions) -> AsyncIterator[StreamItem]:
