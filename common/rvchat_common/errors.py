@@ -134,3 +134,14 @@ async def ws_error(
 async def ws_event_error(ws: WebSocket, message: str, code: str | None = None) -> None:
     """Report a recoverable problem on a WebSocket without closing it."""
     await ws.send_json({"type": "error", **error_body(message, 400, code)})
+
+
+def parse_json(data: str | bytes) -> Any:
+    """``json.loads`` for what clients send: every malformed input raises ValueError, including
+    nesting deep enough to exhaust the parser's recursion limit (a RecursionError otherwise)."""
+    import json
+
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply") from None

@@ -170,3 +170,11 @@ async def test_inference_queue_serialises_and_sheds_load():
     busy = [r for r in results if isinstance(r, APIError)]
     assert len(busy) == 1 and busy[0].status == 503 and busy[0].headers["Retry-After"]
     assert sorted(r for r in results if isinstance(r, int)) == [0, 1]
+
+
+@pytest.mark.parametrize("raw", ["{", "[" * 100_000 + "]" * 100_000, b"\xff\xfe"])
+def test_parse_json_turns_every_malformed_input_into_value_error(raw):
+    from rvchat_common.errors import parse_json
+
+    with pytest.raises(ValueError):
+        parse_json(raw)

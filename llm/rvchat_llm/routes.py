@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -13,7 +12,7 @@ from fastapi import APIRouter, Depends, Request, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from rvchat_common.app import require_ready
-from rvchat_common.errors import APIError, error_body, ws_event_error
+from rvchat_common.errors import APIError, error_body, parse_json, ws_event_error
 from rvchat_common.streaming import sse_event, sse_response
 
 from .engine import Done, LLMEngine, Request as GenRequest
@@ -228,7 +227,7 @@ async def ws_generate(ws: WebSocket) -> None:
                                      "bad_frame")
                 continue
             try:
-                event = json.loads(msg["text"])
+                event = parse_json(msg["text"])
                 if not isinstance(event, dict):
                     raise ValueError("not an object")
             except ValueError:

@@ -19,6 +19,8 @@ from urllib.parse import quote
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from rvchat_common.errors import parse_json
+
 log = logging.getLogger("rvchat.app.clients")
 
 OPEN_TIMEOUT_S = 5.0
@@ -126,7 +128,7 @@ class ServiceStream:
         if isinstance(msg, bytes):
             raise ServiceClosed(self.name, "unexpected binary frame")
         try:
-            event = json.loads(msg)
+            event = parse_json(msg)
         except ValueError:
             raise ServiceClosed(self.name, "malformed JSON from the service") from None
         if not isinstance(event, dict):

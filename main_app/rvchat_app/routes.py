@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.websockets import WebSocketState
 
-from rvchat_common.errors import APIError, ws_error
+from rvchat_common.errors import APIError, parse_json, ws_error
 
 from .schemas import ConversationCreate, MessageRequest
 from .session import SAMPLE_RATE, Session, reply_once
@@ -137,7 +137,7 @@ async def voice_ws(ws: WebSocket) -> None:
                         "message": "text frame too large", "type": "invalid_request_error", "code": "too_large"}})
                     continue
                 try:
-                    event = json.loads(text)
+                    event = parse_json(text)
                 except ValueError:
                     await session.send({"type": "error", "error": {
                         "message": "malformed JSON", "type": "invalid_request_error", "code": "invalid_json"}})

@@ -23,7 +23,6 @@ decode already running.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from rvchat_common.audio import SAMPLE_RATE, pcm16_to_float, resample
-from rvchat_common.errors import APIError, ws_error, ws_event_error
+from rvchat_common.errors import APIError, parse_json, ws_error, ws_event_error
 from rvchat_common.inference import InferenceQueue
 
 from . import guard
@@ -138,7 +137,7 @@ class StreamSession:
 
     async def on_text(self, raw: str) -> None:
         try:
-            event = json.loads(raw)
+            event = parse_json(raw)
         except ValueError:
             event = None
         if not isinstance(event, dict):

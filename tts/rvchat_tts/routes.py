@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -15,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from rvchat_common.app import require_ready
 from rvchat_common.audio import base64_audio, float_to_pcm16, pcm16_to_float, resample, wav_header
-from rvchat_common.errors import APIError
+from rvchat_common.errors import APIError, parse_json
 from rvchat_common.streaming import sse_event
 
 from .encoders import StreamEncoder
@@ -39,7 +38,7 @@ async def _parse(request: Request, model: type[M]) -> M:
     """Body -> model. Malformed JSON is a 400 (as OpenAI answers), a wrong field a 422."""
     raw = await request.body()
     try:
-        data = json.loads(raw)
+        data = parse_json(raw)
     except (ValueError, UnicodeDecodeError):
         raise APIError(400, "request body is not valid JSON", "invalid_json") from None
     if not isinstance(data, dict):

@@ -11,14 +11,13 @@ binary frame together, so nothing of a cancelled turn follows ``cancelled``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from dataclasses import dataclass
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from rvchat_common.errors import APIError, ws_error, ws_event_error
+from rvchat_common.errors import APIError, parse_json, ws_error, ws_event_error
 
 from .schemas import MAX_SPEED, MIN_SPEED
 from .speech import Speaker
@@ -70,7 +69,7 @@ class TTSSession:
                                             "unexpected_binary")
                     continue
                 try:
-                    event = json.loads(msg.get("text") or "")
+                    event = parse_json(msg.get("text") or "")
                 except ValueError:
                     await self._event_error("malformed JSON", "invalid_json")
                     continue

@@ -226,7 +226,7 @@ def test_bad_requests_get_a_clear_4xx(tts_service, path, body, status) -> None:
     assert err["message"] and err["type"]
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff\xfe\x00", b"null", b'"text"'])
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff\xfe\x00", b"null", b'"text"', b"[" * 5000 + b"]" * 5000])
 def test_malformed_bodies_are_400(tts_service, raw) -> None:
     r = post(tts_service, "/synthesize", content=raw, headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text

@@ -147,6 +147,7 @@ async def test_config_changes_voice_and_speed(tts_service) -> None:
 
 @pytest.mark.parametrize("bad, code", [
     ("not json at all", "invalid_json"),
+    ("[" * 5000 + "]" * 5000, "invalid_json"),  # deeper than the parser's recursion limit
     ("[1, 2]", "invalid_event"),
     (json.dumps({"type": "dance"}), "unknown_event"),
     (json.dumps({"no": "type"}), "unknown_event"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -15,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from rvchat_common.app import require_ready
 from rvchat_common.audio import SAMPLE_RATE, decode_audio
-from rvchat_common.errors import APIError, ws_error, ws_event_error
+from rvchat_common.errors import APIError, parse_json, ws_error, ws_event_error
 
 from .schemas import DetectParams, DetectResponse, Segment, StreamConfig
 from .stream import TurnConfig, VadStream
@@ -192,7 +191,7 @@ async def stream_ws(ws: WebSocket) -> None:
 
 async def _handle_text(ws: WebSocket, stream: VadStream, text: str) -> None:
     try:
-        event = json.loads(text)
+        event = parse_json(text)
     except ValueError:
         await ws_event_error(ws, "text frame is not valid JSON", "invalid_json")
         return

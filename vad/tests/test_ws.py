@@ -175,6 +175,7 @@ async def test_flush_closes_an_open_turn_and_reset_forgets_it(vad_service, jfk):
 
 BAD_TEXT = [
     ("{not json", "invalid_json"),
+    ("[" * 5000 + "]" * 5000, "invalid_json"),  # deeper than the parser's recursion limit
     ("[1, 2]", "invalid_event"),
     ('{"type": 5}', "invalid_event"),
     ('{"no_type": true}', "invalid_event"),
