@@ -27,6 +27,19 @@ OPEN_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 10.0
 
 
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+    """Cancel a background task and wait until it has ended.
+
+    Everything is swallowed, the caller's own cancellation included: this runs in ``finally``
+    blocks of handlers being torn down, and the cleanup after it must still happen."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass
+
 class ServiceClosed(Exception):
     """The service's WebSocket is gone (refused, closed, or it broke protocol)."""
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from .clients import ServiceClosed, ServiceStream
+from .clients import ServiceClosed, ServiceStream, cancel_and_wait
 from .settings import Settings
 from .store import Store
 
@@ -239,12 +239,7 @@ class Link:
 
     async def close(self) -> None:
         self._closing = True
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except BaseException:
-                pass
+        await cancel_and_wait(self._task)
         if self.stream is not None:
             await self.stream.close()
 

@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+from .clients import cancel_and_wait
 from .settings import Settings
 
 log = logging.getLogger("rvchat.app.status")
@@ -55,12 +56,7 @@ class StatusMonitor:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except BaseException:
-                pass
+        await cancel_and_wait(self._task)
         if self._client:
             await self._client.aclose()
 
