@@ -145,26 +145,3 @@ def base64_audio(pcm16: bytes, sample_rate: int, fmt: str = "wav") -> dict:
         "duration": round(len(pcm16) / 2 / sample_rate, 3),
     }
 
-
-def encode_audio(pcm16: bytes, sample_rate: int, fmt: str) -> bytes:
-    """Encode PCM16 mono to a compressed container (mp3, opus, flac, aac) with PyAV."""
-    codecs = {"mp3": ("mp3", "mp3"), "opus": ("ogg", "libopus"), "flac": ("flac", "flac"),
-              "aac": ("adts", "aac")}
-    if fmt not in codecs:
-        raise APIError(400, f"unsupported output format {fmt!r}", "unsupported_format")
-    container_fmt, codec = codecs[fmt]
-    out_rate = 48000 if codec == "libopus" else sample_rate
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format=container_fmt) as container:
-        stream = container.add_stream(codec, rate=out_rate)
-        stream.layout = "mono"
-        samples = np.frombuffer(pcm16, dtype="<i2").reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = sample_rate
-        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=out_rate)
-        for rframe in resampler.resample(frame) + resampler.resample(None):
-            for packet in stream.encode(rframe):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buf.getvalue()

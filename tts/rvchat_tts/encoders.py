@@ -1,7 +1,7 @@
 """Compressed audio encoded incrementally, so mp3/opus/flac/aac can stream sentence by sentence.
 
-``rvchat_common.audio.encode_audio`` makes a whole file at once; files made per
-sentence cannot simply be concatenated (ID3 tags, Ogg streams, FLAC headers).
+Files encoded whole, one per sentence, cannot simply be concatenated (ID3 tags,
+Ogg streams, FLAC headers).
 Here one encoder and muxer live for the whole response and write into a sink
 that is drained after each sentence. The sink has no ``seek``, so muxers that
 would go back to patch a header (FLAC's sample count, MP3's Xing frame) leave
