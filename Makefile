@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rvchat-installed
 
-.PHONY: run test install system-deps provision bench lint compose-config clean
+.PHONY: run test install system-deps provision bench compose-config clean
 
 run: install ## install what is missing, then start all five services on embedded defaults
 	@echo ""
@@ -31,9 +31,6 @@ bench: install ## latency and throughput figures into bench/REPORT.md
 
 compose-config:
 	docker-compose -f docker-compose.yml config -q
-
-lint:
-	$(VENV)/bin/ruff check . || true
 
 clean:
 	rm -rf $(VENV) .pytest_cache

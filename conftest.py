@@ -49,14 +49,18 @@ def llm_service():
 
 
 @pytest.fixture(scope="session")
-def app_service(vad_service, stt_service, tts_service, llm_service, tmp_path_factory):
+def services(vad_service, stt_service, tts_service, llm_service) -> dict:
+    """The four model services by name."""
+    return {"vad": vad_service, "stt": stt_service, "tts": tts_service, "llm": llm_service}
+
+
+@pytest.fixture(scope="session")
+def app_service(services, tmp_path_factory):
     """main_app wired to the four service processes, with its own SQLite file."""
-    env = {
-        "APP_VAD_URL": vad_service.url, "APP_STT_URL": stt_service.url,
-        "APP_TTS_URL": tts_service.url, "APP_LLM_URL": llm_service.url,
-        "APP_DB_PATH": str(tmp_path_factory.mktemp("app") / "history.sqlite3"),
-    }
-    proc = ServiceProcess("rvchat_app", "APP_", env).start()
+    from rvchat_app.testing import app_env
+
+    proc = ServiceProcess("rvchat_app", "APP_", app_env(services, tmp_path_factory.mktemp("app") / "rvchat.sqlite3"))
+    proc.start()
     try:
         yield proc
     finally:
