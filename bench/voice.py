@@ -182,7 +182,7 @@ def _in_process(clips: list[dict], endpoint_s: float) -> list[dict]:
     from rvchat_app.testing import load_pcm16
     from rvchat_common import models
     from rvchat_common.testing import speech_sample
-    from rvchat_common.text import SentenceSplitter
+    from rvchat_common.sentences import SentenceSplitter
 
     settings = Settings()
     whisper = WhisperModel(models.whisper_model("tiny.en"), device="cpu", compute_type="int8")

@@ -14,7 +14,8 @@ from typing import Any, AsyncIterator
 
 from rvchat_common.errors import APIError
 from rvchat_common.inference import InferenceQueue
-from rvchat_common.text import SentenceSplitter, clean_for_speech
+from rvchat_common.sentences import SentenceSplitter
+from rvchat_common.text import clean_for_speech
 
 from .settings import Settings
 from .voices import Resolved
