@@ -12,6 +12,7 @@ from starlette.websockets import WebSocketState
 
 from rvchat_common.errors import APIError, parse_json, ws_error
 
+from .links import degraded_modes
 from .schemas import ConversationCreate, MessageRequest
 from .session import SAMPLE_RATE, Session, reply_once
 
@@ -53,12 +54,12 @@ async def status(request: Request) -> dict:
     """Each service's health and readiness with its latency, checked now."""
     monitor = request.app.state.monitor
     services = await monitor.check()
-    up = {name: s["ready"] for name, s in services.items()}
-    modes = {"voice_in": up["vad"] and up["stt"] and up["llm"], "voice_out": up["tts"], "chat": up["llm"]}
+    view = degraded_modes({name: s["ready"] for name, s in services.items()})
     db = await request.app.state.store.ping()
     return {"app": {"status": "ok" if db is None else "degraded", "database": db or "ok",
                     "sessions": len(request.app.state.sessions)},
-            "services": services, "modes": modes, "checked_at": monitor.checked_at}
+            "services": services, "modes": view["modes"], "notice": view["notice"],
+            "checked_at": monitor.checked_at}
 
 
 @router.get("/api/conversations")

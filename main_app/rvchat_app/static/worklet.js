@@ -1,21 +1,34 @@
-// Mic capture: downsample from the AudioContext rate to 16 kHz PCM16 in 20 ms frames.
+// @ts-check
+// Mic capture, in the AudioWorklet scope: downsample from the AudioContext rate to 16 kHz PCM16 in 20 ms
+// frames, posted to mic.js as {pcm: ArrayBuffer, rms: number}.
 // Each output sample is the mean of the input samples in its interval (a box filter),
 // which keeps most of the aliasing out without a heavier FIR.
-class MicProcessor extends AudioWorkletProcessor {
+
+/**
+ * The AudioWorkletGlobalScope names we use (TypeScript's lib.dom does not describe that scope).
+ * @type {{sampleRate: number, registerProcessor: (name: string, ctor: Function) => void,
+ *   AudioWorkletProcessor: new () => {port: MessagePort}}}
+ */
+const scope = /** @type {any} */ (globalThis);
+
+class MicProcessor extends scope.AudioWorkletProcessor {
   constructor() {
     super();
-    this.ratio = sampleRate / 16000;
+    this.ratio = scope.sampleRate / 16000;
     this.acc = 0;
     this.cnt = 0;
     this.pos = 0;
     this.frame = new Int16Array(320);
     this.n = 0;
     this.sumSq = 0;
-    this.muted = false;
-    this.port.onmessage = (e) => { if (e.data && "muted" in e.data) this.muted = !!e.data.muted; };
+    this.alive = true;
+    // mic.js says "stop" when the mic is turned off: returning false from process() lets the node be collected.
+    this.port.onmessage = (e) => { if (e.data === "stop") this.alive = false; };
   }
 
+  /** @param {Float32Array[][]} inputs @returns {boolean} whether to keep the processor running */
   process(inputs) {
+    if (!this.alive) return false;
     const input = inputs[0];
     if (!input || !input[0]) return true;
     const ch = input[0];
@@ -25,7 +38,7 @@ class MicProcessor extends AudioWorkletProcessor {
       this.pos += 1;
       if (this.pos >= this.ratio) {
         this.pos -= this.ratio;
-        let v = this.muted ? 0 : this.acc / this.cnt;
+        let v = this.acc / this.cnt;
         this.acc = 0;
         this.cnt = 0;
         v = Math.max(-1, Math.min(1, v));
@@ -44,4 +57,4 @@ class MicProcessor extends AudioWorkletProcessor {
   }
 }
 
-registerProcessor("mic-processor", MicProcessor);
+scope.registerProcessor("mic-processor", MicProcessor);

@@ -1,0 +1,103 @@
+"""History: what the conversation keeps and what the LLM sees of it.
+
+Owns: the current conversation id of a session, saving the user's and the assistant's messages
+(a reply saved whole, failed or interrupted with what was heard), the user message that a
+continued utterance rewrites, and the LLM's context window (which moves only in jumps so that the
+LLM's prompt cache is reused).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rvchat_common.errors import APIError
+
+from .store import Store
+
+
+def chat_messages(rows: list[dict]) -> list[dict]:
+    """Stored messages as LLM chat messages (user and assistant turns with content)."""
+    return [{"role": m["role"], "content": m["content"]} for m in rows
+            if m["role"] in ("user", "assistant") and m["content"]]
+
+
+class History:
+    """One session's (or one API request's) view of the store."""
+
+    def __init__(self, store: Store, history_messages: int, conversation_id: str | None = None) -> None:
+        self.store = store
+        self.history_messages = history_messages
+        self.conversation_id = conversation_id
+        self._window_start: dict[str, int | None] = {}  # conversation -> first message id in the window
+
+    async def exists(self) -> bool:
+        return self.conversation_id is not None and await self.store.exists(self.conversation_id)
+
+    async def ensure(self) -> tuple[str, bool]:
+        """The conversation to write to, created if there is none; (id, created)."""
+        if self.conversation_id is None or not await self.store.exists(self.conversation_id):
+            self.conversation_id = (await self.store.create_conversation())["id"]
+            return self.conversation_id, True
+        return self.conversation_id, False
+
+    async def open(self, cid: str | None) -> bool:
+        """Switch to conversation ``cid`` (None: a new one on the next message); False if it does not exist."""
+        if cid is not None and not await self.store.exists(cid):
+            return False
+        self.conversation_id = cid
+        return True
+
+    async def conversation(self) -> dict | None:
+        return await self.store.get_conversation(self.conversation_id) if self.conversation_id else None
+
+    async def add_user(self, text: str, source: str, replaces: int | None = None) -> int:
+        """Save the user's message; ``replaces`` is an earlier part of the same utterance, rewritten whole."""
+        if replaces is not None:
+            await self.store.update_message(replaces, content=text)
+            return replaces
+        cid, _ = await self.ensure()
+        return (await self.store.add_message(cid, "user", text, source=source))["id"]
+
+    async def add_assistant(self, text: str, *, source: str, interrupted: bool = False,
+                            meta: dict[str, Any] | None = None) -> int:
+        cid, _ = await self.ensure()
+        msg = await self.store.add_message(cid, "assistant", text, interrupted=interrupted, source=source,
+                                           meta=meta)
+        return msg["id"]
+
+    async def mark_interrupted(self, message_id: int, heard: str, meta: dict[str, Any]) -> None:
+        await self.store.update_message(message_id, content=heard, interrupted=True, meta=meta)
+
+    async def recent(self) -> list[dict]:
+        """The last ``history_messages`` messages as chat messages (a sliding window)."""
+        rows = await self.store.messages(self.conversation_id, last=self.history_messages)
+        return chat_messages(rows)
+
+    async def context(self) -> list[dict]:
+        """The conversation as the LLM sees it: a window that only moves forward in jumps.
+
+        A window sliding by one exchange per turn changes the prompt's beginning every
+        turn, so the LLM re-evaluates all of it (about 0.5-1 s on 2 cores). Kept fixed,
+        the previous prompt is a prefix of the new one and the LLM's KV cache reuses it:
+        only the new user message is evaluated. When the window holds more than
+        ``history_messages``, it jumps to the last exchange.
+        """
+        cid = self.conversation_id
+        recent = await self.store.messages(cid, last=self.history_messages + 8)
+        recent = [m for m in recent if m["role"] in ("user", "assistant") and m["content"]]
+        start = self._window_start.get(cid)
+        window = [m for m in recent if start is not None and m["id"] >= start]
+        if start is None or not window or len(window) > self.history_messages:
+            window = recent[-3:]  # the last exchange and the new message
+            self._window_start[cid] = window[0]["id"] if window else None
+        return chat_messages(window)
+
+
+async def history_for_request(store: Store, history_messages: int, conversation_id: str | None) -> History:
+    """A History for one API request: the given conversation (404 if unknown) or a new one."""
+    history = History(store, history_messages, conversation_id)
+    if conversation_id is None:
+        await history.ensure()
+    elif not await store.exists(conversation_id):
+        raise APIError(404, f"no conversation {conversation_id!r}", "not_found", param="conversation_id")
+    return history

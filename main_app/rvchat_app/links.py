@@ -1,0 +1,207 @@
+"""Service links: one session's connections to the four services, and what still works without one.
+
+Owns: each :class:`Link` (a service stream reconnected with backoff whenever it drops, with
+``idle`` for request/terminal-event pairing) and :func:`degraded_modes`, the single place that
+turns "which services are up" into the modes the page offers (voice in, voice out, chat) and the
+notice it shows. ``/api/status`` uses the same function over the polled readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from .clients import ServiceClosed, ServiceStream, cancel_and_wait
+
+log = logging.getLogger("rvchat.app.links")
+
+SERVICES = ("vad", "stt", "llm", "tts")
+LABELS = {"vad": "voice activity detection (VAD)", "stt": "speech recognition (STT)",
+          "llm": "language model (LLM)", "tts": "speech synthesis (TTS)"}
+
+StreamFactory = Callable[[], ServiceStream]
+# A link's event callback; ``{"type": "_closed", "reason"}`` is delivered when the connection drops,
+# so whatever waited on the service ends instead of hanging.
+OnEvent = Callable[[str, dict], Awaitable[None]]
+
+
+def degraded_modes(up: dict[str, bool], starting: frozenset[str] = frozenset()) -> dict:
+    """The modes that work with these services up, and a notice naming what is down.
+
+    ``starting`` are services still making their first connection: not reported as down.
+    """
+    modes = {
+        "voice_in": up.get("vad", False) and up.get("stt", False) and up.get("llm", False),
+        "voice_out": up.get("tts", False),
+        "chat": up.get("llm", False),
+    }
+    down = [LABELS[n] for n, ok in up.items() if not ok and n not in starting]
+    if not down:
+        notice = ""
+    elif not modes["chat"] and LABELS["llm"] in down:
+        notice = f"The {LABELS['llm']} is unavailable: no replies can be made until it is back."
+    elif not modes["voice_in"] and not modes["voice_out"]:
+        notice = f"{', '.join(down)} unavailable: typed chat works, with text replies only."
+    elif not modes["voice_in"]:
+        notice = f"{', '.join(down)} unavailable: type your messages (replies are still spoken)."
+    else:
+        notice = f"{', '.join(down)} unavailable: replies come as text only."
+    return {"modes": modes, "notice": notice}
+
+
+class Link:
+    """A session's connection to one service; reconnected with backoff whenever it drops."""
+
+    def __init__(self, name: str, factory: StreamFactory, on_event: OnEvent,
+                 on_status: Callable[["Link"], Awaitable[None]]) -> None:
+        self.name = name
+        self.factory = factory
+        self.on_event = on_event
+        self.on_status = on_status
+        self.stream: ServiceStream | None = None
+        self.up = False
+        self.reason = "connecting"
+        self.ready: dict = {}
+        # Busy from a request (generate / text) until its terminal event (done / cancelled / error).
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.up_event = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    @property
+    def starting(self) -> bool:
+        """Still making its first connection (not yet reported as down)."""
+        return not self.up and self.reason == "connecting"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"link-{self.name}")
+
+    async def _run(self) -> None:
+        delay = 0.25
+        while not self._closing:
+            stream = self.factory()
+            try:
+                self.ready = await stream.connect()
+            except ServiceClosed as exc:
+                await self._set_down(exc.reason)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except asyncio.CancelledError:
+                await stream.close()
+                raise
+            except Exception as exc:  # a service that breaks protocol is a down service, not a crash
+                log.exception("%s: connect failed", self.name)
+                await self._set_down(f"connect failed: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.25
+            self.stream, self.up, self.reason = stream, True, ""
+            self.idle.set()
+            self.up_event.set()
+            log.info("%s connected", self.name)
+            await self.on_status(self)
+            reason = "connection closed"
+            try:
+                async for event in stream.events():
+                    await self.on_event(self.name, event)
+            except ServiceClosed as exc:
+                reason = exc.reason
+            except asyncio.CancelledError:
+                await stream.close()
+                raise
+            except Exception as exc:
+                log.exception("%s: event handling failed", self.name)
+                reason = f"protocol error: {exc}"
+            self.stream = None
+            await stream.close()
+            await self._set_down(reason)
+            self.idle.set()
+            await self.on_event(self.name, {"type": "_closed", "reason": reason})
+
+    async def _set_down(self, reason: str) -> None:
+        changed = self.up or self.reason != reason
+        self.up, self.reason = False, reason
+        self.up_event.clear()
+        if changed:
+            log.warning("%s down: %s", self.name, reason)
+            await self.on_status(self)
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> bool:
+        """Call a stream method; False (and the link goes down) when the service is unreachable."""
+        stream = self.stream
+        if stream is None or not self.up:
+            return False
+        try:
+            await getattr(stream, method)(*args, **kwargs)
+            return True
+        except ServiceClosed:
+            await stream.close()  # ends the reader loop, which reconnects
+            return False
+
+    async def wait_up(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.up_event.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def restart(self, timeout: float = 5.0) -> bool:
+        """Drop the connection (e.g. a request that never ended) and wait for a fresh one."""
+        stream = self.stream
+        if stream is not None:
+            self.up_event.clear()
+            await stream.close()
+        return await self.wait_up(timeout)
+
+    async def close(self) -> None:
+        self._closing = True
+        await cancel_and_wait(self._task)
+        if self.stream is not None:
+            await self.stream.close()
+
+
+class Links:
+    """The session's four links, by name, and the view of them the page shows."""
+
+    def __init__(self, factories: dict[str, StreamFactory], on_event: OnEvent,
+                 on_status: Callable[[Link], Awaitable[None]]) -> None:
+        self.by_name = {name: Link(name, factories[name], on_event, on_status)
+                        for name in SERVICES if name in factories}
+
+    def get(self, name: str) -> Link | None:
+        return self.by_name.get(name)
+
+    def __getitem__(self, name: str) -> Link:
+        return self.by_name[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.by_name
+
+    def is_up(self, name: str) -> bool:
+        link = self.by_name.get(name)
+        return link is not None and link.up
+
+    def start(self) -> None:
+        for link in self.by_name.values():
+            link.start()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(link.close() for link in self.by_name.values()), return_exceptions=True)
+
+    def view(self) -> dict:
+        services = {name: {"up": link.up, "reason": link.reason, "label": LABELS[name]}
+                    for name, link in self.by_name.items()}
+        up = {name: link.up for name, link in self.by_name.items()}
+        starting = frozenset(n for n, link in self.by_name.items() if link.starting)
+        return {"services": services, **degraded_modes(up, starting)}

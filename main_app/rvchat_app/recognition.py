@@ -1,0 +1,332 @@
+"""User turn detection: mic audio -> VAD + STT + endpointing -> hooks.
+
+Owns: the mic stream's bookkeeping (sample count, a short pre-roll ring buffer, arrival times that
+map VAD stream time back to wall-clock time), the turn-taking settings the page may change (VAD
+threshold, turn-end silence, minimum speech) and the threshold in force (raised while the assistant
+speaks), whether the user is speaking, the utterance waiting for its final transcript, and the
+words carried over from an utterance the user continued. It knows nothing about replies: it tells
+the session through :class:`TurnHooks` when speech starts (the barge-in point), when speech ends,
+when the turn ends with a transcript (possibly early: a speculative start with a commit time), and
+when the user resumed during a speculative reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import time
+from typing import Protocol
+
+from .links import Link, Links
+from .settings import Settings
+
+log = logging.getLogger("rvchat.app.recognition")
+
+SAMPLE_RATE = 16000
+RESUME_CHUNKS = 2  # VAD chunks (32 ms each) above threshold that mean the user was only pausing
+
+
+def is_meaningful(text: str) -> bool:
+    """False for transcripts that are empty or only punctuation/noise markers."""
+    stripped = re.sub(r"\[[^\]]*\]|\([^)]*\)", " ", text)
+    return bool(re.search(r"\w", stripped))
+
+
+class TurnHooks(Protocol):
+    async def on_start_of_speech(self) -> None:
+        """Speech began (before the user counts as speaking): the barge-in point."""
+
+    async def on_end_of_turn(self, text: str, timings: dict[str, float], commit_at: float | None,
+                             replaces: int | None) -> None:
+        """The user's turn ended with ``text``. With ``commit_at`` the end is speculative: the
+        reply may start now but must reach the page only at that time. ``replaces`` is the stored
+        message of an earlier part of this utterance."""
+
+    def speculating(self) -> bool:
+        """A speculative reply is in progress (speech now means the user was only pausing)."""
+
+    async def on_user_resumed(self) -> None:
+        """Speech during a speculative reply: drop it (and carry its words over)."""
+
+    async def on_user_state(self) -> None:
+        """Whether the user speaks, or waits for a transcript, changed."""
+
+    async def notify(self, event: dict) -> None:
+        """An event for the page (speech_start, speech_end, partial, no_speech, errors)."""
+
+
+class TurnDetector:
+    def __init__(self, settings: Settings, links: Links, hooks: TurnHooks) -> None:
+        self.settings = settings
+        self.links = links
+        self.hooks = hooks
+        self.config = {"threshold": settings.vad_threshold, "min_silence_ms": settings.vad_min_silence_ms,
+                       "min_speech_ms": settings.vad_min_speech_ms}
+        self._agent_speaking = False
+        self._threshold_now = settings.vad_threshold
+        # Mic stream bookkeeping: sample counter, a short ring buffer (pre-roll) and
+        # arrival times, to map VAD stream timestamps back to wall-clock time.
+        self.samples_in = 0
+        self.vad_offset = 0
+        self._ring: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
+        self.user_speaking = False
+        self._resumed_unconfirmed = False
+        self._loud_chunks = 0
+        self._pending: dict[str, float] | None = None  # timings of the utterance awaiting its final
+        self._carry_text = ""  # an utterance the user continued before the reply was heard
+        self._carry_message_id: int | None = None
+        self._stt_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+
+    # ----------------------------------------------------------------- settings
+    @property
+    def awaiting_final(self) -> bool:
+        return self._pending is not None
+
+    @property
+    def speculative_ms(self) -> int:
+        """Silence after which the reply is started speculatively (0: off)."""
+        spec = self.settings.speculative_silence_ms
+        return spec if 0 < spec < self.config["min_silence_ms"] else 0
+
+    def _wanted_threshold(self) -> float:
+        base = self.config["threshold"]
+        return max(self.settings.barge_in_threshold, base) if self._agent_speaking else base
+
+    def wire_config(self) -> dict:
+        spec = self.speculative_ms
+        return {"sample_rate": SAMPLE_RATE, "threshold": self._threshold_now,
+                "min_silence_ms": spec or self.config["min_silence_ms"],
+                "probabilities": bool(spec),
+                "min_speech_ms": self.config["min_speech_ms"],
+                "speech_pad_ms": self.settings.vad_speech_pad_ms}
+
+    async def configure(self, changed: dict) -> None:
+        """Apply the page's turn-taking settings (already validated) and send them to the VAD."""
+        self.config.update(changed)
+        if changed and "vad" in self.links:
+            self._threshold_now = self._wanted_threshold()
+            await self.links["vad"].call("configure", **self.wire_config())
+
+    async def set_agent_speaking(self, speaking: bool) -> None:
+        """While the assistant speaks the threshold rises, so leftover echo does not barge in."""
+        self._agent_speaking = speaking
+        want = self._wanted_threshold()
+        if want != self._threshold_now and "vad" in self.links:
+            self._threshold_now = want
+            await self.links["vad"].call("configure", threshold=want)
+
+    # ----------------------------------------------------------------- carried words
+    def carry_over(self, text: str, message_id: int | None) -> None:
+        """What the user says next continues this utterance (its reply was dropped unheard)."""
+        self._carry_text, self._carry_message_id = text, message_id
+
+    def clear_carry(self) -> None:
+        self._carry_text, self._carry_message_id = "", None
+
+    # ----------------------------------------------------------------- links
+    async def on_link_status(self, link: Link) -> None:
+        if link.name == "vad" and link.up:
+            # A fresh VAD stream counts time from zero again.
+            self.vad_offset = self.samples_in
+            self._threshold_now = self._wanted_threshold()
+            await link.call("configure", **self.wire_config())
+        if link.name in ("vad", "stt") and not link.up and self.user_speaking:
+            self.user_speaking = False
+            await self.hooks.on_user_state()
+
+    # ----------------------------------------------------------------- mic input
+    async def on_audio(self, pcm: bytes) -> None:
+        if len(pcm) % 2:
+            pcm = pcm[:-1]
+        if not pcm:
+            return
+        now = time.perf_counter()
+        start = self.samples_in
+        self.samples_in += len(pcm) // 2
+        self._ring.append((start, pcm))
+        self._arrivals.append((self.samples_in, now))
+        keep_from = self.samples_in - 2 * SAMPLE_RATE
+        while self._ring and self._ring[0][0] + len(self._ring[0][1]) // 2 < keep_from:
+            self._ring.popleft()
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < self.samples_in - 10 * SAMPLE_RATE:
+            self._arrivals.popleft()
+        vad = self.links.get("vad")
+        if vad is not None and vad.up:
+            await vad.call("audio", pcm)
+        if self.user_speaking:
+            async with self._stt_lock:
+                stt = self.links.get("stt")
+                if self.user_speaking and stt is not None and stt.up:
+                    await stt.call("audio", pcm)
+
+    def _sample_time(self, sample: int) -> float | None:
+        """Wall-clock (perf_counter) time at which a given mic sample arrived."""
+        for end, t in self._arrivals:
+            if end >= sample:
+                return t - (end - sample) / SAMPLE_RATE
+        return None
+
+    def _audio_since(self, sample: int) -> bytes:
+        parts = []
+        for start, pcm in self._ring:
+            end = start + len(pcm) // 2
+            if end <= sample:
+                continue
+            skip = max(0, sample - start)
+            parts.append(pcm[skip * 2:])
+        return b"".join(parts)
+
+    async def _send_preroll(self, from_sample: int) -> None:
+        stt = self.links.get("stt")
+        if stt is not None and stt.up:
+            preroll = self._audio_since(max(0, from_sample))
+            if preroll:
+                await stt.call("audio", preroll)
+
+    # ----------------------------------------------------------------- VAD
+    async def on_vad(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "speech_start":
+            await self._speech_start(float(event.get("timestamp") or 0.0))
+        elif kind == "speech_end":
+            await self._speech_end(float(event.get("timestamp") or 0.0))
+        elif kind == "probability":
+            await self._on_probability(float(event.get("probability") or 0.0))
+        elif kind == "_closed":
+            if self.user_speaking:
+                self.user_speaking = False
+                await self.hooks.on_user_state()
+        elif kind == "error":
+            await self.hooks.notify({"type": "error", "source": "vad", "error": event.get("error")})
+
+    async def _on_probability(self, p: float) -> None:
+        if not self.hooks.speculating():
+            self._loud_chunks = 0
+            return
+        self._loud_chunks = self._loud_chunks + 1 if p >= self.config["threshold"] else 0
+        if self._loud_chunks >= RESUME_CHUNKS:  # 64 ms of speech: the user was only pausing
+            self._loud_chunks = 0
+            await self.hooks.on_user_resumed()
+            await self._resume()
+
+    async def _resume(self) -> None:
+        """The user speaks again before the VAD confirms it: listen from a little before now."""
+        if self.user_speaking:
+            return
+        async with self._stt_lock:
+            self.user_speaking = True
+            self._resumed_unconfirmed = True
+            back = int((self.settings.preroll_ms + 100) * SAMPLE_RATE / 1000)
+            await self._send_preroll(self.samples_in - back)
+        await self.hooks.on_user_state()
+        self._spawn(self._resume_fallback())
+
+    async def _resume_fallback(self) -> None:
+        """If the VAD never confirms the resumed speech (a blip, not words), end the utterance after all."""
+        await asyncio.sleep((self.config["min_speech_ms"] + 400) / 1000)
+        if self._resumed_unconfirmed and self.user_speaking:
+            self._resumed_unconfirmed = False
+            await self._speech_end(None)
+
+    async def _speech_start(self, ts: float) -> None:
+        if self.user_speaking:
+            self._resumed_unconfirmed = False
+            return
+        await self.hooks.on_start_of_speech()
+        stt = self.links.get("stt")
+        async with self._stt_lock:
+            # Pre-roll and the switch to live forwarding happen under one lock, so no mic frame
+            # reaches STT twice or out of order.
+            self.user_speaking = True
+            await self._send_preroll(self.vad_offset + int(ts * SAMPLE_RATE)
+                                     - int(self.settings.preroll_ms * SAMPLE_RATE / 1000))
+        await self.hooks.on_user_state()
+        await self.hooks.notify({"type": "speech_start", "timestamp": ts})
+        if stt is None or not stt.up:
+            await self.hooks.notify({"type": "error", "source": "stt", "error": {
+                "message": "speech heard, but speech recognition is unavailable: please type",
+                "type": "service_unavailable", "code": "stt_down"}})
+
+    async def _speech_end(self, ts: float | None) -> None:
+        if not self.user_speaking:
+            return
+        async with self._stt_lock:
+            self.user_speaking = False
+        self._resumed_unconfirmed = False
+        now = time.perf_counter()
+        wait = (self.speculative_ms or self.config["min_silence_ms"]) / 1000
+        t_end = self._sample_time(self.vad_offset + int(ts * SAMPLE_RATE)) if ts is not None else None
+        if t_end is None or t_end > now:
+            t_end = now - wait
+        await self.hooks.notify({"type": "speech_end", "timestamp": ts})
+        stt = self.links.get("stt")
+        if stt is None or not await stt.call("end"):
+            await self.hooks.on_user_state()
+            return
+        pending = {"speech_end": t_end, "vad_end": now}
+        if self.speculative_ms and ts is not None:
+            # Start the reply now, but let it reach the page only once the full turn-end silence has passed.
+            pending["commit_at"] = t_end + self.config["min_silence_ms"] / 1000
+        self._pending = pending
+        await self.hooks.on_user_state()
+        self._spawn(self._stt_watchdog(pending))
+
+    async def _stt_watchdog(self, pending: dict) -> None:
+        await asyncio.sleep(self.settings.turn_timeout_s)
+        if self._pending is pending:
+            self._pending = None
+            await self.hooks.notify({"type": "error", "source": "stt", "error": {
+                "message": "speech recognition did not answer in time", "type": "timeout_error",
+                "code": "stt_timeout"}})
+            await self.hooks.on_user_state()
+
+    # ----------------------------------------------------------------- STT
+    async def on_stt(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "partial":
+            await self.hooks.notify({"type": "partial", "text": event.get("text", "")})
+        elif kind == "final":
+            pending, self._pending = self._pending, None
+            if pending is None:
+                return
+            pending["transcript"] = time.perf_counter()
+            text = (event.get("text") or "").strip()
+            if self._carry_text and is_meaningful(text):
+                text = f"{self._carry_text} {text}"
+            elif self._carry_text:
+                text = self._carry_text
+            if not is_meaningful(text):
+                await self.hooks.notify({"type": "no_speech"})
+                await self.hooks.on_user_state()
+                return
+            if self.user_speaking:
+                # The user went on talking: hold this part and answer the whole utterance.
+                self._carry_text = text
+                await self.hooks.notify({"type": "partial", "text": text})
+                return
+            commit_at = pending.pop("commit_at", None)
+            replaces = self._carry_message_id
+            self.clear_carry()
+            await self.hooks.on_end_of_turn(text, pending, commit_at, replaces)
+        elif kind in ("error", "_closed"):
+            if self._pending is not None:
+                self._pending = None
+                msg = event.get("error", {}).get("message") if kind == "error" else event.get("reason")
+                await self.hooks.notify({"type": "error", "source": "stt", "error": {
+                    "message": f"speech recognition failed: {msg}", "type": "upstream_error",
+                    "code": "stt_failed"}})
+                await self.hooks.on_user_state()
+
+    # ----------------------------------------------------------------- tasks
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
