@@ -16,7 +16,9 @@ import * as ui from "./ui.js";
 // What the page keeps of a session for its own display and for tests; old entries are dropped.
 const KEPT = 200;
 
-const socket = new Socket({ url: wsUrl, onOpen, onClose, onEvent: handle, onAudio: (h, pcm) => player.play(h, pcm) });
+const socket = new Socket({
+  url: wsUrl, onOpen, onClose, onEvent: handle, onAudio: (header, pcm) => player.play(header, pcm),
+});
 const player = new Player((report) => socket.send(report));
 const mic = new Mic((pcm, rms) => {
   ui.showLevel(rms);
@@ -220,7 +222,9 @@ async function loadConfig() {
 
 async function init() {
   await loadConfig();
-  ui.onSettingsChange((change) => socket.send({ type: "config", ...change }));
+  ui.onSettingsChange((change) => {
+    if (!socket.send({ type: "config", ...change })) ui.revertConfig();  // offline: main_app keeps its values
+  });
   ui.onComposerSubmit((text) => {
     player.context();  // a user gesture: lets the reply play
     socket.send({ type: "text", text });
