@@ -7,7 +7,9 @@ fault) or 1011 (ours).
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -136,12 +138,32 @@ async def ws_event_error(ws: WebSocket, message: str, code: str | None = None) -
     await ws.send_json({"type": "error", **error_body(message, 400, code)})
 
 
+# A \uD800-\uDFFF escape: how a lone surrogate gets into parsed JSON (a UTF-8 frame cannot carry one).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    return value
+
+
 def parse_json(data: str | bytes) -> Any:
     """``json.loads`` for what clients send: every malformed input raises ValueError, including
-    nesting deep enough to exhaust the parser's recursion limit (a RecursionError otherwise)."""
-    import json
+    nesting deep enough to exhaust the parser's recursion limit (a RecursionError otherwise).
 
+    Strings come back as valid Unicode: JSON escapes can encode a lone surrogate (``"\\ud800"``),
+    which no UTF-8 encoder, tokenizer or phonemizer downstream accepts, so it becomes U+FFFD here,
+    once, rather than a 500 wherever the text goes next. Inputs without such an escape are not walked.
+    """
     try:
-        return json.loads(data)
+        value = json.loads(data)
+        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+        return _scrub(value) if _SURROGATE_ESCAPE.search(text) else value
     except RecursionError:
         raise ValueError("JSON is nested too deeply") from None
