@@ -26,12 +26,14 @@ def serve(create_app: Callable[[Any], FastAPI], settings: Any) -> None:
     """Run a service with uvicorn (used by each service's ``__main__``)."""
     import uvicorn
 
+    from .ws import MAX_FRAME_BYTES
+
     app = create_app(settings)
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # build_app already configured structured logging
-        ws_max_size=4 * 1024 * 1024,
+        ws_max_size=MAX_FRAME_BYTES,
         timeout_graceful_shutdown=5,
     )
