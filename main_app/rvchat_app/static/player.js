@@ -136,7 +136,7 @@ export class Player {
   stopTurn(turn) {
     const played = this.playedMs(turn);
     this.stopAll();
-    this.onReport({ type: "playback", turn, played_ms: Math.round(played), stopped: true });
+    this.onReport({ type: "playback", turn, played_ms: Math.round(played) });
   }
 
   /** Silence everything queued, without a report (the connection is gone). */

@@ -1,6 +1,6 @@
 // @ts-check
-// The page's side of WS /ws, as JSDoc types: what main_app sends (rvchat_app/session.py) and what the page
-// sends.
+// The page's side of WS /ws, as JSDoc types: what main_app sends and what the page sends. The server's
+// side is the pydantic models in rvchat_common/protocol/page.py; keep the two in step.
 // Types only; the other modules import them with `import("./protocol.js").Name`.
 // A reply's events all carry `turn`, the id main_app gives each user turn (1, 2, ... per session).
 
@@ -90,10 +90,10 @@
 /** @typedef {{type: "state", state: UiState}} StateEvent */
 /** @typedef {{type: "audio_format", sample_rate: number}} AudioFormatEvent */
 /** @typedef {{type: "services"} & ServicesView} ServicesEvent */
-/** @typedef {{type: "speech_start" | "speech_end", timestamp: number}} SpeechEdgeEvent */
+/** @typedef {{type: "speech_start" | "speech_end", timestamp: number | null}} SpeechEdgeEvent */
 /** @typedef {{type: "partial", text: string}} PartialEvent  the utterance in progress (no turn yet) */
 /** @typedef {{type: "no_speech"}} NoSpeechEvent */
-/** @typedef {{type: "pong", t?: unknown}} PongEvent */
+/** @typedef {{type: "pong", t?: number | string | null}} PongEvent */
 /** @typedef {{type: "conversation", id: string | null, title: string, messages: StoredMessage[]}} ConversationEvent */
 /** @typedef {{type: "conversation_created", id: string}} ConversationCreatedEvent */
 /** @typedef {{type: "config"} & SessionConfig} ConfigEvent  the session's values after a change */
@@ -104,7 +104,7 @@
  * @property {number} turn
  * @property {string} text
  * @property {"voice" | "text"} source
- * @property {number} message_id
+ * @property {number | null} message_id
  */
 /** @typedef {{type: "reply_start", turn: number, voice: boolean}} ReplyStartEvent */
 /** @typedef {{type: "reply_delta", turn: number, text: string}} ReplyDeltaEvent */
@@ -161,12 +161,13 @@
  * @typedef {{type: "config"} & Partial<SessionConfig>} ConfigMessage
  */
 /**
- * How much of a turn's audio the page has played: after each chunk, at reply_end, and in answer to stop_playback.
- * @typedef {{type: "playback", turn: number, played_ms: number, done?: boolean, stopped?: boolean}} PlaybackMessage
+ * How much of a turn's audio the page has played: after each chunk, at reply_end (done), and in answer to
+ * stop_playback (main_app keeps what was heard by it).
+ * @typedef {{type: "playback", turn: number, played_ms: number, done?: boolean}} PlaybackMessage
  */
 /** @typedef {{type: "interrupt"} | {type: "new_conversation"}} ControlMessage */
 /** @typedef {{type: "open_conversation", id: string}} OpenConversationMessage */
-/** @typedef {{type: "ping", t?: unknown}} PingMessage */
+/** @typedef {{type: "ping", t?: number | string | null}} PingMessage */
 
 /**
  * @typedef {TextMessage | ConfigMessage | PlaybackMessage | ControlMessage | OpenConversationMessage
