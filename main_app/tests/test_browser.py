@@ -10,7 +10,7 @@ import pytest
 from rvchat_app.testing import load_pcm16
 from rvchat_common.testing import speech_sample
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.models]
 
 CHROMIUM = "/usr/bin/chromium"
 
