@@ -1,7 +1,8 @@
 """From request text to audio: validation, splitting, cleaning, synthesis off the event loop.
 
 Shared by the HTTP routes and the WebSocket session so both follow the same
-rules (limits, voice fallback, sentence splitting, busy handling).
+rules (limits, voice fallback, sentence splitting, busy handling). Text is read
+in the language of the voice that speaks it (``normalize.clean_for_speech``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any, AsyncIterator
 from rvchat_common.errors import APIError
 from rvchat_common.inference import InferenceQueue
 from rvchat_common.sentences import SentenceSplitter
-from rvchat_common.text import clean_for_speech
 
+from .normalize import clean_for_speech
 from .settings import Settings
 from .voices import Resolved
 
@@ -26,10 +27,28 @@ log = logging.getLogger("rvchat.tts")
 _BUSY_WAIT_S = 120.0
 
 
+class Speech(str):
+    """A segment as a voice of ``language`` reads it, remembering it as written.
+
+    Callers clean text before they know for sure which voice will speak it (an HTTP request
+    resolves its voice after the text is checked; a WebSocket may change voice while sentences
+    wait). ``Speaker.synth`` gives a Speech read for another language its own reading.
+    """
+
+    source: str
+    language: str | None
+
+    def __new__(cls, source: str, language: str | None) -> Speech:
+        spoken = super().__new__(cls, clean_for_speech(source, language))
+        spoken.source = source
+        spoken.language = language
+        return spoken
+
+
 @dataclass
 class Segment:
     text: str    # as written (shown to users)
-    speech: str  # what the voice reads
+    speech: str  # what the voice reads (a Speech when it came from Speaker.segments)
 
 
 class Speaker:
@@ -57,16 +76,21 @@ class Speaker:
         return SentenceSplitter(first_clause_words=s.first_clause_words if clause_first else 0,
                                 min_words=s.min_segment_words, max_chars=s.max_segment_chars)
 
-    @staticmethod
-    def clean(raw: str) -> str:
-        return clean_for_speech(raw)
+    def language(self, voice: str | None) -> str | None:
+        """The language a voice speaks, from its config (the default voice's for None)."""
+        return self.engine.catalog.language(voice)
 
-    def segments(self, text: str, clause_first: bool = False) -> list[Segment]:
-        """Validated text as speakable segments; 400 when nothing speakable is left."""
+    def clean(self, raw: str, voice: str | None = None) -> Speech:
+        """``raw`` as ``voice`` reads it ('' when nothing is speakable); the default voice when None."""
+        return Speech(raw, self.language(voice))
+
+    def segments(self, text: str, clause_first: bool = False, voice: str | None = None) -> list[Segment]:
+        """Validated text as speakable segments for ``voice``; 400 when nothing speakable is left."""
         self.check_text(text)
         splitter = self.splitter(clause_first)
         raw = splitter.push(text) + splitter.flush()
-        out = [Segment(r, c) for r in raw if (c := clean_for_speech(r))]
+        language = self.language(voice)
+        out = [Segment(r, c) for r in raw if (c := Speech(r, language))]
         if not out:
             raise APIError(400, "text has nothing to say once markup, code and symbols are removed",
                            "empty_text", param="text")
@@ -87,6 +111,18 @@ class Speaker:
     def sample_rate(self, voice: str) -> int:
         return self.engine.sample_rate(voice)
 
+    def for_voice(self, text: str, voice: str) -> str:
+        """``text`` as ``voice`` reads it: a Speech cleaned for another language is read again.
+
+        So a German voice never gets the English number words of text cleaned for the default
+        voice, whichever way the text came in.
+        """
+        if isinstance(text, Speech):
+            language = self.language(voice)
+            if language != text.language:
+                return Speech(text.source, language)
+        return text
+
     # -- synthesis --
     async def synth(self, text: str, voice: str, speed: float, cancel: Any = None,
                     wait_when_busy: bool = False) -> bytes:
@@ -95,6 +131,9 @@ class Speaker:
         ``wait_when_busy``: for a stream that has already started, a full queue means wait
         (bounded) rather than fail, since a status code can no longer be sent.
         """
+        text = self.for_voice(text, voice)
+        if not text:
+            return b""  # nothing speakable in this voice's language
         deadline = time.monotonic() + _BUSY_WAIT_S
         while True:
             try:

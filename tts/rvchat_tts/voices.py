@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from rvchat_common.models import DEFAULT_PIPER_VOICE, ModelNotFound, embedded_piper_voice, piper_voice
@@ -42,18 +43,35 @@ class VoiceFiles:
     model: Path
     config: Path
 
-    def info(self) -> dict:
+    def _read_config(self) -> dict:
         try:
             cfg = json.loads(self.config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             cfg = {}
+        return cfg if isinstance(cfg, dict) else {}
+
+    def info(self) -> dict:
+        cfg = self._read_config()
         return {
             "name": self.name,
             "sample_rate": cfg.get("audio", {}).get("sample_rate"),
-            "language": (cfg.get("language") or {}).get("code") or cfg.get("espeak", {}).get("voice"),
+            "language": _language_of(cfg),
             "quality": cfg.get("audio", {}).get("quality"),
             "speakers": cfg.get("num_speakers", 1),
         }
+
+    @cached_property
+    def language(self) -> str | None:
+        """The voice's language as its config states it ("en_US", or espeak's "de"); None if unstated.
+
+        Read once: the normaliser asks for every sentence.
+        """
+        return _language_of(self._read_config())
+
+
+def _language_of(cfg: dict) -> str | None:
+    code = (cfg.get("language") or {}).get("code") or (cfg.get("espeak") or {}).get("voice")
+    return code if isinstance(code, str) and code.strip() else None
 
 
 @dataclass(frozen=True)
@@ -136,6 +154,13 @@ class VoiceCatalog:
                 return Resolved(name, requested, False)
         log.warning("unknown voice %r: using the default voice %s", name[:80], self.default)
         return Resolved(self.default, requested, True)
+
+    def language(self, voice: str | None) -> str | None:
+        """The language of a voice (an installed name, or any name ``resolve`` accepts)."""
+        files = self.voices.get(voice) if voice else None
+        if files is None:
+            files = self.voices.get(self.resolve(voice).voice)
+        return files.language if files is not None else None
 
     def listing(self) -> list[dict]:
         return [{**files.info(), "default": name == self.default} for name, files in self.voices.items()]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from rvchat_common.audio import resample
-from rvchat_common.text import clean_for_speech
 from rvchat_common.testing import wer
+from rvchat_tts.normalize import clean_for_speech
 
 # The session's TTS process inherits these (ServiceProcess copies os.environ): with no noise, the
 # same text gives the same audio, so sizes and round trips are repeatable.

@@ -1,14 +1,19 @@
-"""The Piper engine in-process (real voice) and the voice catalog: determinism, cancel, LRU, aliases."""
+"""The Piper engine in-process (real voice) and the voice catalog: determinism, cancel, LRU, aliases,
+and each voice's language, which decides how its text is read."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 
 import pytest
+from fastapi.testclient import TestClient
 
 from rvchat_common.models import embedded_piper_voice
-from rvchat_tts.engine import Cancelled, PiperEngine
+from rvchat_tts.app import create_app
+from rvchat_tts.engine import Cancelled, CancelToken, PiperEngine
+from rvchat_tts.settings import Settings
 from rvchat_tts.voices import VoiceCatalog
 
 from .conftest import pcm_to_float, rms
@@ -111,3 +116,82 @@ def test_a_broken_voice_file_falls_back_to_the_default(tmp_path) -> None:
     eng = PiperEngine(VoiceCatalog(JOE, str(tmp_path)))
     eng.load()
     assert eng.ensure_voice("broken") == JOE
+
+
+# -- the voice's language ------------------------------------------------------------------------
+
+@pytest.fixture()
+def german_voices(tmp_path):
+    """The embedded model under German names: one config with a language code, one with espeak's only."""
+    model, config = embedded_piper_voice()
+    cfg = json.loads(config.read_text(encoding="utf-8"))
+    german = {**cfg, "language": {"code": "de_DE", "family": "de", "region": "DE"}, "espeak": {"voice": "de"}}
+    espeak_only = {k: v for k, v in german.items() if k != "language"}
+    for name, voice_cfg in (("de_DE-test-medium", german), ("de-espeak-only", espeak_only)):
+        (tmp_path / f"{name}.onnx").symlink_to(model)
+        (tmp_path / f"{name}.onnx.json").write_text(json.dumps(voice_cfg), encoding="utf-8")
+    return tmp_path
+
+
+def test_a_voice_language_comes_from_its_config(german_voices) -> None:
+    catalog = VoiceCatalog(JOE, str(german_voices))
+    assert catalog.language(JOE) == catalog.language(None) == catalog.language("alloy") == "en_US"
+    assert catalog.language("de_DE-test-medium") == "de_DE"
+    assert catalog.language("de-espeak-only") == "de"
+    assert catalog.language("no-such-voice") == "en_US"  # the default voice speaks for it
+    languages = {v["name"]: v["language"] for v in catalog.listing()}
+    assert languages == {JOE: "en_US", "de_DE-test-medium": "de_DE", "de-espeak-only": "de"}
+
+
+class RecordingEngine:
+    """Records what each voice is asked to read; 0.1 s of silence per sentence."""
+
+    def __init__(self, catalog: VoiceCatalog) -> None:
+        self.catalog = catalog
+        self.read: list[tuple[str, str]] = []
+
+    def load(self) -> None:
+        pass
+
+    def cancel_token(self) -> CancelToken:
+        return CancelToken()
+
+    def sample_rate(self, voice: str) -> int:
+        return 16000
+
+    def ensure_voice(self, name: str) -> str:
+        return name
+
+    def synthesize(self, text: str, voice: str, speed: float = 1.0,
+                   cancel: CancelToken | None = None) -> bytes:
+        self.read.append((voice, str(text)))
+        return b"\0\0" * 1600
+
+
+def test_a_german_voice_is_read_in_german_over_http_and_websocket(german_voices) -> None:
+    # The routes and the WebSocket clean text before they know the voice; the Speaker reads each
+    # sentence again for the voice that speaks it.
+    engine = RecordingEngine(VoiceCatalog(JOE, str(german_voices)))
+    with TestClient(create_app(Settings(log_json=False), engine)) as client:
+        r = client.post("/synthesize", json={"text": "Ich habe 42 Äpfel.", "voice": "de_DE-test-medium"})
+        assert r.status_code == 200
+        r = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Es sind -5 Grad.",
+                                                  "voice": "de-espeak-only", "response_format": "pcm"})
+        assert r.status_code == 200
+        assert client.post("/synthesize", json={"text": "I have 42 apples."}).status_code == 200
+        with client.websocket_connect("/ws") as ws:
+            assert ws.receive_json()["voice"] == JOE
+            ws.send_json({"type": "config", "voice": "de_DE-test-medium"})
+            assert ws.receive_json() == {"type": "ready", "sample_rate": 16000, "voice": "de_DE-test-medium"}
+            ws.send_json({"type": "text", "text": "Im Jahr 1984 waren es 21 Tage."})
+            ws.send_json({"type": "flush"})
+            event = ws.receive_json()
+            assert event["type"] == "audio" and event["text"] == "Im Jahr 1984 waren es 21 Tage."
+            assert len(ws.receive_bytes()) == event["bytes"]
+            assert ws.receive_json() == {"type": "done", "sentences": 1}
+    assert engine.read == [
+        ("de_DE-test-medium", "Ich habe zweiundvierzig Äpfel."),
+        ("de-espeak-only", "Es sind minus fünf Grad."),
+        (JOE, "I have forty-two apples."),
+        ("de_DE-test-medium", "Im Jahr neunzehnhundertvierundachtzig waren es einundzwanzig Tage."),
+    ]
