@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-
 from rvchat_common import build_app
 
 from .clients import LlmStream, SttStream, TtsStream, VadStream
@@ -16,6 +14,7 @@ from .routes import router
 from .settings import Settings
 from .status import StatusMonitor
 from .store import Store
+from .ws import router as ws_router
 
 log = logging.getLogger("rvchat.app")
 STATIC = Path(__file__).parent / "static"
@@ -60,5 +59,6 @@ def create_app(settings: Settings | None = None, factories: dict | None = None,
         "to first reply audio sent)", ["stage"],
         buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2, 3, 5, 10))
     app.include_router(router)
+    app.include_router(ws_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .clients import ServiceClosed, ServiceStream, cancel_and_wait
 
@@ -54,7 +55,7 @@ class Link:
     """A session's connection to one service; reconnected with backoff whenever it drops."""
 
     def __init__(self, name: str, factory: StreamFactory, on_event: OnEvent,
-                 on_status: Callable[["Link"], Awaitable[None]]) -> None:
+                 on_status: Callable[[Link], Awaitable[None]]) -> None:
         self.name = name
         self.factory = factory
         self.on_event = on_event
@@ -146,14 +147,14 @@ class Link:
         try:
             await asyncio.wait_for(self.up_event.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def wait_idle(self, timeout: float) -> bool:
         try:
             await asyncio.wait_for(self.idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def restart(self, timeout: float = 5.0) -> bool:

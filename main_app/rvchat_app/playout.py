@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-SendEvent = Callable[[dict], Awaitable[None]]
-SendAudio = Callable[[dict, bytes], Awaitable[None]]
+from rvchat_common.protocol import page
+
+SendEvent = Callable[[page.Event], Awaitable[None]]
+SendAudio = Callable[[page.Audio, bytes], Awaitable[None]]
 
 # After the last chunk's scheduled end, the page still needs a moment to drain its buffer.
 PLAYOUT_TAIL_S = 0.15
@@ -78,7 +80,7 @@ class Playout:
                 else:
                     await self._forward(*item[1:])
 
-    async def emit(self, event: dict) -> None:
+    async def emit(self, event: page.Event) -> None:
         async with self._lock:
             if self._held is not None:
                 self._held.append(("event", event))
@@ -105,8 +107,8 @@ class Playout:
         self.audio_ms += ms
         if first:
             await self._on_first_audio(now)
-        header = {"type": "audio", "turn": self.turn, "index": len(self.chunks) - 1, "text": text,
-                  "sample_rate": rate, "bytes": len(pcm), "duration_ms": round(ms, 1)}
+        header = page.Audio(turn=self.turn, index=len(self.chunks) - 1, text=text, sample_rate=rate,
+                            bytes=len(pcm), duration_ms=round(ms, 1))
         await self._send_audio(header, pcm)
 
     # -- the play clock --
@@ -144,7 +146,7 @@ class Playout:
             self._report.clear()
             try:
                 await asyncio.wait_for(self._report.wait(), wait_report_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         played = self.played_report if self.played_report is not None else self.estimated_played_ms(at)
         return min(played, self.audio_ms)

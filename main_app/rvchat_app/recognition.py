@@ -19,12 +19,14 @@ import re
 import time
 from typing import Protocol
 
+from rvchat_common.protocol import page
+
 from .links import Link, Links
 from .settings import Settings
 
 log = logging.getLogger("rvchat.app.recognition")
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = page.INPUT_SAMPLE_RATE
 RESUME_CHUNKS = 2  # VAD chunks (32 ms each) above threshold that mean the user was only pausing
 
 
@@ -53,7 +55,7 @@ class TurnHooks(Protocol):
     async def on_user_state(self) -> None:
         """Whether the user speaks, or waits for a transcript, changed."""
 
-    async def notify(self, event: dict) -> None:
+    async def notify(self, event: page.Event) -> None:
         """An event for the page (speech_start, speech_end, partial, no_speech, errors)."""
 
 
@@ -201,7 +203,10 @@ class TurnDetector:
                 self.user_speaking = False
                 await self.hooks.on_user_state()
         elif kind == "error":
-            await self.hooks.notify({"type": "error", "source": "vad", "error": event.get("error")})
+            err = event.get("error") or {}
+            await self.hooks.notify(page.SessionError.upstream(
+                "vad", str(err.get("message") or "error"), str(err.get("code") or "vad_error"),
+                type=str(err.get("type") or "upstream_error")))
 
     async def _on_probability(self, p: float) -> None:
         if not self.hooks.speculating():
@@ -245,11 +250,11 @@ class TurnDetector:
             await self._send_preroll(self.vad_offset + int(ts * SAMPLE_RATE)
                                      - int(self.settings.preroll_ms * SAMPLE_RATE / 1000))
         await self.hooks.on_user_state()
-        await self.hooks.notify({"type": "speech_start", "timestamp": ts})
+        await self.hooks.notify(page.SpeechStarted(timestamp=ts))
         if stt is None or not stt.up:
-            await self.hooks.notify({"type": "error", "source": "stt", "error": {
-                "message": "speech heard, but speech recognition is unavailable: please type",
-                "type": "service_unavailable", "code": "stt_down"}})
+            await self.hooks.notify(page.SessionError.upstream(
+                "stt", "speech heard, but speech recognition is unavailable: please type", "stt_down",
+                type="service_unavailable"))
 
     async def _speech_end(self, ts: float | None) -> None:
         if not self.user_speaking:
@@ -262,7 +267,7 @@ class TurnDetector:
         t_end = self._sample_time(self.vad_offset + int(ts * SAMPLE_RATE)) if ts is not None else None
         if t_end is None or t_end > now:
             t_end = now - wait
-        await self.hooks.notify({"type": "speech_end", "timestamp": ts})
+        await self.hooks.notify(page.SpeechEnded(timestamp=ts))
         stt = self.links.get("stt")
         if stt is None or not await stt.call("end"):
             await self.hooks.on_user_state()
@@ -279,16 +284,15 @@ class TurnDetector:
         await asyncio.sleep(self.settings.turn_timeout_s)
         if self._pending is pending:
             self._pending = None
-            await self.hooks.notify({"type": "error", "source": "stt", "error": {
-                "message": "speech recognition did not answer in time", "type": "timeout_error",
-                "code": "stt_timeout"}})
+            await self.hooks.notify(page.SessionError.upstream(
+                "stt", "speech recognition did not answer in time", "stt_timeout", type="timeout_error"))
             await self.hooks.on_user_state()
 
     # ----------------------------------------------------------------- STT
     async def on_stt(self, event: dict) -> None:
         kind = event.get("type")
         if kind == "partial":
-            await self.hooks.notify({"type": "partial", "text": event.get("text", "")})
+            await self.hooks.notify(page.Partial(text=str(event.get("text") or "")))
         elif kind == "final":
             pending, self._pending = self._pending, None
             if pending is None:
@@ -300,13 +304,13 @@ class TurnDetector:
             elif self._carry_text:
                 text = self._carry_text
             if not is_meaningful(text):
-                await self.hooks.notify({"type": "no_speech"})
+                await self.hooks.notify(page.NoSpeech())
                 await self.hooks.on_user_state()
                 return
             if self.user_speaking:
                 # The user went on talking: hold this part and answer the whole utterance.
                 self._carry_text = text
-                await self.hooks.notify({"type": "partial", "text": text})
+                await self.hooks.notify(page.Partial(text=text))
                 return
             commit_at = pending.pop("commit_at", None)
             replaces = self._carry_message_id
@@ -316,9 +320,8 @@ class TurnDetector:
             if self._pending is not None:
                 self._pending = None
                 msg = event.get("error", {}).get("message") if kind == "error" else event.get("reason")
-                await self.hooks.notify({"type": "error", "source": "stt", "error": {
-                    "message": f"speech recognition failed: {msg}", "type": "upstream_error",
-                    "code": "stt_failed"}})
+                await self.hooks.notify(page.SessionError.upstream(
+                    "stt", f"speech recognition failed: {msg}", "stt_failed"))
                 await self.hooks.on_user_state()
 
     # ----------------------------------------------------------------- tasks

@@ -119,7 +119,7 @@ class ReplyStream:
         while not (self.llm_done and (not self.tts_used or self.tts_done)):
             try:
                 name, event = await asyncio.wait_for(self.queue.get(), self.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 waiting = "llm" if not self.llm_done else "tts"
                 if waiting == "llm":
                     await self.llm.call("cancel")

@@ -1,26 +1,22 @@
-"""HTTP and WebSocket routes: thin, the orchestration lives in session.py."""
+"""HTTP routes: the page, its config, service status, the history API and typed chat (thin: replies are
+made by session.py / reply.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 
-from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, JSONResponse
-from starlette.websockets import WebSocketState
-
-from rvchat_common.errors import APIError, parse_json, ws_error
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from rvchat_common.errors import APIError
+from rvchat_common.protocol import page
 
 from .links import degraded_modes
 from .schemas import ConversationCreate, MessageRequest
-from .session import SAMPLE_RATE, Session, reply_once
+from .session import reply_once
 
 log = logging.getLogger("rvchat.app.routes")
 router = APIRouter()
 
-MAX_TEXT_FRAME = 64 * 1024
-MAX_AUDIO_FRAME = 16000 * 2 * 2  # 2 s of 16 kHz PCM16 in one frame is far beyond any real mic chunk
 
 
 @router.get("/", include_in_schema=False)
@@ -35,14 +31,11 @@ async def page_config(request: Request) -> dict:
     """What the page needs: audio rates, turn-taking defaults, feature flags."""
     s = request.app.state.settings
     return {
-        "input_sample_rate": SAMPLE_RATE,
+        "input_sample_rate": page.INPUT_SAMPLE_RATE,
         "frame_ms": 20,
         "turn_taking": {"threshold": s.vad_threshold, "min_silence_ms": s.vad_min_silence_ms,
                         "min_speech_ms": s.vad_min_speech_ms, "barge_in_threshold": s.barge_in_threshold},
-        "limits": {"threshold": {"min": 0.05, "max": 0.95, "step": 0.01},
-                   "min_silence_ms": {"min": 100, "max": 3000, "step": 10},
-                   "min_speech_ms": {"min": 50, "max": 2000, "step": 10},
-                   "text_chars": 4000},
+        "limits": {**page.config_limits(), "text_chars": page.TEXT_MAX_CHARS},
         "features": {"cue_tones": s.cue_tones, "barge_in": True, "partials": s.stt_partials,
                      "text_chat": True},
         "ws_path": "/ws",
@@ -98,64 +91,3 @@ async def post_message(request: Request, body: MessageRequest) -> dict:
     app = request.app
     return await reply_once(store=app.state.store, settings=app.state.settings, factories=app.state.factories,
                             text=text, conversation_id=body.conversation_id, audio=body.audio)
-
-
-@router.websocket("/ws")
-async def voice_ws(ws: WebSocket) -> None:
-    """The page's session: JSON events and PCM16 16 kHz mic frames up; events and reply PCM down."""
-    await ws.accept()
-    app = ws.app
-    cid = ws.query_params.get("conversation_id") or None
-
-    async def send(event: dict | bytes) -> None:
-        if ws.client_state != WebSocketState.CONNECTED:
-            raise RuntimeError("page gone")
-        if isinstance(event, bytes):
-            await ws.send_bytes(event)
-        else:
-            await ws.send_text(json.dumps(event, ensure_ascii=False))
-
-    turn_latency = app.state.turn_latency
-    session = Session(send=send, store=app.state.store, settings=app.state.settings,
-                      factories=app.state.factories, conversation_id=cid,
-                      observe=lambda stage, s: turn_latency.labels(stage).observe(s))
-    app.state.sessions.add(session)
-    try:
-        await session.start()
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                break
-            data, text = msg.get("bytes"), msg.get("text")
-            if data is not None:
-                if len(data) > MAX_AUDIO_FRAME:
-                    await session.send({"type": "error", "error": {
-                        "message": f"audio frame larger than {MAX_AUDIO_FRAME} bytes", "type": "invalid_request_error",
-                        "code": "frame_too_large"}})
-                    continue
-                await session.on_audio(data)
-            elif text is not None:
-                if len(text) > MAX_TEXT_FRAME:
-                    await session.send({"type": "error", "error": {
-                        "message": "text frame too large", "type": "invalid_request_error", "code": "too_large"}})
-                    continue
-                try:
-                    event = parse_json(text)
-                except ValueError:
-                    await session.send({"type": "error", "error": {
-                        "message": "malformed JSON", "type": "invalid_request_error", "code": "invalid_json"}})
-                    continue
-                if not isinstance(event, dict):
-                    await session.send({"type": "error", "error": {
-                        "message": "events must be JSON objects with a type", "type": "invalid_request_error",
-                        "code": "invalid_event"}})
-                    continue
-                await session.on_text_event(event)
-    except WebSocketDisconnect:
-        pass
-    except Exception:
-        log.exception("session failed")
-        await ws_error(ws, "internal error in the session", "internal_error", close_code=1011)
-    finally:
-        app.state.sessions.discard(session)
-        await session.close()

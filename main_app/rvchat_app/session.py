@@ -19,24 +19,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rvchat_common.protocol import ProtocolError, page, parse
 
 from .clients import ServiceClosed
 from .history import History, history_for_request
 from .links import LABELS, Link, Links, StreamFactory
 from .playout import Playout
-from .recognition import SAMPLE_RATE, TurnDetector
-from .reply import DirectUpstream, Phase, Reply, ReplyFailed, ReplyStream
+from .recognition import TurnDetector
+from .reply import DEFAULT_TTS_RATE, DirectUpstream, Phase, Reply, ReplyFailed, ReplyStream
 from .settings import Settings
 from .store import Store
 
 log = logging.getLogger("rvchat.app.session")
 
-Send = Callable[[dict | bytes], Awaitable[None]]
+# The page's transport: an event model (sent as a JSON text frame) or PCM bytes (a binary frame).
+Send = Callable[[page.Event | bytes], Awaitable[None]]
 Observe = Callable[[str, float], None]
-TEXT_MAX_CHARS = 4000
-CONFIG_LIMITS = {"threshold": (0.05, 0.95, float), "min_silence_ms": (100, 3000, int),
-                 "min_speech_ms": (50, 2000, int)}
 REPORT_WAIT_S = 0.4  # how long an interruption waits for the page to say how much it played
 TERMINAL = ("done", "cancelled", "error", "_closed")
 
@@ -70,17 +71,16 @@ class Session:
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         if self.conversation_id and not await self.history.exists():
-            await self.send({"type": "notice", "message": "that conversation no longer exists; starting a new one"})
+            await self.send(page.Notice(message="that conversation no longer exists; starting a new one"))
             await self.history.open(None)
         self.links.start()
         await self.send(self.hello())
         if self.conversation_id:
             await self._send_conversation()
 
-    def hello(self) -> dict:
-        return {"type": "hello", "conversation_id": self.conversation_id, "state": self.state,
-                "input_sample_rate": SAMPLE_RATE, "config": self._config_view(),
-                "services": self.services_view()}
+    def hello(self) -> page.Hello:
+        return page.Hello(conversation_id=self.conversation_id, state=self.state,
+                          config=self._config_view().model_dump(exclude={"type"}), services=self.services_view())
 
     async def close(self) -> None:
         self._closed = True
@@ -105,7 +105,7 @@ class Session:
             log.error("session task failed", exc_info=task.exception())
 
     # ----------------------------------------------------------------- to the page
-    async def send(self, event: dict | bytes) -> None:
+    async def send(self, event: page.Event | bytes) -> None:
         if self._closed:
             return
         async with self._send_lock:  # a JSON audio header and its binary frame must stay adjacent
@@ -114,7 +114,7 @@ class Session:
             except Exception:
                 self._closed = True
 
-    async def _send_audio(self, header: dict, pcm: bytes) -> None:
+    async def _send_audio(self, header: page.Audio, pcm: bytes) -> None:
         if self._closed:
             return
         async with self._send_lock:
@@ -124,12 +124,11 @@ class Session:
             except Exception:
                 self._closed = True
 
-    async def notify(self, event: dict) -> None:
+    async def notify(self, event: page.Event) -> None:
         await self.send(event)
 
     async def _event_error(self, message: str, code: str) -> None:
-        await self.send({"type": "error", "error": {"message": message, "type": "invalid_request_error",
-                                                    "code": code}})
+        await self.send(page.SessionError.of(code, message))
 
     # ----------------------------------------------------------------- the state, derived
     @property
@@ -153,7 +152,7 @@ class Session:
         if state == self._shown_state:
             return
         self._shown_state = state
-        await self.send({"type": "state", "state": state})
+        await self.send(page.State(state=state))
         await self.detector.set_agent_speaking(state == "speaking")
 
     def _sync_state_at(self, when: float) -> None:
@@ -174,8 +173,8 @@ class Session:
     async def _on_link_status(self, link: Link) -> None:
         await self.detector.on_link_status(link)
         if link.name == "tts" and link.up:
-            await self.send({"type": "audio_format", "sample_rate": int(link.ready.get("sample_rate") or 22050)})
-        await self.send({"type": "services", **self.services_view()})
+            await self.send(page.AudioFormat(sample_rate=int(link.ready.get("sample_rate") or DEFAULT_TTS_RATE)))
+        await self.send(page.Services(**self.services_view()))
 
     async def _on_service_event(self, name: str, event: dict) -> None:
         if name == "vad":
@@ -215,79 +214,62 @@ class Session:
         await self._start_reply(text, source="voice", timings=timings, commit_at=commit_at, replaces=replaces)
 
     # ----------------------------------------------------------------- page events
-    async def on_text_event(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "text":
-            text = event.get("text")
-            if not isinstance(text, str) or not text.strip():
-                return await self._event_error("text must be a non-empty string", "invalid_text")
-            if len(text) > TEXT_MAX_CHARS:
-                return await self._event_error(f"text is longer than {TEXT_MAX_CHARS} characters", "text_too_long")
+    async def on_text_event(self, raw: str | dict) -> None:
+        """One event from the page as JSON text or a dict; a bad one is answered with an error event."""
+        try:
+            event = parse(page.client_events, raw)
+        except ProtocolError as exc:
+            return await self.send(exc.event())
+        await self.on_event(event)
+
+    async def on_event(self, event: page.ClientEvent) -> None:
+        """One (validated) event from the page."""
+        if isinstance(event, page.Text):
             if self.reply is not None and not self.reply.ended or self.state == "speaking":
                 await self._interrupt(reason="new message")
             self.detector.clear_carry()
-            voice = event.get("voice")
-            await self._start_reply(text.strip(), source="text", timings={"transcript": time.perf_counter()},
-                                    voice=self.voice_out if voice is None else bool(voice))
-        elif kind == "config":
-            await self._configure(event)
-        elif kind == "playback":
+            voice = self.voice_out if event.voice is None else event.voice
+            await self._start_reply(event.text.strip(), source="text", timings={"transcript": time.perf_counter()},
+                                    voice=voice)
+        elif isinstance(event, page.Config):
+            if event.voice_out is not None:
+                self.voice_out = event.voice_out
+            await self.detector.configure(event.changes())
+            await self.send(self._config_view())
+        elif isinstance(event, page.Playback):
             self._on_playback(event)
-        elif kind == "interrupt":
+        elif isinstance(event, page.Interrupt):
             await self._interrupt(reason="stopped by the user")
-        elif kind == "new_conversation":
+        elif isinstance(event, page.NewConversation):
             await self._interrupt(reason="new conversation")
             await self.history.open(None)
             self.detector.clear_carry()
-            await self.send({"type": "conversation", "id": None, "title": "", "messages": []})
-        elif kind == "open_conversation":
-            cid = event.get("id")
-            if not isinstance(cid, str) or not await self.history.store.exists(cid):
+            await self.send(page.Conversation(id=None, title="", messages=[]))
+        elif isinstance(event, page.OpenConversation):
+            if not await self.history.store.exists(event.id):
                 return await self._event_error("no such conversation", "not_found")
             await self._interrupt(reason="conversation switched")
-            await self.history.open(cid)
+            await self.history.open(event.id)
             self.detector.clear_carry()
             await self._send_conversation()
-        elif kind == "ping":
-            await self.send({"type": "pong", "t": event.get("t")})
-        else:
-            await self._event_error(f"unknown event type {kind!r}", "unknown_event")
+        elif isinstance(event, page.Ping):
+            await self.send(page.Pong(t=event.t))
 
     async def _send_conversation(self) -> None:
         conv = await self.history.conversation()
         if conv is None:
             return
-        await self.send({"type": "conversation", "id": conv["id"], "title": conv["title"],
-                         "messages": conv["messages"]})
+        await self.send(page.Conversation(id=conv["id"], title=conv["title"], messages=conv["messages"]))
 
-    def _config_view(self) -> dict:
-        return {**self.detector.config, "voice_out": self.voice_out}
+    def _config_view(self) -> page.ConfigApplied:
+        return page.ConfigApplied(**self.detector.config, voice_out=self.voice_out)
 
-    async def _configure(self, event: dict) -> None:
-        changed = {}
-        for key, (lo, hi, cast) in CONFIG_LIMITS.items():
-            if key in event and event[key] is not None:
-                try:
-                    value = cast(event[key])
-                except (TypeError, ValueError, OverflowError):
-                    return await self._event_error(f"{key} must be a number", "invalid_config")
-                if not lo <= value <= hi:
-                    return await self._event_error(f"{key} must be between {lo} and {hi}", "invalid_config")
-                changed[key] = value
-        if "voice_out" in event:
-            self.voice_out = bool(event["voice_out"])
-        await self.detector.configure(changed)
-        await self.send({"type": "config", **self._config_view()})
-
-    def _on_playback(self, event: dict) -> None:
-        turn = event.get("turn")
-        reply = self.reply if turn is None else self._recent.get(turn) if isinstance(turn, int) else None
+    def _on_playback(self, event: page.Playback) -> None:
+        reply = self.reply if event.turn is None else self._recent.get(event.turn)
         if reply is None:
             return
-        played = event.get("played_ms")
-        valid = isinstance(played, (int, float)) and not isinstance(played, bool) and 0 <= played < 1e9
-        reply.playout.report(float(played) if valid else None, done=bool(event.get("done")) and reply.ended)
-        if event.get("done"):
+        reply.playout.report(event.played_ms, done=event.done and reply.ended)
+        if event.done:
             self._spawn(self._sync_state(), "playback-done")
 
     # ----------------------------------------------------------------- replies
@@ -296,7 +278,7 @@ class Session:
                            replaces: int | None = None) -> None:
         cid, created = await self.history.ensure()
         if created:
-            await self.send({"type": "conversation_created", "id": cid})
+            await self.send(page.ConversationCreated(id=cid))
         user_mid = await self.history.add_user(text, source, replaces=replaces)
         self._turn_ids += 1
         turn = self._turn_ids
@@ -320,8 +302,7 @@ class Session:
             self._spawn(self._commit_after(reply, delay), f"commit-{turn}")
         else:
             reply.committed.set()
-        await playout.emit({"type": "transcript", "turn": turn, "text": text, "source": source,
-                            "message_id": user_mid})
+        await playout.emit(page.Transcript(turn=turn, text=text, source=source, message_id=user_mid))
         await self._sync_state()
         reply.task = self._spawn(self._run_reply(reply), f"turn-{turn}")
 
@@ -361,7 +342,7 @@ class Session:
                                             temperature=s.temperature, model=s.llm_model):
                 await self._fail(reply, "llm", "the language model service connection was lost")
                 return
-            await reply.playout.emit({"type": "reply_start", "turn": reply.id, "voice": reply.voice})
+            await reply.playout.emit(page.ReplyStart(turn=reply.id, voice=reply.voice))
             await reply.stream.run()
             await self._finish(reply)
         except ReplyFailed as exc:
@@ -379,14 +360,12 @@ class Session:
         if reply.ended:
             return
         reply.phase = Phase.FAILED
-        await self.send({"type": "error", "source": source, "turn": reply.id, "error": {
-            "message": message, "type": "upstream_error", "code": f"{source}_failed"}})
+        await self.send(page.SessionError.upstream(source, message, f"{source}_failed", turn=reply.id))
         text = reply.text.strip()
         if text:
             reply.message_id = await self.history.add_assistant(
                 text, interrupted=True, source="voice" if reply.voice else "text", meta={"error": message})
-        await self.send({"type": "reply_end", "turn": reply.id, "text": reply.text, "error": True,
-                         "interrupted": False})
+        await self.send(page.ReplyEnd(turn=reply.id, text=reply.text, error=True))
         await self._sync_state()
 
     async def _finish(self, reply: Reply) -> None:
@@ -401,12 +380,11 @@ class Session:
                 text, source="voice" if reply.spoken else "text", meta={"latency": latency} if latency else None)
         playout = reply.playout
         if playout.chunks:
-            await self.send({"type": "audio_end", "turn": reply.id, "chunks": len(playout.chunks),
-                             "audio_ms": round(playout.audio_ms, 1)})
+            await self.send(page.AudioEnd(turn=reply.id, chunks=len(playout.chunks),
+                                          audio_ms=round(playout.audio_ms, 1)))
         if latency:
-            await self.send({"type": "latency", "turn": reply.id, **latency})
-        await self.send({"type": "reply_end", "turn": reply.id, "text": text, "message_id": reply.message_id,
-                         "interrupted": False, "latency": latency})
+            await self.send(page.Latency(turn=reply.id, **latency))
+        await self.send(page.ReplyEnd(turn=reply.id, text=text, message_id=reply.message_id, latency=latency))
         if playout.chunks:
             self._sync_state_at(playout.drained_at())  # speaking until the page has played it all
         await self._sync_state()
@@ -438,7 +416,7 @@ class Session:
         running = not reply.ended
         reply.phase = Phase.INTERRUPTED
         if notify:
-            await self.send({"type": "stop_playback", "turn": reply.id, "reason": reason})
+            await self.send(page.StopPlayback(turn=reply.id, reason=reason))
         if running:
             if reply.task is not None and reply.task is not asyncio.current_task():
                 reply.task.cancel()
@@ -467,9 +445,9 @@ class Session:
             # into the same message, so the model answers the whole utterance.
             self.detector.carry_over(reply.user_text, reply.user_message_id)
         if notify:
-            await self.send({"type": "interrupted", "turn": reply.id, "spoken_text": heard,
-                             "full_text": reply.text.strip(), "cancelled": reply.cancelled,
-                             "played_ms": round(played, 1), "message_id": reply.message_id, "reason": reason})
+            await self.send(page.Interrupted(turn=reply.id, spoken_text=heard, full_text=reply.text.strip(),
+                                             cancelled=reply.cancelled, played_ms=round(played, 1),
+                                             message_id=reply.message_id, reason=reason))
         log.info("turn %s interrupted (%s) after %.0f ms of audio", reply.id, reason, played)
 
 
@@ -481,16 +459,16 @@ class _PageSink:
         self.reply = reply
 
     async def on_text(self, delta: str) -> None:
-        await self.reply.playout.emit({"type": "reply_delta", "turn": self.reply.id, "text": delta})
+        await self.reply.playout.emit(page.ReplyDelta(turn=self.reply.id, text=delta))
 
     async def on_audio(self, text: str, pcm: bytes, rate: int) -> None:
         await self.reply.playout.audio(text, pcm, rate)
 
     async def on_tts_lost(self, why: str) -> None:
         self.reply.voice = False
-        await self.reply.playout.emit({"type": "error", "source": "tts", "turn": self.reply.id, "error": {
-            "message": f"speech synthesis failed ({why}): the reply continues as text",
-            "type": "upstream_error", "code": "tts_failed"}})
+        await self.reply.playout.emit(page.SessionError.upstream(
+            "tts", f"speech synthesis failed ({why}): the reply continues as text", "tts_failed",
+            turn=self.reply.id))
 
 
 class _Collect:

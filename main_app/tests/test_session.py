@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import BaseModel
 
 from rvchat_app.playout import spoken_text
 from rvchat_app.recognition import is_meaningful
@@ -24,7 +25,7 @@ class Page:
         self.new = asyncio.Event()
 
     async def send(self, event) -> None:
-        self.events.append(event)
+        self.events.append(event.model_dump(mode="json") if isinstance(event, BaseModel) else event)
         self.new.set()
 
     def types(self) -> list[str]:
