@@ -37,14 +37,49 @@ def float_to_pcm16(audio: np.ndarray) -> bytes:
     return (clipped * 32767.0).astype("<i2").tobytes()
 
 
+class Resampler:
+    """Streaming resampler to ``dst_rate`` mono float32, continuous across calls (PyAV's libswresample).
+
+    Resampling each frame on its own would restart the filter at every frame edge and drift the
+    stream clock; this one keeps the filter's state between calls, so frames of any size give the
+    same samples as the whole signal at once. The filter holds back a few samples (~1 ms): ``flush``
+    returns them at the end of the stream, after which the resampler is finished.
+
+    Call it with float32 mono at ``src_rate``; :meth:`push` takes decoded PyAV frames of any format,
+    layout and rate (``src_rate`` None). At equal rates float32 passes through untouched.
+    """
+
+    def __init__(self, src_rate: int | None, dst_rate: int = SAMPLE_RATE) -> None:
+        self.src_rate = src_rate
+        self.dst_rate = dst_rate
+        self._passthrough = src_rate == dst_rate
+        self._av = av.AudioResampler(format="flt", layout="mono", rate=dst_rate)
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        if self._passthrough or audio.size == 0:
+            return audio
+        if self.src_rate is None:
+            raise ValueError("this resampler takes PyAV frames (push); give src_rate for arrays")
+        frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = self.src_rate
+        return self.push(frame)
+
+    def push(self, frame: av.AudioFrame | None) -> np.ndarray:
+        """Resample one decoded frame (None: flush)."""
+        out = [f.to_ndarray().reshape(-1) for f in self._av.resample(frame)]
+        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros(0, np.float32)
+
+    def flush(self) -> np.ndarray:
+        return np.zeros(0, np.float32) if self._passthrough else self.push(None)
+
+
 def resample(audio: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Linear-interpolation resampling; good enough for speech models at these rates."""
-    if src_rate == dst_rate or audio.size == 0:
-        return audio.astype(np.float32, copy=False)
-    n_out = int(round(audio.size * dst_rate / src_rate))
-    x_old = np.arange(audio.size, dtype=np.float64) / src_rate
-    x_new = np.arange(n_out, dtype=np.float64) / dst_rate
-    return np.interp(x_new, x_old, audio).astype(np.float32)
+    """One-shot resampling of a whole signal (the streaming :class:`Resampler`, flushed)."""
+    resampler = Resampler(src_rate, dst_rate)
+    head = resampler(audio)
+    tail = resampler.flush()
+    return np.concatenate([head, tail]) if tail.size else head
 
 
 def decode_raw_pcm(data: bytes, sample_rate: int | None = None) -> np.ndarray:
@@ -87,26 +122,24 @@ def decode_audio(
         streams = container.streams.audio
         if not streams:
             raise APIError(415, "the file holds no audio stream", "no_audio_stream")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        resampler = Resampler(None)
         chunks: list[np.ndarray] = []
         total = 0
         limit = int(max_seconds * SAMPLE_RATE)
         try:
             for frame in container.decode(streams[0]):
-                for out in resampler.resample(frame):
-                    arr = out.to_ndarray().reshape(-1)
-                    chunks.append(arr)
-                    total += arr.size
+                arr = resampler.push(frame)
+                chunks.append(arr)
+                total += arr.size
                 if total > limit:
                     raise APIError(
                         413, f"audio is longer than {max_seconds:.0f} s", "audio_too_long"
                     )
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+            chunks.append(resampler.flush())
         except APIError:
             raise
         except (av.error.FFmpegError, ValueError) as exc:
-            if not chunks:
+            if not any(c.size for c in chunks):
                 raise APIError(400, f"corrupt audio: {exc}", "corrupt_audio") from None
             # A truncated file: keep what decoded, as ffmpeg itself does.
     if not chunks:
