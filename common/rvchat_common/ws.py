@@ -193,8 +193,8 @@ class EventSocket(Generic[E]):
             return
         text = message.get("text") or ""
         if _utf8_length_over(text, self.limits.max_text_bytes):
-            raise ProtocolError("frame_too_large", f"text frame is over the {self.limits.max_text_bytes}-byte "
-                                "limit; event dropped")
+            raise ProtocolError("frame_too_large", f"text frame is over the {self.limits.max_text_bytes}-"
+                                "byte limit; event dropped")
         await on_event(parse(self.client_events, text))
 
 

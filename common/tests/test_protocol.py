@@ -137,7 +137,8 @@ def test_aliases_parse_to_one_model():
 
 def test_server_events_round_trip():
     done = llm.Done(id="g1", message=llm.Message(role="assistant", content="Paris."), model="m", provider="p",
-                    finish_reason="stop", usage=llm.Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5),
+                    finish_reason="stop",
+                    usage=llm.Usage(prompt_tokens=3, completion_tokens=2, total_tokens=5),
                     timings=llm.Timings(first_token_ms=None, total_ms=10.5))
     assert parse(llm.server_events, dump(done)) == done
     assert '"first_token_ms":null' in dump(done) and "tokens_per_s" not in dump(done)
@@ -163,7 +164,8 @@ def union_of(event):
     (tts.client_events, {"type": "text", "text": 5}, "invalid_event"),
     (tts.client_events, {"type": "text"}, "invalid_event"),
     (llm.client_events, {"type": "generate", "messages": []}, "invalid_event"),
-    (llm.client_events, {"type": "generate", "messages": [{"role": "wizard", "content": "x"}]}, "invalid_event"),
+    (llm.client_events, {"type": "generate", "messages": [{"role": "wizard", "content": "x"}]},
+     "invalid_event"),
     (llm.client_events, {"type": "generate", "messages": [{"role": "user", "content": "x"}],
                          "temperature": 1e400}, "invalid_event"),
     (llm.client_events, {"type": "flush"}, "unknown_event"),

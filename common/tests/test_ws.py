@@ -14,7 +14,10 @@ from rvchat_common.protocol import ProtocolError, tts, vad
 from rvchat_common.ws import EventSocket, Limits
 
 
-def make_app(limits: Limits = Limits(max_text_bytes=12_000, max_binary_bytes=64), pcm: bool = True) -> FastAPI:
+SMALL = Limits(max_text_bytes=12_000, max_binary_bytes=64)
+
+
+def make_app(limits: Limits = SMALL, pcm: bool = True) -> FastAPI:
     """An echo service over the VAD protocol: config -> ready-ish echo, flush -> flushed(bytes so far)."""
     app = FastAPI()
 

@@ -1,3 +1,5 @@
+"""``python -m rvchat_vad``: run the VAD service."""
+
 from rvchat_common.streaming import serve
 
 from .app import create_app

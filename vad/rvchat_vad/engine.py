@@ -1,4 +1,7 @@
-"""Silero VAD behind a small class; the only module that imports silero_vad / onnxruntime.
+"""The VAD engine: the :class:`VadEngine` interface routes and ws use, and Silero VAD behind it.
+
+The only module that imports silero_vad / onnxruntime, and only when the model is loaded or
+used, so importing the interface (and testing with a fake engine) costs nothing.
 
 Two ONNX sessions, both loaded once and shared:
 
@@ -15,22 +18,42 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import onnxruntime as ort
-from silero_vad import get_speech_timestamps_from_probs
-from silero_vad.sequence_vad import SileroVADSequence
 
+from rvchat_common.audio import SAMPLE_RATE
 from rvchat_common.models import silero_vad_file
+
+from .turns import ChunkModel
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from silero_vad.sequence_vad import SileroVADSequence
 
 log = logging.getLogger("rvchat.vad")
 
-SAMPLE_RATE = 16000
 CHUNK = 512  # samples per model call at 16 kHz
 CONTEXT = 64  # trailing samples of the previous chunk the v5/v6 model expects in front
 
 
+class VadEngine(Protocol):
+    """What the routes and the WebSocket need of a VAD engine (a fake in tests)."""
+
+    def load(self) -> None:
+        """Blocking: load the model (run in a thread at start-up)."""
+
+    def new_stream(self) -> ChunkModel:
+        """A model stream with its own state, for one connection."""
+
+    def detect(self, audio: np.ndarray, threshold: float, min_speech_ms: int, min_silence_ms: int,
+               speech_pad_ms: int) -> list[tuple[float, float]]:
+        """Speech segments (start, end) in seconds of 16 kHz mono float32 audio."""
+
+
 def _session(path: Path, threads: int) -> ort.InferenceSession:
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -65,6 +88,8 @@ class SileroStream:
 
 
 class SileroEngine:
+    """Silero VAD: a :class:`SileroStream` per connection, whole files through the sequence model."""
+
     def __init__(self, model_path: str | None = None, threads: int = 1) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.threads = threads
@@ -73,6 +98,8 @@ class SileroEngine:
         self._load_lock = threading.Lock()
 
     def load(self) -> None:
+        from silero_vad.sequence_vad import SileroVADSequence
+
         with self._load_lock:
             path = self.model_path or silero_vad_file(onnx=True)
             self._stream_session = _session(path, self.threads)
@@ -108,6 +135,8 @@ class SileroEngine:
     def detect(self, audio: np.ndarray, threshold: float = 0.5, min_speech_ms: int = 250,
                min_silence_ms: int = 100, speech_pad_ms: int = 30) -> list[tuple[float, float]]:
         """Speech segments (start, end) in seconds, by Silero's own get_speech_timestamps logic."""
+        from silero_vad import get_speech_timestamps_from_probs
+
         if audio.size == 0:
             return []
         probs = self.probabilities(audio)

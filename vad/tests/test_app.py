@@ -83,3 +83,29 @@ def test_stream_limit(fake):
             assert second.receive_json()["error"]["code"] == "too_many_streams"
     with client.websocket_connect("/ws") as again:  # the slot was given back
         assert again.receive_json()["type"] == "ready"
+
+
+def test_ws_protocol_with_fake_engine(fake):
+    client, engine = fake
+    engine.release.set()
+    while client.get("/readyz").status_code != 200:
+        threading.Event().wait(0.05)
+    with client.websocket_connect("/ws") as ws:
+        ready = ws.receive_json()
+        assert ready == {"type": "ready", "sample_rate": 16000, "threshold": 0.5, "min_speech_ms": 250,
+                         "min_silence_ms": 500, "speech_pad_ms": 30, "probabilities": False}
+        ws.send_json({"type": "config", "threshold": 1e400})
+        assert ws.receive_json()["error"]["code"] == "invalid_event"
+        ws.send_json({"type": "config", "min_speech_ms": 0, "min_silence_ms": 64})
+        assert ws.receive_json() == {**ready, "min_speech_ms": 0, "min_silence_ms": 64}
+        ws.send_bytes(b"\x00" * 3)
+        assert ws.receive_json()["error"]["code"] == "odd_length_pcm"
+        loud = float_to_pcm16(np.full(16000, 0.5, dtype=np.float32))
+        ws.send_bytes(loud + float_to_pcm16(np.zeros(8000, dtype=np.float32)))
+        assert ws.receive_json() == {"type": "speech_start", "timestamp": 0.0}
+        assert ws.receive_json()["type"] == "speech_end"
+        ws.send_bytes(loud)
+        ws.send_json({"type": "reset"})  # forgets the open turn and restarts the clock
+        ws.send_json({"type": "flush"})
+        assert ws.receive_json()["type"] == "speech_start"  # sent before the reset arrived
+        assert ws.receive_json() == {"type": "flushed", "timestamp": 0.0}

@@ -10,9 +10,11 @@ import torch
 from silero_vad import get_speech_timestamps, load_silero_vad
 
 from rvchat_common.audio import float_to_pcm16
-from rvchat_vad.stream import TurnConfig, VadStream
+from rvchat_vad.turns import TurnConfig, TurnStream
 
 from .conftest import SR, load, non_speech
+
+pytestmark = pytest.mark.models
 
 
 def stream_probs(engine, audio: np.ndarray) -> np.ndarray:
@@ -89,12 +91,12 @@ def test_no_speech_in_silence_or_noise(engine, name):
     audio = non_speech()[name]
     assert engine.detect(audio) == []
     assert engine.detect(audio, threshold=0.5, min_speech_ms=0, min_silence_ms=100) == []
-    stream = VadStream(engine.new_stream(), TurnConfig())
+    stream = TurnStream(engine.new_stream(), TurnConfig())
     pcm = float_to_pcm16(audio)
     events = []
     for i in range(0, len(pcm), 640):
         events += stream.feed(pcm[i:i + 640])
-    assert [e["type"] for e in events + stream.flush()] == ["flushed"]
+    assert [e.type for e in events + stream.flush()] == ["flushed"]
 
 
 def test_detect_empty_and_tiny_audio(engine):

@@ -14,6 +14,8 @@ from rvchat_common.audio import float_to_pcm16, resample
 
 from .conftest import SR
 
+pytestmark = pytest.mark.models
+
 WAIT = 15  # seconds: every receive is bounded
 
 
@@ -180,13 +182,16 @@ BAD_TEXT = [
     ('{"type": 5}', "invalid_event"),
     ('{"no_type": true}', "invalid_event"),
     ('{"type": "dance"}', "unknown_event"),
-    ('{"type": "config", "threshold": 2}', "invalid_config"),
-    ('{"type": "config", "threshold": 0}', "invalid_config"),
-    ('{"type": "config", "min_silence_ms": -1}', "invalid_config"),
-    ('{"type": "config", "min_speech_ms": "long"}', "invalid_config"),
-    ('{"type": "config", "sample_rate": 10}', "invalid_config"),
-    ('{"type": "config", "sample_rate": 1e9}', "invalid_config"),
-    ('{"type": "config", "silence": 300}', "invalid_config"),
+    ('{"type": "\\ud800 hi"}', "unknown_event"),
+    ('{"type": "config", "threshold": 2}', "invalid_event"),
+    ('{"type": "config", "threshold": 0}', "invalid_event"),
+    ('{"type": "config", "min_silence_ms": -1}', "invalid_event"),
+    ('{"type": "config", "min_silence_ms": 1e400}', "invalid_event"),
+    ('{"type": "config", "min_silence_ms": Infinity}', "invalid_event"),
+    ('{"type": "config", "min_speech_ms": "long"}', "invalid_event"),
+    ('{"type": "config", "sample_rate": 10}', "invalid_event"),
+    ('{"type": "config", "sample_rate": 1e9}', "invalid_event"),
+    ('{"type": "config", "silence": 300}', "invalid_event"),
 ]
 
 
@@ -195,7 +200,7 @@ async def test_bad_frames_get_error_events_and_connection_survives(vad_service, 
         ready = await recv(ws)
         await ws.send(b"\x01\x02\x03")
         err = await recv(ws)
-        assert err["type"] == "error" and err["error"]["code"] == "invalid_audio"
+        assert err["type"] == "error" and err["error"]["code"] == "odd_length_pcm"
         for text, code in BAD_TEXT:
             await ws.send(text)
             err = await recv(ws)

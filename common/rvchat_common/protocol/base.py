@@ -1,4 +1,5 @@
-"""What every WebSocket event has in common: the ``Event`` base, the shared error event, ``dump`` and ``parse``.
+"""What every WebSocket event has in common: the ``Event`` base, the shared error event, ``dump``,
+``parse``.
 
 An event is a JSON object with a ``type``. Each service's events are pydantic models in a module
 of this package (``vad``, ``stt``, ``tts``, ``llm``), one per event and direction, with a
@@ -168,8 +169,8 @@ def parse(adapter: TypeAdapter[E], data: str | bytes | dict[str, Any]) -> E:
         for err in exc.errors(include_url=False):
             if err["type"] == "union_tag_invalid":
                 expected = (err.get("ctx") or {}).get("expected_tags", "")
-                raise ProtocolError("unknown_event", f"unknown event type {kind[:40]!r} (expected {expected})",
-                                    param="type") from None
+                raise ProtocolError("unknown_event", f"unknown event type {kind[:40]!r} "
+                                    f"(expected {expected})", param="type") from None
         message, param = _invalid_message(kind, exc)
         raise ProtocolError("invalid_event", message, param=param) from None
 

@@ -24,7 +24,8 @@ class Config(Event):
     language: StrictStr | None = Field(None, max_length=32, description="ISO-639-1 code; null: auto.")
     sample_rate: StrictInt | None = Field(None, ge=8000, le=48000, description="Rate of the PCM16 frames.")
     partials: StrictBool | None = Field(None, description="Send partial transcripts while audio arrives.")
-    prompt: StrictStr | None = Field(None, max_length=4000, description="Text that guides Whisper's spelling.")
+    prompt: StrictStr | None = Field(None, max_length=4000,
+                                     description="Text that guides Whisper's spelling.")
 
 
 class End(Event):

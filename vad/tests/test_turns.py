@@ -1,4 +1,4 @@
-"""The streaming logic on its own: turn state machine, chunking, resampling (fake model, no ONNX)."""
+"""Turn detection on its own: the state machine, chunking, resampling (fake model, no ONNX)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,22 @@ import numpy as np
 import pytest
 
 from rvchat_common.audio import float_to_pcm16, resample
-from rvchat_vad.stream import StreamResampler, TurnConfig, TurnDetector, VadStream
+from rvchat_vad.turns import TurnConfig, TurnDetector, TurnStream
 
 CHUNK_S = 512 / 16000
 
 
 def run(probs: list[float], **cfg) -> list[tuple[int, dict]]:
-    """Feed one probability per 32 ms chunk; return (chunk index when emitted, event)."""
+    """Feed one probability per 32 ms chunk; return (chunk index when emitted, event as JSON)."""
     det = TurnDetector(TurnConfig(**cfg), CHUNK_S)
     out = []
     for i, p in enumerate(probs):
-        out += [(i, e) for e in det.step(i * CHUNK_S, p)]
+        out += [(i, e.model_dump()) for e in det.step(i * CHUNK_S, p)]
     return out
+
+
+def dumps(events) -> list[dict]:
+    return [e.model_dump() for e in events]
 
 
 def chunks(ms: float) -> int:
@@ -84,7 +88,7 @@ def test_flush_closes_open_turn_and_drops_unstarted_candidate():
     for i in range(20):
         det.step(i * CHUNK_S, 0.9)
     (end,) = det.flush(20 * CHUNK_S)
-    assert end["type"] == "speech_end" and end["timestamp"] == pytest.approx(20 * CHUNK_S, abs=1e-3)
+    assert end.type == "speech_end" and end.timestamp == pytest.approx(20 * CHUNK_S, abs=1e-3)
     det.reset()
     det.step(0.0, 0.9)  # a 32 ms candidate, never started
     assert det.flush(CHUNK_S) == []
@@ -118,13 +122,13 @@ def _signal() -> np.ndarray:
 @pytest.mark.parametrize("frame_bytes", [2, 640, 1024, 1026, 4098, 70000])
 def test_frame_size_does_not_change_events(frame_bytes):
     pcm = float_to_pcm16(_signal())
-    reference = VadStream(EnergyModel(), TurnConfig())
-    expected = reference.feed(pcm) + reference.flush()
-    stream = VadStream(EnergyModel(), TurnConfig())
+    reference = TurnStream(EnergyModel(), TurnConfig())
+    expected = dumps(reference.feed(pcm) + reference.flush())
+    stream = TurnStream(EnergyModel(), TurnConfig())
     events = []
     for i in range(0, len(pcm), frame_bytes):
-        events += stream.feed(pcm[i:i + frame_bytes])
-    events += stream.flush()
+        events += dumps(stream.feed(pcm[i:i + frame_bytes]))
+    events += dumps(stream.flush())
     assert events == expected
     types = [e["type"] for e in events]
     assert types == ["speech_start", "speech_end", "flushed"]
@@ -135,8 +139,8 @@ def test_frame_size_does_not_change_events(frame_bytes):
 
 def test_probabilities_and_reset():
     model = EnergyModel()
-    stream = VadStream(model, TurnConfig(), probabilities=True)
-    events = stream.feed(float_to_pcm16(np.zeros(512 * 3, dtype=np.float32)))
+    stream = TurnStream(model, TurnConfig(), probabilities=True)
+    events = dumps(stream.feed(float_to_pcm16(np.zeros(512 * 3, dtype=np.float32))))
     assert [e["timestamp"] for e in events] == [0.0, 0.032, 0.064]
     assert all(e["type"] == "probability" and 0 <= e["probability"] <= 1 for e in events)
     resets = model.resets
@@ -145,18 +149,20 @@ def test_probabilities_and_reset():
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
-def test_stream_resampler_matches_one_shot_resample(rate):
-    t = np.arange(rate * 2) / rate
-    x = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
-    rs = StreamResampler(rate)
-    rng = np.random.default_rng(2)
-    out, i = [], 0
-    while i < x.size:
-        n = int(rng.integers(1, 2000))
-        out.append(rs(x[i:i + n]))
-        i += n
-    y = np.concatenate(out)
-    ref = resample(x, rate)
-    assert abs(y.size - ref.size) <= 1
-    n = min(y.size, ref.size)
-    assert np.max(np.abs(y[:n] - ref[:n])) < 1e-3
+@pytest.mark.parametrize("frame_bytes", [98, 642, 4096])
+def test_other_rates_give_the_same_turns_and_clock(rate, frame_bytes):
+    # The stream resampler is continuous across frames (its own test is in common/tests/test_audio.py):
+    # any frame size at any rate gives the 16 kHz stream's turns, and the clock ends at the true length.
+    signal = _signal()
+    ref = dumps(TurnStream(EnergyModel(), TurnConfig()).feed(float_to_pcm16(signal)))
+    pcm = float_to_pcm16(resample(signal, 16000, rate))
+    stream = TurnStream(EnergyModel(), TurnConfig(), sample_rate=rate)
+    events = []
+    for i in range(0, len(pcm), frame_bytes):
+        events += dumps(stream.feed(pcm[i:i + frame_bytes]))
+    events += dumps(stream.flush())
+    turns = [e for e in events if e["type"] != "flushed"]
+    assert [e["type"] for e in turns] == [e["type"] for e in ref] == ["speech_start", "speech_end"]
+    for got, want in zip(turns, ref):
+        assert got["timestamp"] == pytest.approx(want["timestamp"], abs=0.035)
+    assert events[-1] == {"type": "flushed", "timestamp": 4.0}

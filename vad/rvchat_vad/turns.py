@@ -1,7 +1,8 @@
-"""Streaming turn detection: PCM16 frames of any size in, speech_start / speech_end events out.
+"""Turn detection: PCM16 frames of any size in, ``speech_start`` / ``speech_end`` events out.
 
-Pure logic (no model library): the model is any callable taking one 512-sample chunk
-and returning a speech probability, so tests can drive the state machine with fakes.
+Pure logic (no model library, no socket): the model is any callable taking one 512-sample chunk
+and returning a speech probability, so tests drive the state machine with fakes. The WebSocket
+session around it is in ws.py.
 """
 
 from __future__ import annotations
@@ -11,50 +12,22 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from rvchat_common.audio import SAMPLE_RATE, Resampler, pcm16_to_float
+from rvchat_common.protocol import vad
+
 NEG_THRESHOLD_GAP = 0.15  # Silero's hysteresis: once in speech, stay there until p < threshold - 0.15
+
+TurnEvent = vad.SpeechStart | vad.SpeechEnd | vad.Probability | vad.Flushed
 
 
 class ChunkModel(Protocol):
+    """One stream's speech model: a probability per ``chunk_size`` samples at 16 kHz, with state."""
+
     chunk_size: int
 
     def __call__(self, chunk: np.ndarray) -> float: ...
 
     def reset(self) -> None: ...
-
-
-class StreamResampler:
-    """Linear-interpolation resampler that stays continuous across frame boundaries.
-
-    Resampling each frame on its own would restart the interpolation grid at every frame
-    and drift the stream clock; this one carries the last input sample and the fractional
-    read position over to the next frame.
-    """
-
-    def __init__(self, src_rate: int, dst_rate: int = SAMPLE_RATE) -> None:
-        self.src_rate = src_rate
-        self.dst_rate = dst_rate
-        self.step = src_rate / dst_rate
-        self._tail = np.zeros(0, dtype=np.float32)
-        self._pos = 0.0  # read position of the next output sample, in samples of _tail + next input
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.src_rate == self.dst_rate:
-            return x
-        buf = np.concatenate([self._tail, x]) if self._tail.size else x
-        last = buf.size - 1
-        if last < self._pos:  # not enough input yet for the next output sample
-            self._tail = buf.copy()
-            return np.zeros(0, dtype=np.float32)
-        n = int(np.floor((last - self._pos) / self.step)) + 1
-        positions = self._pos + self.step * np.arange(n)
-        out = np.interp(positions, np.arange(buf.size), buf).astype(np.float32)
-        next_pos = positions[-1] + self.step
-        keep = int(np.floor(next_pos))  # first input sample the next output still needs
-        keep = min(keep, last)
-        self._tail = buf[keep:].copy()
-        self._pos = next_pos - keep
-        return out
 
 
 @dataclass
@@ -96,11 +69,11 @@ class TurnDetector:
     def _padded_start(self) -> float:
         return max(self._start - self.config.speech_pad_ms / 1000, self._last_end, 0.0)
 
-    def step(self, t: float, p: float) -> list[dict]:
+    def step(self, t: float, p: float) -> list[TurnEvent]:
         """Feed the probability of the chunk starting at stream time ``t``."""
         cfg = self.config
         end_of_chunk = t + self.chunk_seconds
-        events: list[dict] = []
+        events: list[TurnEvent] = []
         if self.state == "quiet":
             if p >= cfg.threshold:
                 self._start = t
@@ -112,7 +85,7 @@ class TurnDetector:
                 self.state = "quiet"
             elif end_of_chunk - self._start >= cfg.min_speech_ms / 1000 - 1e-9:
                 self.state = "speaking"
-                events.append({"type": "speech_start", "timestamp": round(self._padded_start(), 3)})
+                events.append(vad.SpeechStart(timestamp=round(self._padded_start(), 3)))
             return events
         if self.state == "speaking":
             if p < cfg.neg_threshold:
@@ -128,14 +101,13 @@ class TurnDetector:
                                             end_of_chunk)))
         return events
 
-    def _end(self, end: float) -> dict:
+    def _end(self, end: float) -> vad.SpeechEnd:
         start = self._padded_start()
         self.state = "quiet"
         self._last_end = end
-        return {"type": "speech_end", "timestamp": round(end, 3), "start": round(start, 3),
-                "duration": round(end - start, 3)}
+        return vad.SpeechEnd(timestamp=round(end, 3), start=round(start, 3), duration=round(end - start, 3))
 
-    def flush(self, now: float) -> list[dict]:
+    def flush(self, now: float) -> list[TurnEvent]:
         """End of stream: close an open turn (a candidate that never started is dropped)."""
         if self.state == "speaking":
             return [self._end(now)]
@@ -145,8 +117,8 @@ class TurnDetector:
         return []
 
 
-class VadStream:
-    """One WebSocket's stream: resample to 16 kHz, cut into model chunks, run the detector."""
+class TurnStream:
+    """One connection's stream: resample to 16 kHz, cut into model chunks, run the detector."""
 
     def __init__(self, model: ChunkModel, config: TurnConfig, sample_rate: int = SAMPLE_RATE,
                  probabilities: bool = False,
@@ -157,17 +129,17 @@ class VadStream:
         self.probabilities = probabilities
         self.on_chunk = on_chunk
         self.detector = TurnDetector(config, self.chunk / SAMPLE_RATE)
-        self.set_sample_rate(sample_rate)
+        self.sample_rate = sample_rate
         self.reset()
 
     def set_sample_rate(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
-        self.resampler = StreamResampler(sample_rate)
+        self.resampler = Resampler(sample_rate)
 
     def reset(self) -> None:
         self.model.reset()
         self.detector.reset()
-        self.resampler = StreamResampler(self.sample_rate)
+        self.resampler = Resampler(self.sample_rate)
         self._pending = np.zeros(0, dtype=np.float32)
         self.samples = 0  # 16 kHz samples fed to the model so far: the stream clock
 
@@ -180,31 +152,32 @@ class VadStream:
         incoming = n_bytes // 2 * SAMPLE_RATE / self.sample_rate
         return int((self._pending.size + incoming) // self.chunk)
 
-    def feed(self, pcm16: bytes) -> list[dict]:
-        """Process a PCM16 frame (even length, checked by the caller); return the events."""
-        audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
-        audio = self.resampler(audio)
+    def feed(self, pcm16: bytes) -> list[TurnEvent]:
+        """Process a PCM16 frame (even length, checked by the receive loop); return the events."""
+        return self._chunks(self.resampler(pcm16_to_float(pcm16)))
+
+    def _chunks(self, audio: np.ndarray) -> list[TurnEvent]:
         buf = np.concatenate([self._pending, audio]) if self._pending.size else audio
         n = buf.size // self.chunk
-        events: list[dict] = []
+        events: list[TurnEvent] = []
         for i in range(n):
             events += self._run(buf[i * self.chunk:(i + 1) * self.chunk])
         self._pending = buf[n * self.chunk:].copy()
         return events
 
-    def _run(self, chunk: np.ndarray) -> list[dict]:
+    def _run(self, chunk: np.ndarray) -> list[TurnEvent]:
         t = self.time
         p = self.model(chunk)
         self.samples += self.chunk
         if self.on_chunk:
             self.on_chunk(p)
-        events = [{"type": "probability", "timestamp": round(t, 3),
-                   "probability": round(p, 4)}] if self.probabilities else []
+        events: list[TurnEvent] = [vad.Probability(timestamp=round(t, 3), probability=round(p, 4))] \
+            if self.probabilities else []
         return events + self.detector.step(t, p)
 
-    def flush(self) -> list[dict]:
+    def flush(self) -> list[TurnEvent]:
         """End of stream: run the buffered remainder (zero-padded), close any open turn, start over."""
-        events: list[dict] = []
+        events = self._chunks(self.resampler.flush())  # the resampler's last ~1 ms
         if self._pending.size:
             real = self._pending.size
             chunk = np.zeros(self.chunk, dtype=np.float32)
@@ -214,6 +187,6 @@ class VadStream:
             self.samples -= self.chunk - real  # the padding is not stream time
         now = self.time
         events += self.detector.flush(now)
-        events.append({"type": "flushed", "timestamp": round(now, 3)})
+        events.append(vad.Flushed(timestamp=round(now, 3)))
         self.reset()
         return events
