@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+
 from rvchat_common import build_app
 
 from .clients import LlmStream, SttStream, TtsStream, VadStream

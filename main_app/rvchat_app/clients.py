@@ -2,24 +2,26 @@
 
 Each stream is opened once per browser session and reused across turns: a
 connect costs a TCP + HTTP upgrade round trip and, on some services, a config
-pass, which is latency no turn should pay. ``events()`` yields the server's JSON
-events (TTS audio arrives as an ``audio`` event carrying its PCM in ``pcm``)
-and raises :class:`ServiceClosed` when the connection ends, so the orchestrator
-sees a dead service as an event, never as a hang.
+pass, which is latency no turn should pay. ``events()`` yields the server's events as
+the typed models of ``rvchat_common.protocol`` (TTS audio arrives as a ``tts.Audio`` carrying its
+PCM in ``pcm``) and raises :class:`ServiceClosed` when the connection ends or the service breaks
+protocol, so the orchestrator sees a dead service as an event, never as a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import websockets
+from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection, connect
 
-from rvchat_common.errors import parse_json
+from rvchat_common.protocol import Event, ProtocolError, dump, llm, parse, stt, tts, vad
 
 log = logging.getLogger("rvchat.app.clients")
 
@@ -39,6 +41,15 @@ async def cancel_and_wait(task: asyncio.Task | None) -> None:
         await task
     except BaseException:
         pass
+
+@dataclass(frozen=True)
+class Closed:
+    """Not on the wire: what a session's link delivers when a service's connection drops, so that
+    whatever waited on the service ends instead of hanging."""
+
+    reason: str
+    type: ClassVar[str] = "closed"
+
 
 class ServiceClosed(Exception):
     """The service's WebSocket is gone (refused, closed, or it broke protocol)."""
@@ -62,38 +73,36 @@ def ws_url(base_url: str, path: str = "/ws", api_key: str | None = None) -> str:
 
 
 class ServiceStream:
-    """A WebSocket to one service: connect (waits for ``ready``), send, iterate events."""
+    """A WebSocket to one service: connect (waits for ``ready``), send typed events, iterate events."""
 
     name = "service"
     expects_ready = True  # the service greets a new connection with a ``ready`` event
+    server_events: ClassVar[TypeAdapter]
 
     def __init__(self, base_url: str, api_key: str | None = None) -> None:
         self.url = ws_url(base_url, "/ws", api_key)
         self.ws: ClientConnection | None = None
         self.ready: dict = {}
 
-    @property
-    def connected(self) -> bool:
-        return self.ws is not None
-
     async def connect(self) -> dict:
-        """Open the socket and wait for the service's ``ready``; returns that event."""
+        """Open the socket and wait for the service's ``ready``; returns its fields."""
         try:
             self.ws = await connect(self.url, open_timeout=OPEN_TIMEOUT_S, compression=None,
                                     max_size=16 * 1024 * 1024, ping_interval=20, ping_timeout=20,
                                     close_timeout=2, proxy=None)
-        except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException) as exc:
+        except (TimeoutError, OSError, websockets.exceptions.WebSocketException) as exc:
             self.ws = None
             raise ServiceClosed(self.name, f"cannot connect to {self.url}: {exc}") from None
         try:
             if not self.expects_ready:
                 await self.on_connect()
                 return self.ready
-            self.ready = await asyncio.wait_for(self._next_json(), READY_TIMEOUT_S)
-            if self.ready.get("type") != "ready":
-                raise ServiceClosed(self.name, f"expected a ready event, got {self.ready.get('type')!r}")
+            ready = await asyncio.wait_for(self._next_event(), READY_TIMEOUT_S)
+            if ready.type != "ready":
+                raise ServiceClosed(self.name, f"expected a ready event, got {ready.type!r}")
+            self.ready = ready.model_dump()
             await self.on_connect()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.close()
             raise ServiceClosed(self.name, "no ready event from the service") from None
         except BaseException:
@@ -112,8 +121,8 @@ class ServiceStream:
             except Exception:
                 pass
 
-    async def send_json(self, event: dict) -> None:
-        await self._send(json.dumps(event))
+    async def send_event(self, event: Event) -> None:
+        await self._send(dump(event))
 
     async def send_bytes(self, data: bytes) -> None:
         await self._send(data)
@@ -136,67 +145,60 @@ class ServiceStream:
             code = exc.rcvd.code if exc.rcvd else None
             raise ServiceClosed(self.name, f"connection closed (code {code})") from None
 
-    async def _next_json(self) -> dict:
+    async def _next_event(self) -> Any:
         msg = await self._recv()
         if isinstance(msg, bytes):
             raise ServiceClosed(self.name, "unexpected binary frame")
         try:
-            event = parse_json(msg)
-        except ValueError:
-            raise ServiceClosed(self.name, "malformed JSON from the service") from None
-        if not isinstance(event, dict):
-            raise ServiceClosed(self.name, "event is not a JSON object")
-        return event
+            return parse(self.server_events, msg)
+        except ProtocolError as exc:
+            raise ServiceClosed(self.name, f"the service broke protocol: {exc.message}") from None
 
-    async def events(self) -> AsyncIterator[dict]:
+    async def events(self) -> AsyncIterator[Any]:
         """The service's events until the connection ends (then ServiceClosed)."""
         while True:
-            yield await self._next_json()
+            yield await self._next_event()
 
 
 class VadStream(ServiceStream):
     """Silero VAD over the VAD service: PCM16 in, speech_start / speech_end out."""
 
     name = "vad"
+    server_events = vad.server_events
 
     def __init__(self, base_url: str, api_key: str | None = None, **config: Any) -> None:
         super().__init__(base_url, api_key)
         self.config: dict[str, Any] = {"sample_rate": 16000, **config}
 
     async def on_connect(self) -> None:
-        await self.send_json({"type": "config", **self.config})
+        await self.send_event(vad.Config(**self.config))
 
     async def configure(self, **config: Any) -> None:
         self.config.update(config)
-        await self.send_json({"type": "config", **self.config})
+        await self.send_event(vad.Config(**self.config))
 
     async def audio(self, pcm: bytes) -> None:
         await self.send_bytes(pcm)
-
-    async def reset(self) -> None:
-        await self.send_json({"type": "reset"})
 
 
 class SttStream(ServiceStream):
     """Streaming transcription: audio while the user speaks, ``end`` -> ``final``."""
 
     name = "stt"
+    server_events = stt.server_events
 
     def __init__(self, base_url: str, api_key: str | None = None, **config: Any) -> None:
         super().__init__(base_url, api_key)
         self.config: dict[str, Any] = {"sample_rate": 16000, **config}
 
     async def on_connect(self) -> None:
-        await self.send_json({"type": "config", **self.config})
+        await self.send_event(stt.Config(**self.config))
 
     async def audio(self, pcm: bytes) -> None:
         await self.send_bytes(pcm)
 
     async def end(self) -> None:
-        await self.send_json({"type": "end"})
-
-    async def reset(self) -> None:
-        await self.send_json({"type": "reset"})
+        await self.send_event(stt.End())
 
 
 class LlmStream(ServiceStream):
@@ -204,49 +206,45 @@ class LlmStream(ServiceStream):
 
     name = "llm"
     expects_ready = False  # the LLM protocol has no greeting: the socket is usable once open
+    server_events = llm.server_events
 
     async def generate(self, messages: list[dict], **options: Any) -> None:
-        body = {"type": "generate", "messages": messages}
-        body.update({k: v for k, v in options.items() if v is not None})
-        await self.send_json(body)
+        await self.send_event(llm.Generate(messages=messages, **{k: v for k, v in options.items() if v is not None}))
 
     async def cancel(self) -> None:
-        await self.send_json({"type": "cancel"})
+        await self.send_event(llm.Cancel())
 
 
 class TtsStream(ServiceStream):
     """Incremental synthesis: text deltas in, one PCM chunk per sentence out."""
 
     name = "tts"
+    server_events = tts.server_events
 
     def __init__(self, base_url: str, api_key: str | None = None, **config: Any) -> None:
         super().__init__(base_url, api_key)
         self.config = {k: v for k, v in config.items() if v is not None}
 
-    @property
-    def sample_rate(self) -> int:
-        return int(self.ready.get("sample_rate") or 22050)
-
     async def on_connect(self) -> None:
         if self.config:
-            await self.send_json({"type": "config", **self.config})
+            await self.send_event(tts.Config(**self.config))
 
     async def text(self, text: str) -> None:
-        await self.send_json({"type": "text", "text": text})
+        await self.send_event(tts.Text(text=text))
 
     async def flush(self) -> None:
-        await self.send_json({"type": "flush"})
+        await self.send_event(tts.Flush())
 
     async def cancel(self) -> None:
-        await self.send_json({"type": "cancel"})
+        await self.send_event(tts.Cancel())
 
-    async def events(self) -> AsyncIterator[dict]:
+    async def events(self) -> AsyncIterator[Any]:
         while True:
-            event = await self._next_json()
-            if event.get("type") == "audio":
+            event = await self._next_event()
+            if isinstance(event, tts.Audio):
                 # The PCM follows its header as one binary frame.
                 data = await self._recv()
                 if not isinstance(data, bytes):
                     raise ServiceClosed(self.name, "audio header not followed by a binary frame")
-                event["pcm"] = data
+                event.pcm = data
             yield event

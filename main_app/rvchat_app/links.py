@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .clients import ServiceClosed, ServiceStream, cancel_and_wait
+from .clients import Closed, ServiceClosed, ServiceStream, cancel_and_wait
 
 log = logging.getLogger("rvchat.app.links")
 
@@ -22,9 +22,8 @@ LABELS = {"vad": "voice activity detection (VAD)", "stt": "speech recognition (S
           "llm": "language model (LLM)", "tts": "speech synthesis (TTS)"}
 
 StreamFactory = Callable[[], ServiceStream]
-# A link's event callback; ``{"type": "_closed", "reason"}`` is delivered when the connection drops,
-# so whatever waited on the service ends instead of hanging.
-OnEvent = Callable[[str, dict], Awaitable[None]]
+# A link's event callback: the service's typed events, and a Closed when the connection drops.
+OnEvent = Callable[[str, Any], Awaitable[None]]
 
 
 def degraded_modes(up: dict[str, bool], starting: frozenset[str] = frozenset()) -> dict:
@@ -121,7 +120,7 @@ class Link:
             await stream.close()
             await self._set_down(reason)
             self.idle.set()
-            await self.on_event(self.name, {"type": "_closed", "reason": reason})
+            await self.on_event(self.name, Closed(reason))
 
     async def _set_down(self, reason: str) -> None:
         changed = self.up or self.reason != reason

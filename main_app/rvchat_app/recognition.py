@@ -19,8 +19,9 @@ import re
 import time
 from typing import Protocol
 
-from rvchat_common.protocol import page
+from rvchat_common.protocol import ErrorEvent, page, stt, vad
 
+from .clients import Closed
 from .links import Link, Links
 from .settings import Settings
 
@@ -190,23 +191,19 @@ class TurnDetector:
                 await stt.call("audio", preroll)
 
     # ----------------------------------------------------------------- VAD
-    async def on_vad(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "speech_start":
-            await self._speech_start(float(event.get("timestamp") or 0.0))
-        elif kind == "speech_end":
-            await self._speech_end(float(event.get("timestamp") or 0.0))
-        elif kind == "probability":
-            await self._on_probability(float(event.get("probability") or 0.0))
-        elif kind == "_closed":
+    async def on_vad(self, event: vad.ServerEvent | Closed) -> None:
+        if isinstance(event, vad.SpeechStart):
+            await self._speech_start(event.timestamp)
+        elif isinstance(event, vad.SpeechEnd):
+            await self._speech_end(event.timestamp)
+        elif isinstance(event, vad.Probability):
+            await self._on_probability(event.probability)
+        elif isinstance(event, Closed):
             if self.user_speaking:
                 self.user_speaking = False
                 await self.hooks.on_user_state()
-        elif kind == "error":
-            err = event.get("error") or {}
-            await self.hooks.notify(page.SessionError.upstream(
-                "vad", str(err.get("message") or "error"), str(err.get("code") or "vad_error"),
-                type=str(err.get("type") or "upstream_error")))
+        elif isinstance(event, ErrorEvent):
+            await self.hooks.notify(page.SessionError(error=event.error, source="vad"))
 
     async def _on_probability(self, p: float) -> None:
         if not self.hooks.speculating():
@@ -289,16 +286,15 @@ class TurnDetector:
             await self.hooks.on_user_state()
 
     # ----------------------------------------------------------------- STT
-    async def on_stt(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "partial":
-            await self.hooks.notify(page.Partial(text=str(event.get("text") or "")))
-        elif kind == "final":
+    async def on_stt(self, event: stt.ServerEvent | Closed) -> None:
+        if isinstance(event, stt.Partial):
+            await self.hooks.notify(page.Partial(text=event.text))
+        elif isinstance(event, stt.Final):
             pending, self._pending = self._pending, None
             if pending is None:
                 return
             pending["transcript"] = time.perf_counter()
-            text = (event.get("text") or "").strip()
+            text = event.text.strip()
             if self._carry_text and is_meaningful(text):
                 text = f"{self._carry_text} {text}"
             elif self._carry_text:
@@ -316,10 +312,10 @@ class TurnDetector:
             replaces = self._carry_message_id
             self.clear_carry()
             await self.hooks.on_end_of_turn(text, pending, commit_at, replaces)
-        elif kind in ("error", "_closed"):
+        elif isinstance(event, (ErrorEvent, Closed)):
             if self._pending is not None:
                 self._pending = None
-                msg = event.get("error", {}).get("message") if kind == "error" else event.get("reason")
+                msg = event.error.message if isinstance(event, ErrorEvent) else event.reason
                 await self.hooks.notify(page.SessionError.upstream(
                     "stt", f"speech recognition failed: {msg}", "stt_failed"))
                 await self.hooks.on_user_state()

@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rvchat_common.protocol import ErrorEvent, llm, tts
 from rvchat_common.sentences import SentenceSplitter
 
-from .clients import ServiceClosed, ServiceStream, cancel_and_wait
+from .clients import Closed, ServiceClosed, ServiceStream, cancel_and_wait
 from .links import LABELS
 from .playout import Playout
 
@@ -80,7 +81,7 @@ class ReplyStream:
         self.max_sentences = max_sentences
         self.timeout_s = timeout_s
         self.t = timings if timings is not None else {}
-        self.queue: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.text = ""
         self.llm_id: str | None = None  # the generation's id, from the LLM's start event
         self.llm_done = False
@@ -91,7 +92,7 @@ class ReplyStream:
         self._sentences = SentenceSplitter(first_clause_words=0, min_words=1)
         self._n_sentences = 0
 
-    def put(self, service: str, event: dict) -> None:
+    def put(self, service: str, event: Any) -> None:
         self.queue.put_nowait((service, event))
 
     async def start(self, messages: list[dict], **options: Any) -> bool:
@@ -133,25 +134,23 @@ class ReplyStream:
                 await self._on_tts(event)
         return self.text
 
-    def _ours(self, event: dict) -> bool:
-        kind = event.get("type")
-        if kind == "_closed" or (kind == "error" and not event.get("id")):
+    def _ours(self, event: llm.ServerEvent | Closed) -> bool:
+        if isinstance(event, Closed) or (isinstance(event, ErrorEvent) and not event.id):
             return True  # the connection, or a bad request: whatever generation it was, it is ours now
-        gen_id = event.get("id")
+        gen_id = event.id
         if self.llm_id is None or (gen_id and self.llm_id != "?" and gen_id != self.llm_id):
             return False
         # A `cancel` that raced the end of an earlier generation gets a stray id-less `cancelled`.
-        return not (kind == "cancelled" and not gen_id and not self.capped)
+        return not (isinstance(event, llm.Cancelled) and not gen_id and not self.capped)
 
-    async def _on_llm(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "start":
-            self.llm_id = event.get("id") or "?"
+    async def _on_llm(self, event: llm.ServerEvent | Closed) -> None:
+        if isinstance(event, llm.Start):
+            self.llm_id = event.id or "?"
             return
         if not self._ours(event):
             return
-        if kind == "delta":
-            delta = event.get("content") or ""
+        if isinstance(event, llm.Delta):
+            delta = event.content
             if not delta:
                 return
             self.t.setdefault("first_token", time.perf_counter())
@@ -162,17 +161,17 @@ class ReplyStream:
                 await self._say(delta)
             if self.capped:  # enough for a spoken answer: stop the model rather than speak a monologue
                 await self.llm.call("cancel")
-        elif kind == "done":
+        elif isinstance(event, llm.Done):
             self.llm_done = True
-            final = (event.get("message") or {}).get("content")
-            if isinstance(final, str) and final.strip() and not self.text.strip():
+            final = event.message.content
+            if final.strip() and not self.text.strip():
                 await self._say(final)  # a provider that answered without streaming
             await self._flush_tts()
-        elif kind == "cancelled":
+        elif isinstance(event, llm.Cancelled):
             self.llm_done = True
             await self._flush_tts()
-        elif kind in ("error", "_closed"):
-            msg = (event.get("error") or {}).get("message") if kind == "error" else event.get("reason")
+        elif isinstance(event, (ErrorEvent, Closed)):
+            msg = event.error.message if isinstance(event, ErrorEvent) else event.reason
             if self.tts_used and self.tts is not None and not self.tts_done:
                 await self.tts.call("cancel")
             raise ReplyFailed("llm", f"the language model failed: {msg}")
@@ -209,17 +208,13 @@ class ReplyStream:
             if not await self.tts.call("flush"):
                 await self._tts_lost("connection lost")
 
-    async def _on_tts(self, event: dict) -> None:
-        kind = event.get("type")
-        if kind == "audio":
-            pcm = event.get("pcm") or b""
-            fallback = (self.tts.ready.get("sample_rate") if self.tts else None) or DEFAULT_TTS_RATE
-            rate = int(event.get("sample_rate") or fallback)
-            await self.sink.on_audio(str(event.get("text") or ""), pcm, rate)
-        elif kind in ("done", "cancelled"):
+    async def _on_tts(self, event: tts.ServerEvent | Closed) -> None:
+        if isinstance(event, tts.Audio):
+            await self.sink.on_audio(event.text, event.pcm, event.sample_rate or DEFAULT_TTS_RATE)
+        elif isinstance(event, (tts.Done, tts.Cancelled)):
             self.tts_done = True
-        elif kind in ("error", "_closed"):
-            msg = (event.get("error") or {}).get("message") if kind == "error" else event.get("reason")
+        elif isinstance(event, (ErrorEvent, Closed)):
+            msg = event.error.message if isinstance(event, ErrorEvent) else event.reason
             await self._tts_lost(str(msg))
 
     async def _tts_lost(self, why: str) -> None:
@@ -304,14 +299,14 @@ class DirectUpstream:
             return False
 
     def feed(self, reply: ReplyStream) -> None:
-        """Deliver this stream's events to ``reply`` (a closed connection arrives as ``_closed``)."""
+        """Deliver this stream's events to ``reply`` (a closed connection arrives as ``Closed``)."""
 
         async def read() -> None:
             try:
                 async for event in self.stream.events():
                     reply.put(self.name, event)
             except ServiceClosed as exc:
-                reply.put(self.name, {"type": "_closed", "reason": exc.reason})
+                reply.put(self.name, Closed(exc.reason))
 
         self._reader = asyncio.create_task(read(), name=f"reply-{self.name}")
 

@@ -7,6 +7,7 @@ import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+
 from rvchat_common.errors import APIError
 from rvchat_common.protocol import page
 

@@ -22,9 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rvchat_common.protocol import ProtocolError, page, parse
+from rvchat_common.protocol import ErrorEvent, ProtocolError, llm, page, parse, tts
 
-from .clients import ServiceClosed
+from .clients import Closed, ServiceClosed
 from .history import History, history_for_request
 from .links import LABELS, Link, Links, StreamFactory
 from .playout import Playout
@@ -39,7 +39,8 @@ log = logging.getLogger("rvchat.app.session")
 Send = Callable[[page.Event | bytes], Awaitable[None]]
 Observe = Callable[[str, float], None]
 REPORT_WAIT_S = 0.4  # how long an interruption waits for the page to say how much it played
-TERMINAL = ("done", "cancelled", "error", "_closed")
+# Events that end a request on the LLM or TTS link (it is idle again after them).
+TERMINAL = (llm.Done, llm.Cancelled, tts.Done, tts.Cancelled, ErrorEvent, Closed)
 
 
 class Session:
@@ -176,20 +177,19 @@ class Session:
             await self.send(page.AudioFormat(sample_rate=int(link.ready.get("sample_rate") or DEFAULT_TTS_RATE)))
         await self.send(page.Services(**self.services_view()))
 
-    async def _on_service_event(self, name: str, event: dict) -> None:
+    async def _on_service_event(self, name: str, event: Any) -> None:
         if name == "vad":
             await self.detector.on_vad(event)
         elif name == "stt":
             await self.detector.on_stt(event)
         else:
-            kind = event.get("type")
-            if kind in TERMINAL:
+            if isinstance(event, TERMINAL):
                 self.links[name].idle.set()
             reply = self.reply
             if reply is not None and not reply.ended and reply.stream is not None:
                 reply.stream.put(name, event)
-            elif kind == "error":
-                log.info("%s error outside a turn: %s", name, event.get("error"))
+            elif isinstance(event, ErrorEvent):
+                log.info("%s error outside a turn: %s", name, event.error.message)
 
     # ----------------------------------------------------------------- mic input
     async def on_audio(self, pcm: bytes) -> None:

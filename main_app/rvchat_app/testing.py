@@ -2,7 +2,9 @@
 
 A :class:`FakeHub` makes factories and keeps every stream it made, so a test can
 script the VAD, choose the transcript and the reply, take a service down, or
-kill a connection mid-turn.
+kill a connection mid-turn. Every event a fake emits is parsed through the service's own
+protocol models (``rvchat_common.protocol``), exactly as the real client does, so a fake
+cannot drift from the real service.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import asyncio
 import re
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from rvchat_common.protocol import Event, llm, parse, stt, tts, vad
+
 from .clients import ServiceClosed
 
 _CLOSE = object()
@@ -18,17 +24,14 @@ _CLOSE = object()
 
 class FakeStream:
     name = "fake"
+    server_events: TypeAdapter
 
-    def __init__(self, hub: "FakeHub") -> None:
+    def __init__(self, hub: FakeHub) -> None:
         self.hub = hub
         self.queue: asyncio.Queue = asyncio.Queue()
         self.sent: list[Any] = []
         self.ready: dict = {"type": "ready"}
         self.closed = False
-
-    @property
-    def connected(self) -> bool:
-        return not self.closed
 
     async def connect(self) -> dict:
         if self.name in self.hub.down:
@@ -45,8 +48,12 @@ class FakeStream:
         """The service dies: the connection drops."""
         self.queue.put_nowait(_CLOSE)
 
-    def emit(self, event: dict) -> None:
-        self.queue.put_nowait(event)
+    def emit(self, event: dict | Event) -> None:
+        """Send an event as the service would (validated against its protocol models)."""
+        if isinstance(event, Event):
+            pcm = getattr(event, "pcm", b"")
+            event = {**event.model_dump(mode="json"), **({"pcm": pcm} if pcm else {})}
+        self.queue.put_nowait(parse(self.server_events, event))
 
     def _check(self) -> None:
         if self.closed:
@@ -66,8 +73,9 @@ class FakeStream:
 
 class FakeVad(FakeStream):
     name = "vad"
+    server_events = vad.server_events
 
-    def __init__(self, hub: "FakeHub") -> None:
+    def __init__(self, hub: FakeHub) -> None:
         super().__init__(hub)
         self.ready = {"type": "ready", "sample_rate": 16000}
         self.audio_bytes = 0
@@ -78,16 +86,14 @@ class FakeVad(FakeStream):
 
     async def configure(self, **config: Any) -> None:
         self._check()
-        self.sent.append({"type": "config", **config})
-
-    async def reset(self) -> None:
-        self.sent.append({"type": "reset"})
+        self.sent.append(vad.Config(**config).model_dump())
 
 
 class FakeStt(FakeStream):
     name = "stt"
+    server_events = stt.server_events
 
-    def __init__(self, hub: "FakeHub") -> None:
+    def __init__(self, hub: FakeHub) -> None:
         super().__init__(hub)
         self.buffer = bytearray()
         self.utterances: list[bytes] = []
@@ -98,20 +104,19 @@ class FakeStt(FakeStream):
 
     async def end(self) -> None:
         self._check()
-        self.sent.append({"type": "end"})
+        self.sent.append(stt.End().model_dump())
         self.utterances.append(bytes(self.buffer))
         self.buffer.clear()
         text = self.hub.transcripts.pop(0) if self.hub.transcripts else self.hub.transcript
-        self.emit({"type": "final", "text": text, "language": "en"})
-
-    async def reset(self) -> None:
-        self.buffer.clear()
+        self.emit(stt.Final(text=text, language="en", duration=len(self.utterances[-1]) / 32000,
+                            processing_ms=1.0))
 
 
 class FakeLlm(FakeStream):
     name = "llm"
+    server_events = llm.server_events
 
-    def __init__(self, hub: "FakeHub") -> None:
+    def __init__(self, hub: FakeHub) -> None:
         super().__init__(hub)
         self.task: asyncio.Task | None = None
         self.gen = 0
@@ -119,32 +124,34 @@ class FakeLlm(FakeStream):
 
     async def generate(self, messages: list[dict], **options: Any) -> None:
         self._check()
-        self.sent.append({"type": "generate", "messages": messages, **options})
+        self.sent.append(llm.Generate(messages=messages, **{k: v for k, v in options.items() if v is not None})
+                         .model_dump(exclude_none=True))
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         self.gen += 1
         gid = f"gen-{self.gen}"
         self.running = gid
-        self.emit({"type": "start", "id": gid, "model": "fake", "provider": "fake"})
+        self.emit(llm.Start(id=gid, model="fake", provider="fake"))
         out = ""
         for i, word in enumerate(self.hub.reply.split(" ")):
             await asyncio.sleep(self.hub.token_delay)
             delta = word if i == 0 else " " + word
             out += delta
-            self.emit({"type": "delta", "id": gid, "content": delta})
+            self.emit(llm.Delta(id=gid, content=delta))
         self.running = None
-        self.emit({"type": "done", "id": gid, "message": {"role": "assistant", "content": out}, "usage": {},
-                   "timings": {}})
+        n = len(out.split())
+        self.emit(llm.Done(id=gid, message=llm.Message(role="assistant", content=out), model="fake",
+                           provider="fake", finish_reason="stop", timings=llm.Timings(total_ms=1.0),
+                           usage=llm.Usage(prompt_tokens=1, completion_tokens=n, total_tokens=n + 1)))
 
     async def cancel(self) -> None:
         self._check()
-        self.sent.append({"type": "cancel"})
+        self.sent.append(llm.Cancel().model_dump())
         if self.task and not self.task.done():
             self.task.cancel()
         # As the real service: a cancel with nothing running still gets a `cancelled`.
-        self.emit({"type": "cancelled", "id": self.running, "content": ""} if self.running
-                  else {"type": "cancelled", "content": ""})
+        self.emit(llm.Cancelled(id=self.running))
         self.running = None
 
 
@@ -152,28 +159,24 @@ class FakeTts(FakeStream):
     """Speaks each complete sentence as soon as it is complete: ``ms_per_word`` of a quiet tone."""
 
     name = "tts"
+    server_events = tts.server_events
     rate = 22050
 
-    def __init__(self, hub: "FakeHub") -> None:
+    def __init__(self, hub: FakeHub) -> None:
         super().__init__(hub)
         self.ready = {"type": "ready", "sample_rate": self.rate, "voice": "fake"}
         self.pending = ""
         self.index = 0
 
-    @property
-    def sample_rate(self) -> int:
-        return self.rate
-
     def _speak(self, sentence: str) -> None:
         n = int(self.rate * self.hub.ms_per_word / 1000) * max(1, len(sentence.split()))
         pcm = (b"\x10\x00" * n)
-        self.emit({"type": "audio", "index": self.index, "text": sentence, "sample_rate": self.rate,
-                   "bytes": len(pcm), "pcm": pcm})
+        self.emit(tts.Audio(index=self.index, text=sentence, sample_rate=self.rate, bytes=len(pcm), pcm=pcm))
         self.index += 1
 
     async def text(self, text: str) -> None:
         self._check()
-        self.sent.append({"type": "text", "text": text})
+        self.sent.append(tts.Text(text=text).model_dump())
         self.pending += text
         while True:
             m = re.search(r"[.!?]\s", self.pending)
@@ -184,17 +187,17 @@ class FakeTts(FakeStream):
 
     async def flush(self) -> None:
         self._check()
-        self.sent.append({"type": "flush"})
+        self.sent.append(tts.Flush().model_dump())
         if self.pending.strip():
             self._speak(self.pending.strip())
         self.pending = ""
-        self.emit({"type": "done", "sentences": self.index})
+        self.emit(tts.Done(sentences=self.index))
 
     async def cancel(self) -> None:
         self._check()
-        self.sent.append({"type": "cancel"})
+        self.sent.append(tts.Cancel().model_dump())
         self.pending = ""
-        self.emit({"type": "cancelled"})
+        self.emit(tts.Cancelled())
 
 
 class FakeHub:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
+
 from rvchat_common.protocol import page
 from rvchat_common.ws import EventSocket, Limits
 

@@ -364,7 +364,7 @@ async def test_speculative_reply_is_dropped_when_the_user_goes_on(store):
         vad.emit({"type": "speech_start", "timestamp": 1.0})
         for _ in range(10):
             await session.on_audio(FRAME)
-        vad.emit({"type": "speech_end", "timestamp": 1.5})
+        vad.emit({"type": "speech_end", "timestamp": 1.5, "start": 1.0, "duration": 0.5})
         end = await page.wait("reply_end", timeout=5)
         assert [e["text"] for e in page.of("transcript")] == ["I would like a cup of tea"]
         assert not page.of("stop_playback") and not page.of("interrupted")
