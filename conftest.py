@@ -28,6 +28,22 @@ def _service(name: str):
         proc.stop()
 
 
+# Tests that use one of these need the real models (as processes or in-process); `pytest -m "not models"`
+# leaves them out and runs the fast layer in seconds. Modules that start services by name
+# (request.getfixturevalue) carry `pytestmark = pytest.mark.models` themselves.
+_MODEL_FIXTURES = frozenset({"vad_service", "stt_service", "tts_service", "llm_service", "services", "app_service"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "models: needs the real models (slow); deselect with -m 'not models'")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.models)
+
+
 @pytest.fixture(scope="session")
 def vad_service():
     yield from _service("vad")

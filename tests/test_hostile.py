@@ -9,6 +9,8 @@ import pytest
 
 from rvchat_common.testing import REPO
 
+pytestmark = pytest.mark.models
+
 WAV = (REPO / "audio_sample.wav").read_bytes()
 BODIES = [
     b"", b"{", b"null", b"[]", b"{}", b'"x"', b"\xff\xfe\x00garbage", b"[" * 5000 + b"]" * 5000,

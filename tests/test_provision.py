@@ -1,10 +1,13 @@
 """Provisioning yields model files that their libraries really load and run (offline)."""
 
 import numpy as np
+import pytest
 
 from rvchat_common import models, provision
 from rvchat_common.audio import decode_audio
 from rvchat_common.testing import speech_sample, wer
+
+pytestmark = pytest.mark.models
 
 
 def test_provision_is_idempotent_and_checks_every_model(capsys):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.models
+
 REPO = Path(__file__).resolve().parents[1]
 PORTS = {"3000": "app", "3001": "vad", "3002": "stt", "3003": "tts", "3004": "llm"}
 

@@ -3,6 +3,8 @@
 import httpx
 import pytest
 
+pytestmark = pytest.mark.models
+
 
 
 @pytest.mark.parametrize("name", ["vad", "stt", "tts", "llm", "app"])
