@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import TypeAdapter
 
@@ -218,6 +218,59 @@ class FakeHub:
 
     def last(self, name: str) -> Any:
         return self.streams[name][-1]
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
+    """Wait for a condition instead of sleeping a fixed time before asserting it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := predicate()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.005)
+    return value
+
+
+class ScriptedUser:
+    """A turn-taking timeline for a session over fakes, in stream seconds::
+
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0, text="What is the capital of France?")
+        await user.resumes(at=1.2)          # the VAD's probabilities rise again (a speculative reply is dropped)
+
+    Mic frames are fed up to each point of the timeline, and the fake VAD reports speech where
+    the script puts it, so the session sees what a real VAD would tell it.
+    """
+
+    FRAME_S = 0.02
+    FRAME = b"\x01\x00" * 320  # 20 ms of 16 kHz PCM16
+
+    def __init__(self, session: Any, hub: "FakeHub") -> None:
+        self.session = session
+        self.hub = hub
+        self.t = 0.0
+
+    async def _feed_until(self, t: float) -> None:
+        while self.t + self.FRAME_S / 2 < t:
+            await self.session.on_audio(self.FRAME)
+            self.t += self.FRAME_S
+
+    async def says(self, start: float, end: float, text: str | None = None, tail: float = 0.1) -> None:
+        """Speech from ``start`` to ``end``; the VAD reports its end after ``tail`` s of silence."""
+        if text is not None:
+            self.hub.transcripts.append(text)
+        fake_vad = self.hub.last("vad")
+        await self._feed_until(start)
+        fake_vad.emit(vad.SpeechStart(timestamp=start))
+        await until(lambda: self.session.state == "user_speaking", what="the session to hear speech")
+        await self._feed_until(end + tail)
+        fake_vad.emit(vad.SpeechEnd(timestamp=end, start=start, duration=round(end - start, 3)))
+
+    async def resumes(self, at: float, chunks: int = 2) -> None:
+        """Speech probabilities above the threshold again at ``at`` (before the VAD confirms speech)."""
+        await self._feed_until(at)
+        fake_vad = self.hub.last("vad")
+        for i in range(chunks):
+            fake_vad.emit(vad.Probability(timestamp=round(at + i * 0.032, 3), probability=0.9))
 
 
 # --------------------------------------------------------------------------- real-time client

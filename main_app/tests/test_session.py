@@ -12,7 +12,7 @@ from rvchat_app.recognition import is_meaningful
 from rvchat_app.session import Session
 from rvchat_app.settings import Settings
 from rvchat_app.store import Store
-from rvchat_app.testing import FakeHub
+from rvchat_app.testing import FakeHub, ScriptedUser, until
 
 FRAME = b"\x01\x00" * 320  # 20 ms of 16 kHz PCM16
 
@@ -66,18 +66,11 @@ async def make(store, hub: FakeHub, **settings) -> tuple[Session, Page]:
     return session, page
 
 
-async def speak(session: Session, hub: FakeHub, frames_before: int = 20, frames_speech: int = 30) -> None:
-    for _ in range(frames_before):
-        await session.on_audio(FRAME)
-    vad = hub.last("vad")
-    vad.emit({"type": "speech_start", "timestamp": frames_before * 0.02})
-    await asyncio.sleep(0.01)
-    for _ in range(frames_speech):
-        await session.on_audio(FRAME)
-    end = (frames_before + frames_speech) * 0.02
-    for _ in range(5):
-        await session.on_audio(FRAME)
-    vad.emit({"type": "speech_end", "timestamp": end, "start": frames_before * 0.02, "duration": end})
+async def speak(session: Session, hub: FakeHub) -> ScriptedUser:
+    """One utterance from 0.4 s to 1.0 s of stream time (the transcript is the hub's)."""
+    user = ScriptedUser(session, hub)
+    await user.says(start=0.4, end=1.0)
+    return user
 
 
 async def test_voice_turn_streams_transcript_then_text_then_audio(store):
@@ -183,13 +176,9 @@ async def test_tts_down_replies_as_text_and_says_so(store):
     await session.start()
     try:
         await asyncio.wait_for(session.links["llm"].up_event.wait(), 2)
-        svc = await page.wait("services", count=1)
-        for _ in range(50):
-            view = session.services_view()
-            if not view["modes"]["voice_out"] and view["modes"]["chat"]:
-                break
-            await asyncio.sleep(0.02)
-        assert "text only" in view["notice"] and svc
+        view = await until(lambda: (v := session.services_view())["modes"]["chat"]
+                           and not v["modes"]["voice_out"] and v)
+        assert "text only" in view["notice"]
         await session.on_text_event({"type": "text", "text": "hi"})
         end = await page.wait("reply_end")
         assert end["text"] == hub.reply and not page.of("audio")
@@ -213,8 +202,7 @@ async def test_llm_dying_mid_turn_ends_the_turn_with_an_error(store):
         assert "language model" in err["error"]["message"]
         end = await page.wait("reply_end")
         assert end["error"] is True
-        await asyncio.sleep(0.05)
-        assert session.state == "listening"
+        await until(lambda: session.state == "listening")
         # The link reconnects and the next message works.
         await asyncio.wait_for(session.links["llm"].up_event.wait(), 5)
         await session.on_text_event({"type": "text", "text": "again"})
@@ -230,8 +218,7 @@ async def test_llm_down_says_no_reply_possible(store):
     session = Session(send=page.send, store=store, settings=Settings(db_path=":memory:"), factories=hub.factories())
     await session.start()
     try:
-        await asyncio.sleep(0.1)
-        assert "no replies" in session.services_view()["notice"]
+        await until(lambda: "no replies" in session.services_view()["notice"])
         await session.on_text_event({"type": "text", "text": "hi"})
         err = await page.wait("error", source="llm")
         assert "unavailable" in err["error"]["message"]
@@ -245,8 +232,8 @@ async def test_silence_transcript_gives_no_reply(store):
     try:
         await speak(session, hub)
         await page.wait("no_speech")
-        await asyncio.sleep(0.05)
-        assert not page.of("reply_start") and session.state == "listening"
+        await until(lambda: session.state == "listening")
+        assert not page.of("reply_start")
     finally:
         await session.close()
 
@@ -334,8 +321,7 @@ async def test_speculative_reply_is_held_until_the_turn_end_silence(store):
         assert hub.last("vad").calls("config")[-1]["probabilities"] is True
         await speak(session, hub)
         # LLM and TTS start at once, but nothing of the reply reaches the page before the commit.
-        await asyncio.sleep(0.1)
-        assert hub.last("llm").calls("generate")
+        await until(lambda: hub.last("tts").calls("text"))
         assert "transcript" not in page.types() and "audio" not in page.types()
         await page.wait("reply_end", timeout=5)
         types = page.types()
@@ -348,23 +334,17 @@ async def test_speculative_reply_is_held_until_the_turn_end_silence(store):
 
 async def test_speculative_reply_is_dropped_when_the_user_goes_on(store):
     hub = FakeHub(token_delay=0.001)
-    hub.transcripts = ["I would like", "a cup of tea"]
     session, page = await make(store, hub, speculative_silence_ms=150, vad_min_silence_ms=400)
     try:
-        await speak(session, hub)
-        await asyncio.sleep(0.05)
-        assert hub.last("llm").calls("generate")
-        vad = hub.last("vad")
-        vad.emit({"type": "probability", "timestamp": 1.0, "probability": 0.9})
-        vad.emit({"type": "probability", "timestamp": 1.03, "probability": 0.9})
-        await asyncio.sleep(0.05)
-        assert session.state == "user_speaking"
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0, text="I would like")
+        await until(lambda: hub.last("llm").calls("generate"))
+        # The user was only pausing: speech again before the turn-end silence has passed.
+        await user.resumes(at=1.15)
+        await until(lambda: session.state == "user_speaking")
         assert "transcript" not in page.types() and "reply_start" not in page.types()
         # The VAD confirms the speech, which then ends: one turn with the whole utterance.
-        vad.emit({"type": "speech_start", "timestamp": 1.0})
-        for _ in range(10):
-            await session.on_audio(FRAME)
-        vad.emit({"type": "speech_end", "timestamp": 1.5, "start": 1.0, "duration": 0.5})
+        await user.says(start=1.15, end=1.6, text="a cup of tea")
         end = await page.wait("reply_end", timeout=5)
         assert [e["text"] for e in page.of("transcript")] == ["I would like a cup of tea"]
         assert not page.of("stop_playback") and not page.of("interrupted")
@@ -378,15 +358,14 @@ async def test_speculative_reply_is_dropped_when_the_user_goes_on(store):
 
 async def test_a_noise_blip_during_speculation_still_gets_an_answer(store):
     hub = FakeHub(token_delay=0.001)
-    hub.transcripts = ["What time is it", ""]
     session, page = await make(store, hub, speculative_silence_ms=150, vad_min_silence_ms=400,
                                vad_min_speech_ms=100)
     try:
-        await speak(session, hub)
-        await asyncio.sleep(0.05)
-        vad = hub.last("vad")
-        for _ in range(2):
-            vad.emit({"type": "probability", "timestamp": 1.0, "probability": 0.9})
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0, text="What time is it")
+        hub.transcripts.append("")  # the blip has no words
+        await until(lambda: hub.last("llm").calls("generate"))
+        await user.resumes(at=1.1)
         # No speech_start follows: after min_speech + 400 ms the utterance ends and is answered.
         end = await page.wait("reply_end", timeout=5)
         assert [e["text"] for e in page.of("transcript")] == ["What time is it"]
