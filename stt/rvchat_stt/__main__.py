@@ -1,3 +1,5 @@
+"""``python -m rvchat_stt``: run the STT service."""
+
 from rvchat_common.streaming import serve
 
 from .app import create_app

@@ -1,32 +1,27 @@
-"""The STT app: the shared skeleton plus the transcription routes."""
+"""The STT service app: ``create_app(settings, engine)``, so tests can inject a fake engine."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import FastAPI
 
 from rvchat_common.app import build_app
 from rvchat_common.inference import InferenceQueue
 
+from .engine import SttEngine, WhisperEngine
+from .routes import router
 from .settings import Settings
+from .ws import router as ws_router
 
 
-def create_app(settings: Settings | None = None, engine: Any | None = None) -> FastAPI:
-    """Build the app; tests may pass a fake ``engine``.
-
-    A fake needs ``load``, ``check_language``, ``transcribe`` and ``transcribe_stream`` (and
-    ``speech_probs``/``VAD_WINDOW`` for the stream's early final).
-    """
+def create_app(settings: Settings | None = None, engine: SttEngine | None = None) -> FastAPI:
+    """Build the app; tests may pass a fake ``engine`` (an :class:`SttEngine`; one that is also a
+    ``SpeechScorer`` gets the stream's speech tracking and early finals)."""
     settings = settings or Settings()
     if engine is None:
-        from .engine import WhisperEngine
-
         engine = WhisperEngine(settings)
     app = build_app(service="stt", settings=settings, engine=engine,
                     title="rvchat STT (faster-whisper)")
     app.state.queue = InferenceQueue(settings.max_queue)
-    from .routes import router
-
     app.include_router(router)
+    app.include_router(ws_router)
     return app

@@ -1,4 +1,7 @@
-"""The faster-whisper engine: the only module that imports faster_whisper.
+"""The STT engine: the :class:`SttEngine` interface routes and ws use, and faster-whisper behind it.
+
+The only module that imports faster_whisper, and only once the model is loaded or used, so
+importing the interface (and testing with a fake engine) does not load it.
 
 One ``WhisperModel`` is loaded at start and shared; callers serialise calls
 into it (``InferenceQueue``), so nothing here locks.
@@ -22,12 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from typing import Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-from faster_whisper import WhisperModel
-from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
-from faster_whisper.vad import get_vad_model
 
 from rvchat_common.audio import SAMPLE_RATE
 from rvchat_common.models import whisper_model
@@ -35,6 +35,10 @@ from rvchat_common.models import whisper_model
 from . import guard
 from .schemas import Segment, TranscribeOptions, Transcript, Word
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+    from faster_whisper.tokenizer import Tokenizer
 
 log = logging.getLogger("rvchat.stt")
 
@@ -44,6 +48,41 @@ FRAMES_PER_SECOND = 100  # Whisper mel frames (10 ms hop)
 
 class UnsupportedLanguage(ValueError):
     pass
+
+
+class SttEngine(Protocol):
+    """What the routes and the WebSocket need of a transcription engine (a fake in tests)."""
+
+    model_name: str
+
+    def load(self) -> None:
+        """Blocking: load the model (run in a thread at start-up)."""
+
+    def check_language(self, language: str | None) -> str | None:
+        """The normalised language code (None: auto-detect); ValueError when it cannot be transcribed."""
+
+    def transcribe(self, audio: np.ndarray, opts: TranscribeOptions) -> Transcript:
+        """Full-accuracy decoding of 16 kHz mono float32 (REST and OpenAI endpoints)."""
+
+    def transcribe_stream(self, audio: np.ndarray, language: str | None = None,
+                          prompt: str | None = None) -> Transcript:
+        """Latency-tuned decoding of one streamed utterance."""
+
+
+@runtime_checkable
+class SpeechScorer(Protocol):
+    """An engine that also scores speech per window: the stream then knows where speech ends in its
+    buffer (no decode of silence, early finals). Engines without it decode on the partial interval only."""
+
+    VAD_WINDOW: int
+
+    def speech_probs(self, audio: np.ndarray) -> np.ndarray: ...
+
+
+def _language_codes() -> tuple[str, ...]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return _LANGUAGE_CODES
 
 
 def _compression_ratio(text: str) -> float:
@@ -67,6 +106,8 @@ def _temperatures(temperature: float | None) -> list[float]:
 
 
 class WhisperEngine:
+    """faster-whisper with the speech gate and hallucination guards (guard.py)."""
+
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.model_name = self.settings.model
@@ -76,6 +117,8 @@ class WhisperEngine:
 
     # --- lifecycle -----------------------------------------------------------
     def load(self) -> None:
+        from faster_whisper import WhisperModel
+
         s = self.settings
         path = whisper_model(s.model)
         threads = s.cpu_threads or os.cpu_count() or 1
@@ -97,7 +140,7 @@ class WhisperEngine:
     # --- languages -----------------------------------------------------------
     @property
     def languages(self) -> list[str]:
-        return list(_LANGUAGE_CODES) if self.multilingual else ["en"]
+        return list(_language_codes()) if self.multilingual else ["en"]
 
     def default_language(self) -> str | None:
         if not self.multilingual:
@@ -108,10 +151,11 @@ class WhisperEngine:
         """Normalise a requested language ('EN', 'en-US' -> 'en'); None means auto-detect."""
         if language is None or not language.strip():
             return self.default_language()
+        codes = _language_codes()
         code = language.strip().lower().replace("_", "-")
-        if code not in _LANGUAGE_CODES and "-" in code:
+        if code not in codes and "-" in code:
             code = code.split("-")[0]
-        if code not in _LANGUAGE_CODES:
+        if code not in codes:
             raise UnsupportedLanguage(f"unknown language {language!r}: use an ISO-639-1 code such as 'en'")
         if not self.multilingual and code != "en":
             raise UnsupportedLanguage(
@@ -121,6 +165,8 @@ class WhisperEngine:
         return code
 
     def _tokenizer(self, language: str | None) -> Tokenizer:
+        from faster_whisper.tokenizer import Tokenizer
+
         tok = self._tokenizers.get(language)
         if tok is None:
             assert self.model is not None
@@ -146,6 +192,8 @@ class WhisperEngine:
         Stateless and thread-safe (one ONNX session, no carried state), so the stream
         can call it on new audio without waiting for the Whisper lock.
         """
+        from faster_whisper.vad import get_vad_model
+
         n = -(-audio.size // self.VAD_WINDOW) * self.VAD_WINDOW
         if n == 0:
             return np.zeros(0, dtype=np.float32)

@@ -15,6 +15,8 @@ from rvchat_common.testing import speech_manifest, speech_sample, wer
 
 from .conftest import MANIFEST, non_speech, pcm16, wav_file_bytes
 
+pytestmark = pytest.mark.models
+
 # WER of tiny.en on each clip through /transcribe, measured on this machine (identical to
 # faster-whisper called directly with its defaults). Tests allow 0.15 on top.
 MEASURED_WER = {
@@ -350,8 +352,9 @@ def test_ws_8khz_stream(stt_service):
         final = until_final(ws, events)
         assert wer(MANIFEST[name]["text"], final["text"]) <= 0.2, final
         ws.send(json.dumps({"type": "config", "language": "de"}))
-        assert recv(ws)["type"] == "error"
-        ws.send(b"\x01")  # odd byte count: kept until the next byte, never an error
+        assert recv(ws)["error"]["code"] == "unsupported_language"
+        ws.send(b"\x01")  # half a sample would misalign every later one: refused, the stream goes on
+        assert recv(ws)["error"]["code"] == "odd_length_pcm"
         ws.send(json.dumps({"type": "end"}))
         assert until_final(ws, [])["type"] == "final"
     assert httpx.get(stt_service.url + "/healthz", timeout=5).status_code == 200

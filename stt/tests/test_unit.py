@@ -78,7 +78,9 @@ def test_transcribe_shape_and_field_errors():
         r = c.post("/transcribe", files={"file": ("a.wav", WAV, "audio/wav")}, data={"beam_size": "99"})
         assert r.status_code == 400
         r = c.post("/transcribe", data={"file": "not a file"})
-        assert r.status_code == 400
+        assert r.status_code == 400 and r.json()["error"]["code"] == "missing_file"
+        r = c.post("/transcribe")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "missing_file"
         r = c.post("/transcribe", content=b"--x\r\nbroken",
                    headers={"content-type": "multipart/form-data; boundary=x"})
         assert 400 <= r.status_code < 500
@@ -91,7 +93,7 @@ def test_raw_pcm_body():
         r = c.post("/transcribe?sample_rate=8000", content=pcm, headers={"content-type": "audio/pcm"})
         assert r.status_code == 200 and r.json()["duration"] == 1.0
         r = c.post("/transcribe?sample_rate=100", content=pcm, headers={"content-type": "audio/pcm"})
-        assert r.status_code == 400
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_sample_rate"
         r = c.post("/transcribe", content=pcm[:-1], headers={"content-type": "audio/pcm"})
         assert r.status_code == 400
 
@@ -157,13 +159,22 @@ def test_ws_protocol_with_fake_engine():
         with c.websocket_connect("/ws") as ws:
             assert ws.receive_json()["type"] == "ready"
             ws.send_text("not json")
-            assert ws.receive_json()["type"] == "error"
+            assert ws.receive_json()["error"]["code"] == "invalid_json"
             ws.send_json({"type": "dance"})
             assert ws.receive_json()["error"]["code"] == "unknown_event"
             ws.send_json({"type": "config", "sample_rate": 5})
-            assert ws.receive_json()["error"]["code"] == "invalid_config"
+            assert ws.receive_json()["error"]["code"] == "invalid_event"
+            ws.send_text('{"type": "config", "sample_rate": Infinity}')
+            assert ws.receive_json()["error"]["code"] == "invalid_event"
+            ws.send_json({"type": "config", "partials": "yes"})
+            assert ws.receive_json()["error"]["code"] == "invalid_event"
             ws.send_json({"type": "config", "language": "fr"})
-            assert ws.receive_json()["error"]["code"] == "invalid_config"
+            error = ws.receive_json()["error"]
+            assert error["code"] == "unsupported_language" and error["param"] == "language"
+            ws.send_bytes(b"\x00\x01\x02")  # half a sample would misalign everything after it
+            assert ws.receive_json()["error"]["code"] == "odd_length_pcm"
+            ws.send_text('{"type": "config", "prompt": "\\ud800 names"}')  # lone surrogate: no 1011
+            assert ws.receive_json()["type"] == "ready"
             ws.send_json({"type": "config", "sample_rate": 8000, "partials": False})
             ready = ws.receive_json()
             assert ready == {"type": "ready", "sample_rate": 8000, "language": "en", "model": "fake"}
@@ -174,6 +185,8 @@ def test_ws_protocol_with_fake_engine():
             ws.send_json({"type": "end"})  # nothing buffered: empty final, no model call
             assert ws.receive_json()["text"] == ""
             ws.send_bytes(np.zeros(4000, "<i2").tobytes())
+            ws.send_json({"type": "config", "sample_rate": 16000})  # not mid-utterance
+            assert ws.receive_json()["error"]["param"] == "sample_rate"
             ws.send_json({"type": "reset"})
             assert ws.receive_json() == {"type": "reset"}
             ws.send_json({"type": "config", "sample_rate": 16000, "partials": True})
