@@ -257,10 +257,12 @@ class SentenceCounter:
     def __init__(self, max_chars: int = 300) -> None:
         self._splitter = SentenceSplitter(first_clause_words=0, min_words=1, max_chars=max_chars)
         self.count = 0
+        self.completed: list[str] = []  # the sentences the last push completed, as written
 
     def push(self, text: str) -> int:
         """Add a delta; the number of complete sentences so far."""
-        self.count += len(self._splitter.push(text))
+        self.completed = self._splitter.push(text)
+        self.count += len(self.completed)
         return self.count
 
     def reset(self) -> None:

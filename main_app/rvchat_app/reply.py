@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rvchat_common.protocol import ErrorEvent, llm, tts
-from rvchat_common.sentences import SentenceSplitter
+from rvchat_common.sentences import SentenceCounter
 
 from .clients import Closed, ServiceClosed, ServiceStream, cancel_and_wait
 from .links import LABELS
@@ -89,8 +89,7 @@ class ReplyStream:
         self.tts_done = False
         self.capped = False  # the reply reached max_sentences and the LLM was stopped
         # Counts complete sentences for the cap: "Dr." or the "3." of a still-arriving "3.14" are no ends.
-        self._sentences = SentenceSplitter(first_clause_words=0, min_words=1)
-        self._n_sentences = 0
+        self._sentences = SentenceCounter()
 
     def put(self, service: str, event: Any) -> None:
         self.queue.put_nowait((service, event))
@@ -180,14 +179,12 @@ class ReplyStream:
         """The part of ``delta`` within the sentence cap; at the cap the LLM is stopped."""
         if not self.max_sentences:
             return delta
-        done = self._sentences.push(delta)
-        if self._n_sentences + len(done) < self.max_sentences:
-            self._n_sentences += len(done)
+        before = self._sentences.count
+        if self._sentences.push(delta) < self.max_sentences:
             return delta
         # Keep the delta up to the end of the last sentence that fits.
         self.capped = True
-        last = done[self.max_sentences - self._n_sentences - 1].rstrip()
-        self._n_sentences = self.max_sentences
+        last = self._sentences.completed[self.max_sentences - before - 1].rstrip()
         whole = self.text + delta
         at = whole.rfind(last[-12:])
         cut = at + len(last[-12:]) - len(self.text) if at >= 0 else len(delta)

@@ -33,13 +33,10 @@ async def page_config(request: Request) -> dict:
     s = request.app.state.settings
     return {
         "input_sample_rate": page.INPUT_SAMPLE_RATE,
-        "frame_ms": 20,
         "turn_taking": {"threshold": s.vad_threshold, "min_silence_ms": s.vad_min_silence_ms,
-                        "min_speech_ms": s.vad_min_speech_ms, "barge_in_threshold": s.barge_in_threshold},
+                        "min_speech_ms": s.vad_min_speech_ms},
         "limits": {**page.config_limits(), "text_chars": page.TEXT_MAX_CHARS},
-        "features": {"cue_tones": s.cue_tones, "barge_in": True, "partials": s.stt_partials,
-                     "text_chat": True},
-        "ws_path": "/ws",
+        "features": {"cue_tones": s.cue_tones},
     }
 
 

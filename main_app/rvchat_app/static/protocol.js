@@ -21,11 +21,9 @@
  * GET /config (rvchat_app/routes.py).
  * @typedef {object} PageConfig
  * @property {number} input_sample_rate
- * @property {number} frame_ms
- * @property {TurnTaking & {barge_in_threshold: number}} turn_taking
+ * @property {TurnTaking} turn_taking
  * @property {{threshold: Range, min_silence_ms: Range, min_speech_ms: Range, text_chars: number}} limits
- * @property {{cue_tones: boolean, barge_in: boolean, partials: boolean, text_chat: boolean}} features
- * @property {string} ws_path
+ * @property {{cue_tones: boolean}} features
  */
 
 /** @typedef {{up: boolean, reason: string | null, label: string}} ServiceState */
