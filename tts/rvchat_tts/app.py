@@ -1,26 +1,23 @@
-"""The TTS service app: ``create_app(settings, engine)`` so tests can inject a fake engine."""
+"""The TTS service app: ``create_app(settings, engine)``, so tests can inject a fake engine."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from fastapi import FastAPI
 
 from rvchat_common.app import build_app
 from rvchat_common.inference import InferenceQueue
 
+from .engine import PiperEngine, TtsEngine
 from .routes import router
 from .settings import Settings
 from .speech import Speaker
+from .voices import VoiceCatalog
 from .ws import router as ws_router
 
 
-def create_app(settings: Settings | None = None, engine: Any | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: TtsEngine | None = None) -> FastAPI:
     settings = settings or Settings()
     if engine is None:
-        from .engine import PiperEngine  # imported here so fake-engine tests skip onnxruntime
-        from .voices import VoiceCatalog
-
         catalog = VoiceCatalog(settings.voice, settings.voices_dir, settings.voice_aliases,
                                settings.allow_voice_paths)
         engine = PiperEngine(catalog, cache_size=settings.voice_cache_size,

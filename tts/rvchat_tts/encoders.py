@@ -6,6 +6,10 @@ Here one encoder and muxer live for the whole response and write into a sink
 that is drained after each sentence. The sink has no ``seek``, so muxers that
 would go back to patch a header (FLAC's sample count, MP3's Xing frame) leave
 it as a streaming file, which every decoder accepts.
+
+PCM16 at the voice's rate goes to the encoder as is: PyAV's encoder converts to the codec's sample
+format, rate (48 kHz for opus) and frame size itself, continuously across calls and flushed by
+``encode(None)``, so no resampler of our own is needed here.
 """
 
 from __future__ import annotations
@@ -61,7 +65,6 @@ class StreamEncoder:
         # Encoder defaults are thin for speech at 22 kHz (lame picks 32 kb/s); these keep consonants crisp.
         if fmt in ("mp3", "aac", "opus"):
             self.stream.bit_rate = {"mp3": 64000, "aac": 64000, "opus": 32000}[fmt]
-        self.resampler = av.AudioResampler(format=self.stream.format.name, layout="mono", rate=out_rate)
         self.samples = 0
         self.closed = False
 
@@ -73,18 +76,14 @@ class StreamEncoder:
             frame.time_base = Fraction(1, self.sample_rate)
             frame.pts = self.samples
             self.samples += samples.shape[1]
-            for rframe in self.resampler.resample(frame):
-                for packet in self.stream.encode(rframe):
-                    self.container.mux(packet)
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
         return self.sink.take()
 
     def close(self) -> bytes:
         if self.closed:
             return b""
         self.closed = True
-        for rframe in self.resampler.resample(None):
-            for packet in self.stream.encode(rframe):
-                self.container.mux(packet)
         for packet in self.stream.encode(None):
             self.container.mux(packet)
         self.container.close()

@@ -1,4 +1,8 @@
-"""Piper voices: load (a few, kept in an LRU cache) and synthesise. The only module that imports piper.
+"""The TTS engine: the :class:`TtsEngine` interface routes, ws and the Speaker use, and Piper behind it.
+
+Piper voices are loaded on demand (a few, kept in an LRU cache). The only module that imports piper
+and onnxruntime, and only once a voice is loaded or synthesis starts, so importing the interface
+(and testing with a fake engine) loads neither.
 
 Synthesis is blocking and meant to run in a worker thread (see
 ``rvchat_common.inference.InferenceQueue``). It can be abandoned part-way: a
@@ -15,13 +19,15 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import onnxruntime
-from piper import PiperVoice
-from piper.config import PiperConfig
 
 from .voices import VoiceCatalog, VoiceFiles
+
+if TYPE_CHECKING:
+    import onnxruntime
+    from piper import PiperVoice
 
 log = logging.getLogger("rvchat.tts")
 
@@ -49,6 +55,8 @@ class CancelToken:
                 run.terminate = True
 
     def _start(self) -> onnxruntime.RunOptions:
+        import onnxruntime
+
         run = onnxruntime.RunOptions()
         with self._lock:
             if self._cancelled:
@@ -59,6 +67,26 @@ class CancelToken:
     def _end(self, run: onnxruntime.RunOptions) -> None:
         with self._lock:
             self._runs.discard(run)
+
+
+class TtsEngine(Protocol):
+    """What the routes, the WebSocket and the Speaker need of a TTS engine (a fake in tests)."""
+
+    catalog: VoiceCatalog
+
+    def load(self) -> None:
+        """Blocking: load and warm the default voice (run in a thread at start-up)."""
+
+    def ensure_voice(self, name: str) -> str:
+        """Load ``name`` (blocking); the default voice's name when it fails to load."""
+
+    def sample_rate(self, name: str) -> int: ...
+
+    def cancel_token(self) -> CancelToken: ...
+
+    def synthesize(self, text: str, voice: str, speed: float = 1.0,
+                   cancel: CancelToken | None = None) -> bytes:
+        """PCM16 mono at the voice's rate for clean text (blocking); Cancelled when cancelled."""
 
 
 class PiperEngine:
@@ -86,6 +114,10 @@ class PiperEngine:
         log.info("voice %s warmed up in %.2f s", self.catalog.default, time.perf_counter() - t0)
 
     def _load_voice(self, files: VoiceFiles) -> PiperVoice:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
         t0 = time.perf_counter()
         config = PiperConfig.from_dict(json.loads(Path(files.config).read_text(encoding="utf-8")))
         options = onnxruntime.SessionOptions()

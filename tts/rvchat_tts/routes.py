@@ -1,4 +1,7 @@
-"""HTTP routes: parse requests, shape responses. The model work is in speech.py / engine.py."""
+"""HTTP routes of the TTS service: /synthesize, the OpenAI-compatible /v1/audio/speech, /voices.
+
+Parse requests, shape responses; the WebSocket is in ws.py, the model work in speech.py / engine.py.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from rvchat_common.app import require_ready
-from rvchat_common.audio import base64_audio, float_to_pcm16, pcm16_to_float, resample, wav_header
+from rvchat_common.audio import Resampler, base64_audio, float_to_pcm16, pcm16_to_float, wav_header
 from rvchat_common.errors import APIError, parse_json
 from rvchat_common.streaming import sse_event
 
 from .encoders import StreamEncoder
+from .engine import TtsEngine
 from .schemas import SpeechRequest, SynthesizeRequest
 from .speech import Segment, Speaker
 
@@ -130,7 +134,8 @@ async def _synthesize_all(speaker: Speaker, segments: list[Segment], voice: str,
 @router.get("/voices", tags=["tts"])
 async def voices(request: Request) -> dict:
     """Installed voices and the alias table (what each alias maps to on this server)."""
-    catalog = request.app.state.engine.catalog
+    engine: TtsEngine = request.app.state.engine
+    catalog = engine.catalog
     return {"default": catalog.default, "voices": catalog.listing(), "aliases": catalog.aliases(),
             "unknown_voice": "any other name uses the default voice (response header X-Voice-Fallback: true)"}
 
@@ -181,15 +186,19 @@ async def openai_speech(request: Request) -> Response:
     sse = req.stream_format == "sse"
 
     encoder = StreamEncoder(fmt, rate) if fmt not in ("wav", "pcm") else None
+    # One resampler for the whole response: continuous across sentences, no click at their edges.
+    resampler = Resampler(rate, OPENAI_PCM_RATE) if fmt == "pcm" else None
 
     async def convert(pcm: bytes) -> bytes:
-        if fmt == "pcm":
-            return float_to_pcm16(resample(pcm16_to_float(pcm), rate, OPENAI_PCM_RATE))
+        if resampler is not None:
+            return float_to_pcm16(resampler(pcm16_to_float(pcm)))
         if encoder is not None:
             return await asyncio.to_thread(encoder.encode, pcm)
         return pcm
 
     async def finish() -> bytes:
+        if resampler is not None:
+            return float_to_pcm16(resampler.flush())
         return await asyncio.to_thread(encoder.close) if encoder is not None else b""
 
     prefix = wav_header(rate) if fmt == "wav" else b""

@@ -18,6 +18,8 @@ from rvchat_tts.voices import VoiceCatalog
 
 from .conftest import pcm_to_float, rms
 
+pytestmark = pytest.mark.models
+
 JOE = "en_US-joe-medium"
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from .conftest import WAIT, decode_any, pcm_to_float, read_wav, rms, spoken_wer, transcribe, words_per_second
 
+pytestmark = pytest.mark.models
+
 # Measured on this voice with whisper tiny.en (noise 0): mean WER 0.02, worst sentence 0.14
 # ("Buy milk" heard as "Bye milk"). Bounds leave room for a different CPU's float rounding.
 MAX_MEAN_WER = 0.12

@@ -12,6 +12,8 @@ import pytest
 
 from .conftest import WAIT, decode_any, pcm_to_float, rms, spoken_wer, transcribe, words_per_second
 
+pytestmark = pytest.mark.models
+
 TEXT = "Good morning. The weather today is sunny, with a light breeze from the west."
 
 
