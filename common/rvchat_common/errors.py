@@ -143,9 +143,14 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def valid_unicode(text: str) -> str:
+    """``text`` with any lone surrogate replaced by U+FFFD, so it can be encoded as UTF-8."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
+        return valid_unicode(value)
     if isinstance(value, list):
         return [_scrub(v) for v in value]
     if isinstance(value, dict):

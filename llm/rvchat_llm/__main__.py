@@ -1,3 +1,5 @@
+"""``python -m rvchat_llm``: run the LLM service."""
+
 from rvchat_common.streaming import serve
 
 from .app import create_app

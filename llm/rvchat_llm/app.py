@@ -1,4 +1,5 @@
-"""``create_app``: the shared skeleton plus the LLM routes."""
+"""The LLM service app: ``create_app(settings, engine)``, so tests can inject an engine (over a fake
+provider)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from fastapi import FastAPI
 
 from rvchat_common.app import build_app
 
-from .engine import LLMEngine
+from .engine import ChatEngine, LLMEngine
 from .routes import router
 from .settings import Settings
+from .ws import router as ws_router
 
 
-def create_app(settings: Settings | None = None, engine: LLMEngine | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: ChatEngine | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = engine or LLMEngine(settings)
 
@@ -24,4 +26,5 @@ def create_app(settings: Settings | None = None, engine: LLMEngine | None = None
     app = build_app(service="llm", settings=settings, engine=engine, ready_check=engine.ready,
                     title="rvchat llm", on_startup=on_startup, on_shutdown=on_shutdown)
     app.include_router(router)
+    app.include_router(ws_router)
     return app

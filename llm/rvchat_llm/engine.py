@@ -1,7 +1,8 @@
 """The provider-neutral part of generation: defaults, history trimming, timeouts, retries, timings.
 
-Routes talk only to :class:`LLMEngine`; it picks the provider module named by the
-settings (the only modules that import ollama, openai or llama_cpp).
+Routes and the WebSocket talk only to a :class:`ChatEngine` (the :class:`LLMEngine`, or a fake);
+it picks the provider module named by the settings (the only modules that import ollama, openai
+or llama_cpp).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Protocol
 
 from rvchat_common.errors import APIError
 from rvchat_common.inference import InferenceQueue
+from rvchat_common.protocol import ErrorEvent, llm
 
 from .providers.base import ChatOptions, Delta, Final, Provider, UpstreamError
 from .settings import Settings
@@ -69,8 +71,58 @@ class Done:
     def message(self) -> dict[str, str]:
         return {"role": "assistant", "content": self.content}
 
+    def event(self, id: str | None = None) -> llm.Done:
+        """The ``done`` event (WebSocket, SSE); without its ``type`` it is the /generate answer.
+        ``id``: the WebSocket's generation id, where it differs from the engine's."""
+        return llm.Done(id=id or self.id, message=llm.Message(role="assistant", content=self.content),
+                        model=self.model, provider=self.provider, finish_reason=self.finish_reason,
+                        usage=llm.Usage.model_validate(self.usage),
+                        timings=llm.Timings.model_validate(self.timings),
+                        dropped_messages=self.dropped_messages)
+
+
+def generation_error(exc: BaseException, id: str | None = None) -> ErrorEvent:
+    """The error event of a failed generation: an APIError as it says, anything else a logged 500."""
+    if isinstance(exc, APIError):
+        return ErrorEvent.from_api_error(exc, id=id)
+    log.error("generation failed", exc_info=exc)
+    return ErrorEvent.of("internal_error", "internal error while generating", status=500, id=id)
+
+
+class ChatEngine(Protocol):
+    """What the routes and the WebSocket need of the engine (a fake provider in tests goes behind
+    the real :class:`LLMEngine` instead; this names the surface they rely on)."""
+
+    settings: Settings
+
+    def load(self) -> None:
+        """Blocking start-up work (load weights); runs in a thread."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ready(self) -> str | None:
+        """None when the upstream can serve, else the reason."""
+
+    @property
+    def provider_name(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    def model_for(self, requested: str | None) -> str:
+        """The model that will answer a request naming ``requested``."""
+
+    def stream(self, req: Request) -> AsyncIterator[Delta | Done]:
+        """Deltas, then one Done; APIError before or during the stream."""
+
+    async def complete(self, req: Request) -> Done: ...
+
 
 class LLMEngine:
+    """Generation over the configured provider, with the service's defaults and limits."""
+
     def __init__(self, settings: Settings, provider: Provider | None = None) -> None:
         self.settings = settings
         self.queue = InferenceQueue(settings.max_queue)

@@ -1,39 +1,50 @@
-"""Request and response bodies: our /generate and /ws, and the OpenAI chat-completions subset."""
+"""HTTP request bodies: POST /generate and the OpenAI chat-completions subset, and how a body becomes
+an engine request. The WebSocket events are in rvchat_common.protocol.llm (``GenerateParams`` is
+shared with ``POST /generate``)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Role = Literal["system", "user", "assistant"]
+from rvchat_common.errors import APIError
+from rvchat_common.protocol import llm
+from rvchat_common.protocol.base import UnicodeStr
 
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: Role = Field(description="system, user or assistant.")
-    content: StrictStr = Field(description="The message text.")
+from .engine import Request
+from .settings import Settings
 
 
-class GenerateRequest(BaseModel):
-    """POST /generate and the WS ``generate`` event."""
+class GenerateRequest(llm.GenerateParams):
+    """POST /generate: the WebSocket ``generate`` event's fields, plus ``stream``."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    messages: list[Message] = Field(min_length=1, description="The conversation, oldest first.")
-    system: StrictStr | None = Field(None, description="System prompt; replaces any system messages "
-                                     "and the default. Omit for the service default.")
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1)
-    model: StrictStr | None = Field(None, max_length=256, description="Upstream model (ignored by the "
-                                    "local provider, which has one).")
     stream: bool = Field(False, description="Server-Sent Events of token deltas.")
+
+
+def check_limits(settings: Settings, contents: list[str], where: str = "messages") -> None:
+    """Limits that depend on settings (the models check roles, types and ranges)."""
+    if len(contents) > settings.max_messages:
+        raise APIError(422, f"{where}: at most {settings.max_messages} messages are accepted, got "
+                       f"{len(contents)}", "validation_error", param=where)
+    for i, text in enumerate(contents):
+        if len(text) > settings.max_message_chars:
+            raise APIError(422, f"{where}.{i}.content: longer than the "
+                           f"{settings.max_message_chars}-character limit", "validation_error", param=where)
+
+
+def to_request(settings: Settings, body: llm.GenerateParams) -> Request:
+    """A /generate body or a WebSocket ``generate`` event as an engine request."""
+    contents = [m.content for m in body.messages]
+    check_limits(settings, contents + ([body.system] if body.system else []))
+    return Request(messages=[{"role": m.role, "content": m.content} for m in body.messages],
+                   system=body.system, temperature=body.temperature, max_tokens=body.max_tokens,
+                   model=body.model)
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: StrictStr
+    text: UnicodeStr
 
 
 class ChatMessage(BaseModel):
@@ -42,7 +53,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[TextPart] | None = None
+    content: UnicodeStr | list[TextPart] | None = None
     name: str | None = None
 
     @field_validator("content")
@@ -63,7 +74,7 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: StrictStr | None = Field(None, max_length=256)
+    model: UnicodeStr | None = Field(None, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -71,7 +82,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: StrictStr | list[StrictStr] | None = None
+    stop: UnicodeStr | list[UnicodeStr] | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
     seed: int | None = None
     user: str | None = None

@@ -155,3 +155,61 @@ def test_upstream_error_before_stream_is_a_status_not_a_200_stream():
         for path in ("/generate", "/v1/chat/completions"):
             r = client.post(path, json={"messages": [{"role": "user", "content": "hi"}], "stream": True})
             assert r.status_code == 503 and "http://fake:1" in r.json()["error"]["message"]
+
+
+def test_ws_events_and_errors_with_a_scripted_provider():
+    eng, fake = engine([["Hel", "lo"], ["a", "sleep"], [refused()]], retries=0)
+    hi = [{"role": "user", "content": "hi"}]
+    with TestClient(create_app(eng.settings, eng)) as client, client.websocket_connect("/ws") as ws:
+        ws.send_json({"type": "generate", "messages": hi})
+        start, d1, d2, done = (ws.receive_json() for _ in range(4))
+        assert start == {"type": "start", "id": start["id"], "model": "fake-1", "provider": "fake"}
+        assert [d1["content"], d2["content"]] == ["Hel", "lo"] and d1["id"] == start["id"]
+        assert done["type"] == "done" and done["id"] == start["id"]
+        assert done["message"] == {"role": "assistant", "content": "Hello"}
+        assert done["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        assert set(done["timings"]) >= {"first_token_ms", "total_ms"} and done["dropped_messages"] == 0
+        # A generation that hangs after one token, cancelled: its content so far, under its id.
+        ws.send_json({"type": "generate", "messages": hi})
+        start = ws.receive_json()
+        assert ws.receive_json()["content"] == "a"
+        ws.send_json({"type": "cancel"})
+        assert ws.receive_json() == {"type": "cancelled", "id": start["id"], "content": "a"}
+        ws.send_json({"type": "cancel"})  # nothing running: still answered, without an id
+        assert ws.receive_json() == {"type": "cancelled", "content": ""}
+        # An upstream failure: an error event carrying the generation's id; the socket stays open.
+        ws.send_json({"type": "generate", "messages": hi})
+        start = ws.receive_json()
+        error = ws.receive_json()
+        assert error["id"] == start["id"] and error["error"]["code"] == "upstream_unavailable"
+        for bad, code in [("{", "invalid_json"), ('{"type": "dance"}', "unknown_event"),
+                          ('{"type": "generate", "messages": []}', "invalid_event"),
+                          ('{"type": "generate", "messages": [{"role": "user", "content": "x"}], '
+                           '"temperature": Infinity}', "invalid_event"),
+                          ('{"type": "generate", "messages": [{"role": "user", "content": "\\ud800"}], '
+                           '"max_tokens": 0}', "invalid_event")]:
+            ws.send_text(bad)
+            event = ws.receive_json()
+            assert event["type"] == "error" and "id" not in event and event["error"]["code"] == code, bad
+        ws.send_bytes(b"\x00\x01")
+        assert ws.receive_json()["error"]["code"] == "unexpected_binary"
+        ws.send_json({"type": "generate", "messages": hi * (eng.settings.max_messages + 1)})
+        assert ws.receive_json()["error"]["code"] == "invalid_event"  # the service's own limit
+
+
+def test_lone_surrogates_reach_the_provider_as_valid_unicode():
+    eng, fake = engine([["ok"]])
+    with TestClient(create_app(eng.settings, eng)) as client:
+        body = '{"messages": [{"role": "user", "content": "a \\ud800 b"}]}'
+        r = client.post("/generate", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        body = '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud83d!"}]}]}'
+        r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        with client.websocket_connect("/ws") as ws:
+            ws.send_text('{"type": "generate", "messages": [{"role": "user", "content": "c \\udc00 d"}]}')
+            while ws.receive_json()["type"] != "done":
+                pass
+    for messages in fake.calls:
+        for m in messages:
+            m["content"].encode("utf-8")  # what a tokenizer does first: no UnicodeEncodeError

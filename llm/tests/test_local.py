@@ -10,6 +10,8 @@ import openai
 import pytest
 import websockets
 
+pytestmark = pytest.mark.models
+
 SEED = {"messages": [{"role": "system", "content": "You are a helpful assistant."},
                      {"role": "user", "content": "Hello!"}]}
 
@@ -144,14 +146,16 @@ async def test_ws_new_generate_replaces_running_one(llm_service):
 
 async def test_ws_bad_events_keep_connection_open(llm_service):
     async with websockets.connect(llm_service.ws_url + "/ws") as ws:
-        for bad in ["not json", json.dumps([1]), json.dumps({"type": "dance"}),
-                    json.dumps({"type": "generate", "messages": []}),
-                    json.dumps({"type": "generate", "messages": [{"role": "wizard", "content": "x"}]})]:
+        for bad, code in [("not json", "invalid_json"), (json.dumps([1]), "invalid_event"),
+                          (json.dumps({"type": "dance"}), "unknown_event"),
+                          (json.dumps({"type": "generate", "messages": []}), "invalid_event"),
+                          (json.dumps({"type": "generate", "messages": [{"role": "wizard", "content": "x"}]}),
+                           "invalid_event")]:
             await ws.send(bad)
             e = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            assert e["type"] == "error" and e["error"]["message"]
+            assert e["type"] == "error" and e["error"]["message"] and e["error"]["code"] == code, (bad, e)
         await ws.send(b"\x00\x01")
-        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "error"
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["error"]["code"] == "unexpected_binary"
         await ws.send(json.dumps({"type": "cancel"}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "cancelled"
         await ws.send(json.dumps({"type": "generate", **SEED, "max_tokens": 3}))

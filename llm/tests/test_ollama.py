@@ -16,6 +16,9 @@ import pytest
 
 from rvchat_common.testing import ServiceProcess
 
+# Not a model, but the real service process in front of a fake upstream, with seconds-long fault timeouts.
+pytestmark = pytest.mark.models
+
 USER = {"messages": [{"role": "user", "content": "hello there friend"}]}
 
 

@@ -9,9 +9,12 @@ import time
 
 import httpx
 import openai
+import pytest
 import websockets
 
 from rvchat_common.testing import ServiceProcess, free_port
+
+pytestmark = pytest.mark.models
 
 SEED = {"messages": [{"role": "system", "content": "You are a helpful assistant."},
                      {"role": "user", "content": "Hello!"}], "max_tokens": 12, "temperature": 0}

@@ -15,17 +15,23 @@ import json
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     SerializerFunctionWrapHandler,
+    StrictStr,
     TypeAdapter,
     ValidationError,
     model_serializer,
 )
 
-from ..errors import APIError, error_type, parse_json
+from ..errors import APIError, error_type, parse_json, valid_unicode
 
 E = TypeVar("E")
+
+# Text bound for a tokenizer or phonemizer: JSON parsed by someone else than parse_json (a FastAPI
+# body) may carry lone surrogates, which no UTF-8 encoder takes; they become U+FFFD here.
+UnicodeStr = Annotated[StrictStr, AfterValidator(valid_unicode)]
 
 
 class WireModel(BaseModel):

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictStr, TypeAdapter
+from pydantic import Field, TypeAdapter
 
-from .base import ErrorEvent, Event, WireModel
+from .base import ErrorEvent, Event, UnicodeStr, WireModel
 
 Role = Literal["system", "user", "assistant"]
 
 
 class Message(WireModel):
     role: Role = Field(description="system, user or assistant.")
-    content: StrictStr = Field(description="The message text.")
+    content: UnicodeStr = Field(description="The message text.")
 
 
 # --- client -> server -----------------------------------------------------------------------
@@ -28,11 +28,11 @@ class GenerateParams(WireModel):
     omit_if_none = frozenset({"system", "temperature", "max_tokens", "model"})
 
     messages: list[Message] = Field(min_length=1, description="The conversation, oldest first.")
-    system: StrictStr | None = Field(None, description="System prompt; replaces any system messages "
+    system: UnicodeStr | None = Field(None, description="System prompt; replaces any system messages "
                                      "and the default. Omit for the service default.")
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
-    model: StrictStr | None = Field(None, max_length=256, description="Upstream model (ignored by the "
+    model: UnicodeStr | None = Field(None, max_length=256, description="Upstream model (ignored by the "
                                     "local provider, which has one).")
 
 

@@ -1,0 +1,110 @@
+"""WS /ws: streamed generation with cancel (docs/protocols.md, LLM).
+
+Framing, JSON, limits and error events are the shared receive loop's (rvchat_common.ws). A
+``generate`` runs in its own task, so a ``cancel`` or a new ``generate`` is read at once: a new
+``generate`` cancels the running one first (it gets its ``cancelled``), so a barge-in needs only
+the new turn. Every event of a generation carries its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Callable
+
+from fastapi import APIRouter, WebSocket
+
+from rvchat_common.app import is_ready
+from rvchat_common.errors import APIError
+from rvchat_common.protocol import ProtocolError, llm
+from rvchat_common.ws import MAX_FRAME_BYTES, EventSocket, Limits
+
+from .engine import ChatEngine, Request, generation_error
+from .providers.base import Delta
+from .schemas import to_request
+
+router = APIRouter()
+
+# A conversation's history can be long: text frames up to the server's own frame limit.
+LIMITS = Limits(max_text_bytes=MAX_FRAME_BYTES)
+CANCEL_WAIT_S = 10.0  # how long a cancel waits for the generation to stop (a stuck upstream)
+
+
+class LlmSession:
+    """One connection: generate and cancel in; start, delta, done, cancelled or error out."""
+
+    def __init__(self, sock: EventSocket[llm.ClientEvent], engine: ChatEngine,
+                 model_ready: Callable[[], bool]) -> None:
+        self.sock = sock
+        self.engine = engine
+        self.model_ready = model_ready
+        self.current: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        try:
+            await self.sock.run(self.on_event)
+        finally:
+            if self.current is not None and not self.current.done():
+                self.current.cancel()
+
+    async def on_event(self, event: llm.ClientEvent) -> None:
+        if isinstance(event, llm.Cancel):
+            if not await self._stop_current():
+                await self.sock.send(llm.Cancelled(content=""))
+            return
+        try:
+            req = to_request(self.engine.settings, event)
+        except APIError as exc:  # the service's limits on messages: the event is invalid
+            raise ProtocolError("invalid_event", exc.message, param=exc.param) from None
+        if not self.model_ready():
+            await self.sock.error("model_loading", "model is still loading; retry shortly", status=503)
+            return
+        await self._stop_current()
+        self.current = asyncio.create_task(self._generate(req))
+
+    async def _stop_current(self) -> bool:
+        """Cancel the generation in flight and wait until it has said ``cancelled``; False if none."""
+        task, self.current = self.current, None
+        if task is None or task.done():
+            return False
+        task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), CANCEL_WAIT_S)
+        except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+            pass
+        return True
+
+    async def _generate(self, req: Request) -> None:
+        gen_id = uuid.uuid4().hex[:16]
+        parts: list[str] = []
+        stream = self.engine.stream(req)
+        try:
+            await self.sock.send(llm.Start(id=gen_id, model=self.engine.model_for(req.model),
+                                           provider=self.engine.provider_name))
+            async for item in stream:
+                if isinstance(item, Delta):
+                    parts.append(item.content)
+                    await self.sock.send(llm.Delta(id=gen_id, content=item.content))
+                else:
+                    await self.sock.send(item.event(gen_id))
+        except asyncio.CancelledError:
+            await stream.aclose()  # stop the model before telling the client it stopped
+            try:
+                await self.sock.send(llm.Cancelled(id=gen_id, content="".join(parts)))
+            except Exception:  # the client has gone
+                pass
+        except Exception as exc:
+            try:
+                await self.sock.send(generation_error(exc, id=gen_id))
+            except Exception:  # the client has gone
+                pass
+        finally:
+            await stream.aclose()
+
+
+@router.websocket("/ws")
+async def generate_ws(ws: WebSocket) -> None:
+    """See docs/protocols.md, LLM."""
+    sock = EventSocket(ws, llm.client_events, LIMITS)
+    await sock.accept()
+    await LlmSession(sock, ws.app.state.engine, lambda: is_ready(ws.app)).run()
