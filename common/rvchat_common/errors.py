@@ -1,8 +1,9 @@
 """One error shape for every service, the OpenAI one: ``{"error": {"message", "type", "code"}}``.
 
-HTTP errors use it as the response body; on a WebSocket the server sends
-``{"type": "error", "error": {...}}`` and then closes with 1008 (the client's
-fault) or 1011 (ours).
+HTTP errors use it as the response body; on a WebSocket the same body travels in an
+``{"type": "error", "error": {...}}`` event (rvchat_common.protocol.ErrorEvent, sent by the
+receive loop in rvchat_common.ws), and a connection that is closed is closed with 1008 (the
+client's fault) or 1011 (ours).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.websockets import WebSocket, WebSocketState
 
 log = logging.getLogger("rvchat.errors")
 
@@ -117,25 +117,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body("internal server error", 500, "internal_error"), status_code=500
         )
-
-
-async def ws_error(
-    ws: WebSocket, message: str, code: str | None = None, close_code: int = WS_POLICY
-) -> None:
-    """Tell a WebSocket client what went wrong, then close the connection."""
-    status = 400 if close_code == WS_POLICY else 500
-    payload = {"type": "error", **error_body(message, status, code)}
-    try:
-        if ws.client_state == WebSocketState.CONNECTED:
-            await ws.send_json(payload)
-            await ws.close(code=close_code, reason=message[:120])
-    except Exception:  # the client may already be gone; nothing more to tell it
-        pass
-
-
-async def ws_event_error(ws: WebSocket, message: str, code: str | None = None) -> None:
-    """Report a recoverable problem on a WebSocket without closing it."""
-    await ws.send_json({"type": "error", **error_body(message, 400, code)})
 
 
 # A \uD800-\uDFFF escape: how a lone surrogate gets into parsed JSON (a UTF-8 frame cannot carry one).

@@ -10,8 +10,10 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
-from rvchat_common import APIError, ServiceSettings, build_app, require_ready, ws_error
+from rvchat_common import APIError, ServiceSettings, build_app, require_ready
 from rvchat_common.inference import InferenceQueue
+from rvchat_common.protocol import vad
+from rvchat_common.ws import EventSocket
 
 
 class SlowEngine:
@@ -46,8 +48,7 @@ def make_app(engine=None, **settings):
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
-        await websocket.accept()
-        await ws_error(websocket, "bad event", "bad_event")
+        await EventSocket(websocket, vad.client_events).close(1008, "bad_event", "bad event")
 
     return app
 
@@ -80,9 +81,11 @@ def test_readiness_follows_model_loading():
 
 def test_failed_model_load_is_reported_and_process_stays_live():
     with TestClient(make_app(SlowEngine(fail=True))) as client:
-        time.sleep(0.1)
-        resp = client.get("/readyz")
-        assert resp.status_code == 503 and "weights are corrupt" in resp.json()["reason"]
+        deadline = time.monotonic() + 5
+        while "weights are corrupt" not in (resp := client.get("/readyz")).json()["reason"]:
+            assert resp.status_code == 503 and time.monotonic() < deadline, resp.json()
+            time.sleep(0.02)
+        assert resp.status_code == 503
         assert client.get("/healthz").status_code == 200
 
 
