@@ -1,4 +1,5 @@
-"""Request options and response shapes."""
+"""What the engine returns and the HTTP request options and responses; the WebSocket events are in
+rvchat_common.protocol.stt."""
 
 from __future__ import annotations
 

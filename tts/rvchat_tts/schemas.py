@@ -1,4 +1,7 @@
-"""Request bodies (pydantic). Types are strict so a number where text belongs is a 422, not a guess."""
+"""HTTP request bodies (pydantic); the WebSocket events are in rvchat_common.protocol.tts.
+
+Types are strict so a number where text belongs is a 422, not a guess.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
+from rvchat_common.protocol.tts import MAX_SPEED, MIN_SPEED  # one speed range for HTTP and /ws
 
 
 class SynthesizeRequest(BaseModel):
