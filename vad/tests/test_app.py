@@ -49,6 +49,15 @@ def fake():
         engine.release.set()
 
 
+def wait_ready(client: TestClient) -> None:
+    """Poll /readyz until the (released) fake model has loaded."""
+    for _ in range(200):
+        if client.get("/readyz").status_code == 200:
+            return
+        threading.Event().wait(0.02)
+    raise AssertionError("never became ready")
+
+
 WAV = wav_bytes(float_to_pcm16(np.zeros(16000, dtype=np.float32)), 16000)
 
 
@@ -64,10 +73,7 @@ def test_not_ready_until_loaded(fake):
             ws.receive_json()
         assert closed.value.code == 1013
     engine.release.set()
-    for _ in range(100):
-        if client.get("/readyz").status_code == 200:
-            break
-        threading.Event().wait(0.05)
+    wait_ready(client)
     body = client.post("/detect", files={"file": ("a.wav", WAV)}).json()
     assert body == {"segments": [{"start": 0.5, "end": 1.0}], "duration": 1.0, "speech_seconds": 0.5}
 
@@ -75,8 +81,7 @@ def test_not_ready_until_loaded(fake):
 def test_stream_limit(fake):
     client, engine = fake
     engine.release.set()
-    while client.get("/readyz").status_code != 200:
-        threading.Event().wait(0.05)
+    wait_ready(client)
     with client.websocket_connect("/ws") as first:
         assert first.receive_json()["type"] == "ready"
         with client.websocket_connect("/ws") as second:
@@ -88,8 +93,7 @@ def test_stream_limit(fake):
 def test_ws_protocol_with_fake_engine(fake):
     client, engine = fake
     engine.release.set()
-    while client.get("/readyz").status_code != 200:
-        threading.Event().wait(0.05)
+    wait_ready(client)
     with client.websocket_connect("/ws") as ws:
         ready = ws.receive_json()
         assert ready == {"type": "ready", "sample_rate": 16000, "threshold": 0.5, "min_speech_ms": 250,
