@@ -34,10 +34,6 @@ def _service(name: str):
 _MODEL_FIXTURES = frozenset({"vad_service", "stt_service", "tts_service", "llm_service", "services", "app_service"})
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "models: needs the real models (slow); deselect with -m 'not models'")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):

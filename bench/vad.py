@@ -80,7 +80,7 @@ def run() -> str:
     import torch
 
     from rvchat_vad.engine import SileroEngine
-    from rvchat_vad.stream import TurnConfig, VadStream
+    from rvchat_vad.turns import TurnConfig, TurnStream
 
     engine = SileroEngine()
     engine.load()
@@ -122,7 +122,7 @@ def run() -> str:
         pad = np.zeros(SR, dtype=np.float32)
         audio = np.concatenate([pad, jfk, pad, pad])
         pcm = float_to_pcm16(audio)
-        stream = VadStream(engine.new_stream(), TurnConfig())
+        stream = TurnStream(engine.new_stream(), TurnConfig())
         per = []
         for i in range(0, len(pcm), 1024):
             t0 = time.perf_counter()

@@ -17,6 +17,7 @@ from rvchat_common.errors import APIError
 from rvchat_common.inference import InferenceQueue
 from rvchat_common.sentences import SentenceSplitter
 
+from .engine import TtsEngine
 from .normalize import clean_for_speech
 from .settings import Settings
 from .voices import Resolved
@@ -54,7 +55,7 @@ class Segment:
 class Speaker:
     """The TTS pipeline around one engine: one model, used by one request at a time."""
 
-    def __init__(self, engine: Any, queue: InferenceQueue, settings: Settings, metrics: Any) -> None:
+    def __init__(self, engine: TtsEngine, queue: InferenceQueue, settings: Settings, metrics: Any) -> None:
         self.engine = engine
         self.queue = queue
         self.settings = settings
