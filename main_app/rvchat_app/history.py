@@ -65,6 +65,22 @@ class History:
                                            meta=meta)
         return msg["id"]
 
+    async def save_partial(self, message_id: int | None, text: str, source: str) -> int:
+        """The reply so far, marked interrupted until it is finished: a crash or a closed page loses
+        no committed turn (the row is there, with what was said up to then)."""
+        if message_id is None:
+            return await self.add_assistant(text, source=source, interrupted=True, meta={"in_progress": True})
+        await self.store.update_message(message_id, content=text)
+        return message_id
+
+    async def save_final(self, message_id: int | None, text: str, *, source: str, interrupted: bool = False,
+                         meta: dict[str, Any] | None = None) -> int:
+        """The reply as it ended (replacing its partial row, if any)."""
+        if message_id is None:
+            return await self.add_assistant(text, source=source, interrupted=interrupted, meta=meta)
+        await self.store.update_message(message_id, content=text, interrupted=interrupted, meta=meta or {})
+        return message_id
+
     async def mark_interrupted(self, message_id: int, heard: str, meta: dict[str, Any]) -> None:
         await self.store.update_message(message_id, content=heard, interrupted=True, meta=meta)
 

@@ -47,11 +47,13 @@ class Playout:
     """The page-facing side of one reply."""
 
     def __init__(self, turn: int, send_event: SendEvent, send_audio: SendAudio,
-                 on_first_audio: Callable[[float], Awaitable[None]]) -> None:
+                 on_first_audio: Callable[[float], Awaitable[None]],
+                 on_chunk_sent: Callable[[], Awaitable[None]] | None = None) -> None:
         self.turn = turn
         self._send_event = send_event
         self._send_audio = send_audio
         self._on_first_audio = on_first_audio
+        self._on_chunk_sent = on_chunk_sent
         self._held: list[tuple] | None = None
         self._lock = asyncio.Lock()  # a release and a new event must not interleave
         self.chunks: list[tuple[str, float]] = []  # (text, ms) of each audio chunk sent
@@ -110,6 +112,12 @@ class Playout:
         header = page.Audio(turn=self.turn, index=len(self.chunks) - 1, text=text, sample_rate=rate,
                             bytes=len(pcm), duration_ms=round(ms, 1))
         await self._send_audio(header, pcm)
+        if self._on_chunk_sent is not None:
+            await self._on_chunk_sent()
+
+    def sent_text(self) -> str:
+        """The text of the audio sent so far (what the page is playing or has played)."""
+        return " ".join(text.strip() for text, _ in self.chunks if text.strip())
 
     # -- the play clock --
     @property

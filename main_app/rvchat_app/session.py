@@ -284,7 +284,8 @@ class Session:
         turn = self._turn_ids
         llm, tts = self.links.get("llm"), self.links.get("tts")
         want_voice = self.voice_out if voice is None else voice
-        playout = Playout(turn, self.send, self._send_audio, on_first_audio=self._first_audio_cb(turn))
+        playout = Playout(turn, self.send, self._send_audio, on_first_audio=self._first_audio_cb(turn),
+                          on_chunk_sent=lambda: self._save_progress(turn))
         reply = Reply(id=turn, user_text=text, source=source, voice=bool(want_voice and tts is not None and tts.up),
                       user_message_id=user_mid, playout=playout, t=dict(timings))
         if llm is not None:
@@ -313,6 +314,20 @@ class Session:
                 reply.t["first_audio"] = at
             await self._sync_state()
         return first_audio
+
+    async def _save_progress(self, turn: int, text: str | None = None) -> None:
+        """Keep the reply's row current while it plays: what was sent so far, marked interrupted."""
+        reply = self._recent.get(turn)
+        if reply is None or reply.ended:
+            return
+        async with reply.save_lock:
+            if reply.ended:
+                return
+            said = reply.playout.sent_text() if text is None else text
+            if said:
+                reply.message_id = await self.history.save_partial(
+                    reply.message_id, said, source="voice" if reply.voice else "text")
+                reply.saved_at = time.perf_counter()
 
     async def _commit_after(self, reply: Reply, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -362,9 +377,11 @@ class Session:
         reply.phase = Phase.FAILED
         await self.send(page.SessionError.upstream(source, message, f"{source}_failed", turn=reply.id))
         text = reply.text.strip()
-        if text:
-            reply.message_id = await self.history.add_assistant(
-                text, interrupted=True, source="voice" if reply.voice else "text", meta={"error": message})
+        async with reply.save_lock:
+            if text or reply.message_id is not None:
+                reply.message_id = await self.history.save_final(
+                    reply.message_id, text, interrupted=True, source="voice" if reply.voice else "text",
+                    meta={"error": message})
         await self.send(page.ReplyEnd(turn=reply.id, text=reply.text, error=True))
         await self._sync_state()
 
@@ -375,9 +392,11 @@ class Session:
         for stage, ms in latency.items():
             self.observe(stage, ms / 1000)
         text = reply.text.strip()
-        if text:
-            reply.message_id = await self.history.add_assistant(
-                text, source="voice" if reply.spoken else "text", meta={"latency": latency} if latency else None)
+        async with reply.save_lock:
+            if text:
+                reply.message_id = await self.history.save_final(
+                    reply.message_id, text, source="voice" if reply.spoken else "text",
+                    meta={"latency": latency} if latency else None)
         playout = reply.playout
         if playout.chunks:
             await self.send(page.AudioEnd(turn=reply.id, chunks=len(playout.chunks),
@@ -435,11 +454,12 @@ class Session:
         heard = reply.playout.heard(played, reply.text, reply.voice)
         meta = {"full_text": reply.text.strip(), "played_ms": round(played, 1), "reason": reason,
                 "cancelled": reply.cancelled}
-        if reply.message_id is not None:
-            await self.history.mark_interrupted(reply.message_id, heard, meta)
-        elif heard:
-            reply.message_id = await self.history.add_assistant(
-                heard, interrupted=True, source="voice" if reply.spoken else "text", meta=meta)
+        async with reply.save_lock:
+            if reply.message_id is not None:
+                await self.history.mark_interrupted(reply.message_id, heard, meta)
+            elif heard:
+                reply.message_id = await self.history.add_assistant(
+                    heard, interrupted=True, source="voice" if reply.spoken else "text", meta=meta)
         if not heard and reason == "barge-in" and reply.source == "voice":
             # Nothing of the reply was heard: the user was only pausing. Merge what they say next
             # into the same message, so the model answers the whole utterance.
@@ -459,7 +479,11 @@ class _PageSink:
         self.reply = reply
 
     async def on_text(self, delta: str) -> None:
-        await self.reply.playout.emit(page.ReplyDelta(turn=self.reply.id, text=delta))
+        reply = self.reply
+        await reply.playout.emit(page.ReplyDelta(turn=reply.id, text=delta))
+        # A text reply is "said" as it is shown: keep its row current (at most twice a second).
+        if not reply.voice and not reply.playout.holding and time.perf_counter() - reply.saved_at > 0.5:
+            await self.session._save_progress(reply.id, reply.text.strip())
 
     async def on_audio(self, text: str, pcm: bytes, rate: int) -> None:
         await self.reply.playout.audio(text, pcm, rate)

@@ -388,3 +388,37 @@ async def test_llm_context_window_moves_in_jumps_so_prompts_share_a_prefix(store
         assert gens[-1][-1] == {"role": "user", "content": "message 5"}
     finally:
         await session.close()
+
+
+async def test_the_reply_so_far_is_saved_while_it_plays(store):
+    """A crash or a closed page mid-reply loses nothing: the row is written as audio goes out."""
+    hub = FakeHub(reply="First sentence here. Second sentence is a longer one. Third one.", token_delay=0.05)
+    session, page = await make(store, hub)
+    try:
+        await session.on_text_event({"type": "text", "text": "tell me"})
+        await page.wait("audio")
+        conv = await store.get_conversation(session.conversation_id)
+        assistant = [m for m in conv["messages"] if m["role"] == "assistant"]
+        assert [(m["content"], m["interrupted"]) for m in assistant] == [("First sentence here.", True)]
+        assert assistant[0]["meta"] == {"in_progress": True}
+        await page.wait("reply_end")
+        conv = await store.get_conversation(session.conversation_id)
+        assistant = [m for m in conv["messages"] if m["role"] == "assistant"]
+        assert [(m["content"], m["interrupted"]) for m in assistant] == [(hub.reply, False)]
+        assert "latency" in assistant[0]["meta"]
+    finally:
+        await session.close()
+
+
+async def test_a_page_that_leaves_mid_reply_keeps_what_it_heard(store):
+    hub = FakeHub(reply="First sentence here. Second sentence is a longer one. Third one.", token_delay=0.05,
+                  ms_per_word=50)
+    session, page = await make(store, hub)
+    await session.on_text_event({"type": "text", "text": "tell me"})
+    await page.wait("audio")
+    await asyncio.sleep(0.2)  # the page plays 200 ms of the first chunk (150 ms long), then goes
+    await session.close()
+    conv = await store.get_conversation(session.conversation_id)
+    assistant = [m for m in conv["messages"] if m["role"] == "assistant"]
+    assert [(m["content"], m["interrupted"]) for m in assistant] == [("First sentence here.", True)]
+    assert assistant[0]["meta"]["reason"] == "session closed"
