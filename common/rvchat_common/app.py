@@ -1,7 +1,9 @@
 """The app skeleton every service is built on.
 
 ``build_app`` gives a FastAPI app with the shared error shape, request IDs,
-structured access logs, optional API-key auth, a request body limit, CORS,
+structured access logs, optional API-key auth, per-client rate limits, body size and read-time
+limits, CORS limited to the service's own origin unless configured, a refusal of state-changing
+requests from other sites' pages,
 ``/healthz``, ``/readyz`` and ``/metrics``. It loads the service's model in a
 worker thread at start-up, so ``/healthz`` answers at once and ``/readyz`` turns
 200 only once the model is loaded (and any upstream check passes).
@@ -15,16 +17,19 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError, error_body, install_error_handlers
 from .observability import Metrics, configure_logging, request_id_var
+from .ratelimit import RateLimiter
 from .settings import ServiceSettings
 
 log = logging.getLogger("rvchat.http")
@@ -42,36 +47,120 @@ ReadyCheck = Callable[[], Awaitable[str | None]]
 """Returns None when ready, else the reason it is not (e.g. 'upstream unreachable')."""
 
 
-class _BodyTooLarge(Exception):
-    pass
+# Label values of the HTTP metrics are bounded: a method outside this set is "OTHER", a path that
+# matches no route "unknown" (300 requests with made-up methods and paths once grew /metrics by 80%).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNKNOWN_ROUTE = "unknown"
+
+
+class _Refused(Exception):
+    """The request body broke a limit while the app was reading it; ``response`` says which."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The template of the route ``scope`` matches ('/api/conversations/{cid}'), else 'unknown'."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path is not None:
+        return path
+    probe = {**scope, "method": scope.get("method", "GET")}
+    for route in routes:
+        try:
+            match, _ = route.matches(probe)
+        except Exception:  # a route that cannot judge this scope does not match it
+            continue
+        if match is not Match.NONE:
+            return getattr(route, "path", None) or UNKNOWN_ROUTE
+    return UNKNOWN_ROUTE
+
+
+def _origin_of(headers: dict[bytes, bytes]) -> str | None:
+    origin = headers.get(b"origin")
+    return origin.decode("latin-1").strip().lower() if origin is not None else None
+
+
+def is_cross_site(scope: Scope, allowed: list[str]) -> bool:
+    """Whether a browser sent this request from a page of another origin than ours (or ``allowed``).
+
+    A browser always sends Origin on a WebSocket upgrade and on a cross-origin POST/DELETE; tools
+    (curl, the services' own clients) send none and are not browsers, so they pass. Same origin
+    means the Origin's host:port is the Host the request was sent to (or X-Forwarded-Host behind a
+    proxy). Without Origin, Sec-Fetch-Site: cross-site still gives a browser request away.
+    """
+    headers = dict(scope["headers"])
+    origin = _origin_of(headers)
+    if origin is None:
+        return headers.get(b"sec-fetch-site", b"").strip().lower() == b"cross-site"
+    if "*" in allowed or origin in (a.lower().rstrip("/") for a in allowed):
+        return False
+    if origin == "null":
+        return True  # a sandboxed frame or a file:// page
+    host = origin.split("://", 1)[-1].rstrip("/")
+    own = {headers.get(b"host", b"").decode("latin-1").strip().lower(),
+           headers.get(b"x-forwarded-host", b"").decode("latin-1").split(",")[0].strip().lower()}
+    if host in own:
+        return False
+    # Host without the default port ('localhost') against 'localhost:80' and the like.
+    scheme = origin.split("://", 1)[0]
+    default = {"http": ":80", "https": ":443"}.get(scheme, "")
+    return not (host.endswith(default) and host[: -len(default)] in own) if default else True
 
 
 class EdgeMiddleware:
-    """Request ID, auth, body limit, access log and HTTP metrics in one pure-ASGI pass.
+    """Request ID, auth, cross-site check, rate limit, body limits, access log and HTTP metrics in
+    one pure-ASGI pass.
 
     Pure ASGI (not BaseHTTPMiddleware) so streaming responses and WebSockets pass
     through untouched.
     """
 
-    def __init__(self, app: ASGIApp, settings: ServiceSettings, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, settings: ServiceSettings, metrics: Metrics,
+                 routes: Callable[[], Sequence[BaseRoute]] = lambda: ()) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self.routes = routes
+        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_exempt)
 
-    def _authorised(self, scope: Scope) -> bool:
-        key = self.settings.api_key
-        if not key or scope["path"] in OPEN_PATHS or scope.get("method") == "OPTIONS":
-            return True
+    def _offered_key(self, scope: Scope) -> str | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         offered = headers.get("x-api-key")
         auth = headers.get("authorization", "")
         if not offered and auth.lower().startswith("bearer "):
             offered = auth[7:].strip()
         if not offered and scope["type"] == "websocket":
-            from urllib.parse import parse_qs
+            offered = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key") or [None])[0]
+        return offered or None
 
-            offered = (parse_qs(scope.get("query_string", b"").decode()).get("api_key") or [None])[0]
+    def _authorised(self, scope: Scope) -> bool:
+        key = self.settings.api_key
+        if not key or scope["path"] in OPEN_PATHS or scope.get("method") == "OPTIONS":
+            return True
+        offered = self._offered_key(scope)
         return bool(offered) and hmac.compare_digest(offered.encode(), key.encode())
+
+    def _cross_site_refused(self, scope: Scope) -> bool:
+        """A state-changing request or a WebSocket from another site's page, without the API key.
+
+        With an API key configured every request needs it anyway (a page of another site cannot
+        know it); without one, this is what keeps such a page from deleting the history.
+        """
+        if scope["type"] == "http" and scope["method"] in SAFE_METHODS:
+            return False
+        if self.settings.api_key:
+            return False
+        return is_cross_site(scope, self.settings.cors_origin_list)
+
+    def _rate_wait(self, scope: Scope) -> float:
+        if scope["path"] in OPEN_PATHS or scope["path"] == "/metrics":
+            return 0.0
+        client = scope.get("client")
+        return self.limiter.check(client[0] if client else None, self._offered_key(scope))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -88,11 +177,21 @@ class EdgeMiddleware:
             request_id_var.reset(token)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = route_template(self.routes(), scope)
         if not self._authorised(scope):
             log.warning("websocket %s refused: bad or missing API key", scope["path"])
             await send({"type": "websocket.close", "code": 1008, "reason": "invalid API key"})
             return
-        self.metrics.websockets.labels(scope["path"]).inc()
+        if self._cross_site_refused(scope):
+            log.warning("websocket %s refused: opened by a page of another site", scope["path"])
+            await send({"type": "websocket.close", "code": 1008, "reason": "cross-site WebSocket refused"})
+            return
+        wait = self._rate_wait(scope)
+        if wait:
+            await send({"type": "websocket.close", "code": 1013,
+                        "reason": f"rate limited; retry in {self.limiter.retry_after(wait)} s"})
+            return
+        self.metrics.websockets.labels(path).inc()
         log.info("websocket %s opened", scope["path"])
         await self.app(scope, receive, send)
         log.info("websocket %s closed", scope["path"])
@@ -101,8 +200,11 @@ class EdgeMiddleware:
         method, path = scope["method"], scope["path"]
         start = time.perf_counter()
         status = {"code": 500, "started": False}
+        refused: list[Response] = []  # the limit the body broke, once it has
 
         async def send_wrapper(message: Message) -> None:
+            if refused:
+                return  # the app's own answer to a body it could not read; ours goes out instead
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["started"] = True
@@ -112,45 +214,88 @@ class EdgeMiddleware:
 
         limit = self.settings.max_upload_bytes
         received = 0
+        body_done = False
 
         async def receive_wrapper() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body only http.disconnect comes, whenever the client leaves
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.settings.body_timeout_s)
+            except asyncio.TimeoutError:
+                # Connection: close, since the rest of the body may still come, or never.
+                refused.append(APIError(
+                    408, f"the request body stalled: nothing arrived for {self.settings.body_timeout_s:g} s",
+                    "body_timeout", headers={"Connection": "close"}).response())
+                raise _Refused(refused[0]) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
-                    raise _BodyTooLarge()
+                    # Chunked bodies have no Content-Length to refuse up front: count as they come.
+                    refused.append(self._too_large(close=True))
+                    raise _Refused(refused[0])
+            else:
+                body_done = True
             return message
 
         async def reply(resp: Response) -> None:
             await resp(scope, receive, send_wrapper)
 
         try:
+            declared = _content_length(scope)
+            wait = 0.0
             if not self._authorised(scope):
                 await reply(JSONResponse(
                     error_body("missing or invalid API key", 401, "invalid_api_key"),
                     status_code=401, headers={"WWW-Authenticate": "Bearer"}))
-            elif int(dict(scope["headers"]).get(b"content-length", b"0") or 0) > limit:
+            elif self._cross_site_refused(scope):
+                await reply(APIError(
+                    403, "cross-site request refused: this origin may not change anything here (set "
+                    "CORS_ORIGINS to allow it, or send the API key)", "cross_site").response())
+            elif (wait := self._rate_wait(scope)) > 0:
+                after = self.limiter.retry_after(wait)
+                await reply(JSONResponse(
+                    error_body(f"too many requests: the limit is {self.limiter.per_minute} a minute; "
+                               f"retry in {after} s", 429, "rate_limited", retry_after=after),
+                    status_code=429, headers={"Retry-After": str(after)}))
+            elif declared is None:
+                await reply(APIError(400, "invalid Content-Length header", "bad_request").response())
+            elif declared > limit:
                 await reply(self._too_large())
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
-        except _BodyTooLarge:
-            if not status["started"]:
-                await reply(self._too_large())
-        except ValueError:  # unparsable Content-Length
-            await reply(APIError(400, "invalid Content-Length", "bad_request").response())
+        except _Refused:
+            pass  # answered below
         finally:
+            if refused and not status["started"]:
+                resp, refused[:] = refused[0], []
+                await reply(resp)
             elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            label = getattr(route, "path", None) or ("<unmatched>" if status["code"] == 404 else path)
-            self.metrics.requests.labels(method, label, str(status["code"])).inc()
-            self.metrics.latency.labels(method, label).observe(elapsed)
+            label = route_template(self.routes(), scope)
+            shown = method if method in METHODS else "OTHER"
+            self.metrics.requests.labels(shown, label, str(status["code"])).inc()
+            self.metrics.latency.labels(shown, label).observe(elapsed)
             if path not in OPEN_PATHS and path != "/metrics":
-                log.info("%s %s -> %s in %.1f ms", method, path, status["code"], elapsed * 1000)
+                log.info("%s %s -> %s in %.1f ms", method[:16], path[:200], status["code"], elapsed * 1000)
 
-    def _too_large(self) -> Response:
+    def _too_large(self, close: bool = False) -> Response:
         mb = self.settings.max_upload_mb
-        return APIError(413, f"request body is larger than the {mb:g} MiB limit", "too_large").response()
+        return APIError(413, f"request body is larger than the {mb:g} MiB limit", "too_large",
+                        headers={"Connection": "close"} if close else None).response()
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared body length (0 when none); None when it is not a number. (uvicorn refuses most
+    malformed values itself, with a plain-text 400, before the app sees the request.)"""
+    raw = dict(scope["headers"]).get(b"content-length")
+    if raw is None:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
 
 
 def build_app(
@@ -229,11 +374,11 @@ def build_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(EdgeMiddleware, settings=settings, metrics=metrics)
+    app.add_middleware(EdgeMiddleware, settings=settings, metrics=metrics, routes=lambda: app.routes)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origin_list,
-        allow_methods=["*"],
+        allow_methods=sorted(METHODS),
         allow_headers=["*"],
         expose_headers=["x-request-id", "x-sample-rate", "x-voice", "x-voice-fallback", "x-audio-duration"],
     )
