@@ -14,6 +14,7 @@ import struct
 import av
 import numpy as np
 
+from .cancel import raise_if_cancelled
 from .errors import APIError
 
 SAMPLE_RATE = 16000
@@ -82,31 +83,54 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> n
     return np.concatenate([head, tail]) if tail.size else head
 
 
-def decode_raw_pcm(data: bytes, sample_rate: int | None = None) -> np.ndarray:
+def too_long(seconds: float, max_seconds: float) -> APIError:
+    return APIError(413, f"audio is {seconds:.0f} s long; the limit is {max_seconds:.0f} s (send it in "
+                    "parts)", "audio_too_long", param="file")
+
+
+def decode_raw_pcm(data: bytes, sample_rate: int | None = None,
+                   max_seconds: float | None = None) -> np.ndarray:
     rate = sample_rate or SAMPLE_RATE
     if not 4000 <= rate <= 192000:
         raise APIError(400, f"sample_rate {rate} is out of range (4000-192000)", "invalid_sample_rate")
     if not data:
         raise APIError(400, "audio is empty", "empty_audio")
+    # The length is known from the byte count: refuse before converting anything (25 MiB of PCM16
+    # at 4 kHz is 3,277 s, 210 MB once resampled to 16 kHz float32).
+    seconds = len(data) / 2 / rate
+    if max_seconds is not None and seconds > max_seconds:
+        raise too_long(seconds, max_seconds)
     return resample(pcm16_to_float(data), rate)
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
+    """The duration a file's header states (None when it states none); only a hint, as headers can
+    lie, but an honest 3-hour FLAC is then refused before a single frame is decoded."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
 
 
 def decode_audio(
     data: bytes,
     content_type: str | None = None,
     sample_rate: int | None = None,
-    max_seconds: float = 3 * 3600,
+    max_seconds: float = 1800.0,
 ) -> np.ndarray:
     """Decode an upload to 16 kHz mono float32.
 
     Raw PCM16 is taken when the content type says so; anything else goes through
     PyAV (wav, flac, mp3, ogg/opus, webm, m4a, ...). Errors: empty -> 400,
-    not audio -> 415, a recognised but broken file -> 400.
+    not audio -> 415, a recognised but broken file -> 400, longer than ``max_seconds`` -> 413,
+    found from the header where it states a duration, else while decoding: decoding stops at the
+    limit, so memory never holds more than ``max_seconds`` of audio.
     """
     if not data:
         raise APIError(400, "audio is empty", "empty_audio")
     if is_raw_pcm(content_type):
-        return decode_raw_pcm(data, sample_rate)
+        return decode_raw_pcm(data, sample_rate, max_seconds)
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.error.InvalidDataError, av.error.EOFError, ValueError):
@@ -122,19 +146,22 @@ def decode_audio(
         streams = container.streams.audio
         if not streams:
             raise APIError(415, "the file holds no audio stream", "no_audio_stream")
+        declared = _declared_seconds(container, streams[0])
+        if declared is not None and declared > max_seconds + 1:
+            raise too_long(declared, max_seconds)
         resampler = Resampler(None)
         chunks: list[np.ndarray] = []
         total = 0
         limit = int(max_seconds * SAMPLE_RATE)
         try:
             for frame in container.decode(streams[0]):
+                raise_if_cancelled()  # the client of a long upload has gone
                 arr = resampler.push(frame)
                 chunks.append(arr)
                 total += arr.size
                 if total > limit:
-                    raise APIError(
-                        413, f"audio is longer than {max_seconds:.0f} s", "audio_too_long"
-                    )
+                    raise APIError(413, f"audio is longer than {max_seconds:.0f} s (send it in parts)",
+                                   "audio_too_long", param="file")
             chunks.append(resampler.flush())
         except APIError:
             raise

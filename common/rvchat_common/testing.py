@@ -142,3 +142,65 @@ def wer(reference: str, hypothesis: str) -> float:
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
         prev = cur
     return prev[-1] / len(ref)
+
+
+class ThreadServer:
+    """An app (with fake engines) under a real uvicorn in a thread: for what a test client cannot
+    show, such as a client that leaves mid-request or a body that stalls."""
+
+    def __init__(self, app: object) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
+                                                    ws_max_size=4 * 1024 * 1024))
+        self.thread: object = None
+
+    def __enter__(self) -> "ThreadServer":
+        import threading
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)  # type: ignore[attr-defined]
+
+
+def abandoned_request(method: str, url: str, after_s: float, **kwargs: object) -> None:
+    """Send a request and hang up after ``after_s`` (a client that gives up)."""
+    try:
+        httpx.request(method, url, timeout=after_s, **kwargs)  # type: ignore[arg-type]
+    except httpx.TimeoutException:
+        return
+    raise AssertionError(f"{method} {url} was answered within {after_s} s; the test wanted it abandoned")
+
+
+def long_flac(seconds: float, rate: int = 8000) -> bytes:
+    """A FLAC of silence ``seconds`` long, made in memory (3 hours: 2 MB, ~2.5 s to encode): long
+    audio for limit tests without committing big files."""
+    import io
+
+    import av
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=rate, layout="mono")
+        stream.format = "s16"
+        minute = np.zeros((1, rate * 60), np.int16)
+        for _ in range(int(seconds // 60)):
+            frame = av.AudioFrame.from_ndarray(minute, format="s16", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()

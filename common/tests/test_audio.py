@@ -7,6 +7,7 @@ import pytest
 
 from rvchat_common import audio
 from rvchat_common.errors import APIError
+from rvchat_common.testing import long_flac
 
 from .conftest import FORMATS, SAMPLE
 
@@ -72,6 +73,46 @@ def test_too_long_audio_is_413():
     with pytest.raises(APIError) as err:
         audio.decode_audio(audio.wav_bytes(pcm, 16000), max_seconds=1)
     assert err.value.status == 413
+
+
+@pytest.fixture(scope="module")
+def three_hour_flac() -> bytes:
+    return long_flac(3 * 3600)
+
+
+def test_a_three_hour_flac_is_refused_from_its_header_before_decoding(three_hour_flac):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(APIError) as err:
+        audio.decode_audio(three_hour_flac, "audio/flac", max_seconds=1800)
+    assert err.value.status == 413 and err.value.code == "audio_too_long"
+    assert "10800 s" in err.value.message
+    assert time.perf_counter() - t0 < 0.5  # decoding it all took 38 s and 1.7 GB
+
+
+def test_without_a_stated_length_decoding_stops_at_the_limit(three_hour_flac, monkeypatch):
+    import tracemalloc
+
+    monkeypatch.setattr(audio, "_declared_seconds", lambda *a: None)  # a header that says nothing
+    tracemalloc.start()
+    try:
+        with pytest.raises(APIError) as err:
+            audio.decode_audio(three_hour_flac, "audio/flac", max_seconds=60)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.status == 413
+    # 60 s at 16 kHz float32 is 3.8 MB; the whole file decoded would be 691 MB.
+    assert peak < 20e6, peak
+
+
+def test_raw_pcm_length_is_checked_before_conversion(monkeypatch):
+    pcm = bytes(2 * 4000 * 100)  # 100 s at 4 kHz: the byte count says so
+    monkeypatch.setattr(audio, "pcm16_to_float", lambda data: pytest.fail("converted before the check"))
+    with pytest.raises(APIError) as err:
+        audio.decode_audio(pcm, "audio/pcm", sample_rate=4000, max_seconds=60)
+    assert err.value.status == 413 and err.value.code == "audio_too_long"
 
 
 def test_wav_and_base64_round_trip():

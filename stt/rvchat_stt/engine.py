@@ -25,11 +25,13 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 
 from rvchat_common.audio import SAMPLE_RATE
+from rvchat_common.cancel import raise_if_cancelled
 from rvchat_common.models import whisper_model
 
 from . import guard
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from faster_whisper.tokenizer import Tokenizer
 
 log = logging.getLogger("rvchat.stt")
+T = TypeVar("T")
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 FRAMES_PER_SECOND = 100  # Whisper mel frames (10 ms hop)
@@ -95,6 +98,14 @@ def _sanitise(audio: np.ndarray) -> np.ndarray:
     if np.isfinite(audio).all() and (audio.size == 0 or np.abs(audio).max() <= 1.0):
         return audio
     return np.clip(np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0).astype(np.float32)
+
+
+def _until_cancelled(segments: Iterable[T]) -> Iterator[T]:
+    """faster-whisper decodes each 30 s window as its segments are iterated: between windows is where
+    a request whose client has gone stops (a 30-minute file is ~60 windows)."""
+    for segment in segments:
+        raise_if_cancelled()
+        yield segment
 
 
 def _temperatures(temperature: float | None) -> list[float]:
@@ -253,7 +264,7 @@ class WhisperEngine:
                             probability=round(w.probability, 4)) for w in s.words]
                 if s.words is not None else None,
             )
-            for s in seg_iter
+            for s in _until_cancelled(seg_iter)
         ]
         return self._finish(audio, info.language, info.language_probability, segments, spans)
 

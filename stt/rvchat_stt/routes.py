@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from rvchat_common.app import require_ready
+from rvchat_common.cancel import while_connected
 from rvchat_common.errors import APIError
 from rvchat_common.upload import Upload, is_form, openapi_with_fields, read_upload
 
@@ -72,10 +72,16 @@ async def _read(request: Request) -> Upload:
     return await read_upload(request, request.app.state.settings.max_upload_bytes)
 
 
-async def _run(request: Request, audio: np.ndarray, opts: TranscribeOptions, op: str) -> Transcript:
+async def _run(request: Request, upload: Upload, opts: TranscribeOptions, op: str) -> Transcript:
+    """Decode and transcribe; stopped (decode, queue wait and all) when the client leaves."""
     state = request.app.state
-    with state.metrics.time_inference(op):
-        return await state.queue.run(state.engine.transcribe, audio, opts)
+
+    async def work() -> Transcript:
+        audio = await upload.decode(state.settings.max_audio_seconds)
+        with state.metrics.time_inference(op):
+            return await state.queue.run(state.engine.transcribe, audio, opts)
+
+    return await while_connected(request, work())
 
 
 # --- endpoints -----------------------------------------------------------------
@@ -97,8 +103,7 @@ async def transcribe(request: Request) -> TranscribeResponse:
         beam_size=_number(upload.field("beam_size"), "beam_size", int, 1, 10),
         temperature=_number(upload.field("temperature"), "temperature", float, 0.0, 1.0),
     )
-    audio = await upload.decode(request.app.state.settings.max_audio_seconds)
-    result = await _run(request, audio, opts, "transcribe")
+    result = await _run(request, upload, opts, "transcribe")
     log.info("transcribed %s: %.1f s of audio, %d segment(s)", upload.name, result.duration,
              len(result.segments))
     return TranscribeResponse.from_transcript(result, words=opts.word_timestamps)
@@ -137,8 +142,7 @@ async def openai_transcriptions(request: Request) -> Response:
         temperature=_number(upload.field("temperature"), "temperature", float, 0.0, 1.0),
         word_timestamps=words and fmt == "verbose_json",
     )
-    audio = await upload.decode(request.app.state.settings.max_audio_seconds)
-    result = await _run(request, audio, opts, "openai_transcriptions")
+    result = await _run(request, upload, opts, "openai_transcriptions")
     log.info("openai transcription of %s (%s): %.1f s", upload.name, fmt, result.duration)
     if fmt == "text":
         return PlainTextResponse(result.text + "\n")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from rvchat_common.app import require_ready
+from rvchat_common.cancel import while_connected
 from rvchat_common.audio import SAMPLE_RATE
 from rvchat_common.upload import openapi_with_fields, read_upload
 
@@ -44,15 +47,19 @@ async def detect(request: Request) -> DetectResponse:
     engine: VadEngine = request.app.state.engine
     upload = await read_upload(request, settings.max_upload_bytes)
     p = _params(upload.fields())
-    audio = await upload.decode(settings.max_audio_seconds)
-    with request.app.state.metrics.time_inference("detect"):
-        spans = await request.app.state.queue.run(
-            engine.detect, audio,
-            threshold=_pick(p.threshold, settings.threshold),
-            min_speech_ms=_pick(p.min_speech_ms, settings.min_speech_ms),
-            min_silence_ms=_pick(p.min_silence_ms, settings.detect_min_silence_ms),
-            speech_pad_ms=_pick(p.speech_pad_ms, settings.speech_pad_ms),
-        )
+
+    async def work() -> tuple[np.ndarray, list[tuple[float, float]]]:
+        audio = await upload.decode(settings.max_audio_seconds)
+        with request.app.state.metrics.time_inference("detect"):
+            return audio, await request.app.state.queue.run(
+                engine.detect, audio,
+                threshold=_pick(p.threshold, settings.threshold),
+                min_speech_ms=_pick(p.min_speech_ms, settings.min_speech_ms),
+                min_silence_ms=_pick(p.min_silence_ms, settings.detect_min_silence_ms),
+                speech_pad_ms=_pick(p.speech_pad_ms, settings.speech_pad_ms),
+            )
+
+    audio, spans = await while_connected(request, work())
     segments = [Segment(start=round(s, 3), end=round(e, 3)) for s, e in spans]
     return DetectResponse(
         segments=segments,

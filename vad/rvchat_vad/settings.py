@@ -30,7 +30,9 @@ class Settings(ServiceSettings):
     stream_min_silence_ms: int = Field(500, ge=0, description="Default silence that ends a turn on "
                                        "/ws (a shorter pause does not end it).")
     speech_pad_ms: int = Field(30, ge=0, description="Default padding added to each side of speech.")
-    max_audio_seconds: float = Field(3 * 3600, gt=0, description="Longest audio /detect accepts "
-                                     "after decoding; longer gets 413.")
+    max_audio_seconds: float = Field(
+        1800.0, gt=0, description="Longest audio /detect accepts (as STT does); longer gets 413, from "
+        "the file's header where it states its length, else as soon as decoding passes the limit. "
+        "30 min of audio is 115 MB once decoded (a 3-hour file held 1.7 GB).")
     max_streams: int = Field(64, ge=1, description="Concurrent /ws streams allowed; more are refused "
                              "with close code 1013 (try again later).")
