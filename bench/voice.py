@@ -1,46 +1,86 @@
-"""Voice-to-voice latency: end of the user's speech -> first reply audio byte at the client.
+"""Voice-to-voice latency as a user feels it: a real Chromium, its fake mic, one conversation.
 
-Two ways over the same clips (tests/data/speech, those up to ~10 s):
+The five services run as processes with their embedded defaults (what ``make run`` starts). A
+headless Chromium opens the page, turns the mic on, and its fake capture device plays a WAV of
+several utterances of real read speech, each followed by 14 s of silence (time for the reply to
+play), as one conversation. An init script records, in the page's own clock, every binary frame
+the page sends (mic PCM) and receives (reply audio).
 
-1. Through main_app: the four services and main_app as real processes on this
-   machine, one browser-like WebSocket session, each clip streamed in 20 ms
-   frames paced at real time followed by silence (the mic keeps running). The
-   client measures from the end of speech in the clip to the first reply PCM
-   frame it receives; main_app's per-stage breakdown comes with each turn.
-2. In-process: the same models called directly (faster-whisper, llama_cpp,
-   piper), no HTTP or WebSocket, both sequentially (whole reply, then whole
-   synthesis) and streamed (first sentence to Piper as soon as it is complete).
-   The endpointing wait (the VAD's silence rule) is a policy, not a cost of the
-   split, so the same measured wait is added to both in-process figures.
+The end of each utterance is found by Silero VAD without padding (the VAD service's ``/detect``
+with ``speech_pad_ms=0``) on the audio the page really sent, so the clock starts where the person
+stopped speaking, not where an energy threshold or the pipeline's own endpointing says. The clock
+stops at the first binary (reply audio) frame the page receives after it. The page's per-turn
+``latency`` events give the server-side breakdown by stage.
 
-Also: how often each silence setting cuts a speaker off mid-sentence on the
-clips (VAD stream: a speech_end before the clip's speech really ended).
+Clips: the speech samples are split in two. ``TUNING`` clips are the ones latency work may be
+tuned on; ``HELD_OUT`` clips are for the reported figures only (``BENCH_VOICE_SET=tuning`` runs
+the tuning set). The first turn of each conversation is reported separately (cold), then the rest.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
 import os
 import statistics
 import tempfile
 import time
+import wave
 from pathlib import Path
 
-from rvchat_app.settings import Settings as AppSettings
+import httpx
+import numpy as np
 
-MAX_CLIP_S = 10.5
-SILENCES = (200, 300, 350, 400, 500, 700)
-# One thread each for the LLM and Piper: during a turn they run at the same time on 2 cores, and
-# llama.cpp / ONNX Runtime thread pools that spin on a busy core slow down several-fold
-# (measured: SmolLM2 2-8 tok/s with 2 threads vs 35-47 tok/s with 1 under load).
-THREADS = {"llm": os.environ.get("BENCH_LLM_THREADS", "1"), "tts": os.environ.get("BENCH_TTS_THREADS", "1")}
+# Read speech of 3-7 s, never used to tune anything: the reported figures.
+HELD_OUT = ["ljspeech_LJ001-0004.wav", "librispeech_61-70968-0000.wav", "mfa_english_slow.wav",
+            "ljspeech_LJ001-0006.wav", "mfa_falsetto2.wav", "mfa_her.wav", "mfa_thoughts.wav"]
+# What latency changes may be tried on.
+TUNING = ["mfa_english_fast.wav", "ljspeech_LJ001-0005.wav", "mfa_english_t.wav", "mfa_reallylong.wav",
+          "mfa_falsetto.wav", "mfa_longstop.wav", "ljspeech_LJ001-0007.wav"]
+GAP_S = 14.0
+LEAD_S = 3.0  # before the first utterance: the page connects and the mic starts
+CHROMIUM = "/usr/bin/chromium"
+RATE = 16000
 
-
-def _clips() -> list[dict]:
-    from rvchat_common.testing import speech_manifest
-
-    return [m for m in speech_manifest() if m["seconds"] <= MAX_CLIP_S]
+# Wraps the page's WebSocket: every binary frame sent (mic) and received (reply audio), in page time,
+# and the JSON events that explain a turn.
+INIT_SCRIPT = """
+(() => {
+  const B = window.__bench = {sent: [], sentPcm: [], recv: [], events: []};
+  const Orig = window.WebSocket;
+  class BenchSocket extends Orig {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (e) => {
+        const t = performance.now();
+        if (typeof e.data !== "string") { B.recv.push(t); return; }
+        try {
+          const ev = JSON.parse(e.data);
+          if (["latency", "transcript", "reply_end", "speech_start", "speech_end", "interrupted",
+               "error", "no_speech"].includes(ev.type)) B.events.push([t, ev]);
+        } catch (err) {}
+      });
+    }
+    send(data) {
+      if (typeof data !== "string") {
+        const buf = data instanceof ArrayBuffer ? data : data.buffer.slice(data.byteOffset,
+                                                                          data.byteOffset + data.byteLength);
+        B.sent.push([performance.now(), buf.byteLength]);
+        B.sentPcm.push(new Uint8Array(buf.slice(0)));
+      }
+      return super.send(data);
+    }
+  }
+  window.WebSocket = BenchSocket;
+  window.__benchPcm = () => {
+    let n = 0; for (const a of B.sentPcm) n += a.length;
+    const all = new Uint8Array(n); let o = 0;
+    for (const a of B.sentPcm) { all.set(a, o); o += a.length; }
+    let s = ""; for (let i = 0; i < all.length; i += 0x8000) s += String.fromCharCode(...all.subarray(i, i + 0x8000));
+    return btoa(s);
+  };
+})();
+"""
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -52,282 +92,196 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def _ms(x: float) -> str:
-    return f"{x * 1000:.0f}" if x == x else "–"
+def _ms(x: float | None) -> str:
+    return "–" if x is None or x != x else f"{x * 1000:.0f}"
 
 
-# --------------------------------------------------------------------------- through main_app
-async def _app_turns(app_ws_url: str, clips: list[dict]) -> list[dict]:
-    import websockets
+def conversation_wav(path: Path, clips: list[str], rate: int = 48000) -> list[tuple[float, float]]:
+    """The fake mic's WAV: lead silence, then each clip followed by GAP_S of silence; the clips'
+    (start, end) in file seconds."""
+    from rvchat_app.testing import load_pcm16
+    from rvchat_common.testing import speech_sample
 
-    from rvchat_app.testing import events_of, load_pcm16, voice_turn
-    from rvchat_common.testing import speech_sample, wer
+    parts = [np.zeros(int(RATE * LEAD_S), dtype=np.float32)]
+    spans, t = [], LEAD_S
+    for clip in clips:
+        pcm = np.frombuffer(load_pcm16(speech_sample(clip)), dtype="<i2").astype(np.float32)
+        parts += [pcm, np.zeros(int(RATE * GAP_S), dtype=np.float32)]
+        spans.append((t, t + pcm.size / RATE))
+        t += pcm.size / RATE + GAP_S
+    audio = np.concatenate(parts)
+    up = np.interp(np.arange(int(audio.size * rate / RATE)) * RATE / rate, np.arange(audio.size), audio)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.clip(up, -32768, 32767).astype("<i2").tobytes())
+    return spans
 
+
+def speech_ends(vad_url: str, pcm: bytes) -> list[tuple[float, float]]:
+    """Utterances (start, end) in seconds of the sent audio: Silero, no padding; pauses under 2 s
+    belong to the same utterance."""
+    r = httpx.post(f"{vad_url}/detect", params={"sample_rate": RATE, "speech_pad_ms": 0, "min_silence_ms": 100},
+                   content=pcm, headers={"Content-Type": "audio/pcm"}, timeout=120)
+    r.raise_for_status()
+    utterances: list[list[float]] = []
+    for seg in r.json()["segments"]:
+        if utterances and seg["start"] - utterances[-1][1] < 2.0:
+            utterances[-1][1] = seg["end"]
+        else:
+            utterances.append([seg["start"], seg["end"]])
+    return [(a, b) for a, b in utterances]
+
+
+def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path) -> list[dict]:
+    """One conversation in Chromium; a row per utterance."""
+    from playwright.sync_api import sync_playwright
+
+    from rvchat_common.testing import speech_manifest, wer
+
+    refs = {m["file"]: m["text"] for m in speech_manifest()}
+    wav = workdir / "mic.wav"
+    spans = conversation_wav(wav, clips)
+    length = spans[-1][1] + GAP_S
+    args = ["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop", "--autoplay-policy=no-user-gesture-required",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+            "--disable-gpu", "--disable-quic"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args, headless=True)
+        try:
+            page = browser.new_page()
+            page.add_init_script(INIT_SCRIPT)
+            page.goto(app_url)
+            page.wait_for_function("window.rvchat && window.rvchat.connected", timeout=30000)
+            page.click("#mic")
+            page.wait_for_function("window.rvchat.micStarted", timeout=15000)
+            deadline = time.monotonic() + length + 5
+            while time.monotonic() < deadline:
+                time.sleep(1.0)
+            data = page.evaluate("({sent: window.__bench.sent, recv: window.__bench.recv, "
+                                 "events: window.__bench.events})")
+            pcm = base64.b64decode(page.evaluate("window.__benchPcm()"))
+        finally:
+            browser.close()
+
+    # Page time of every sent sample: each frame was sent right after its last sample was captured.
+    sent = data["sent"]
+    ends = np.cumsum([n // 2 for _, n in sent])
+    times = np.array([t for t, _ in sent]) / 1000
+
+    def page_time(sample: int) -> float:
+        i = min(int(np.searchsorted(ends, sample)), len(ends) - 1)
+        return float(times[i] - (ends[i] - sample) / RATE)
+
+    utterances = speech_ends(vad_url, pcm)
+    recv = np.array(data["recv"]) / 1000
+    events = [(t / 1000, ev) for t, ev in data["events"]]
     rows = []
-    async with websockets.connect(app_ws_url + "/ws", max_size=None) as ws:
-        await asyncio.sleep(1.5)  # the session's service streams connect
-        warm = load_pcm16(speech_sample("mfa_thoughts.wav"))
-        for clip in [None] + clips:
-            pcm = warm if clip is None else load_pcm16(speech_sample(clip["file"]))
-            try:
-                r = await voice_turn(ws, pcm, pad_s=1.0, timeout=30, extra_silence_s=25)
-            except asyncio.TimeoutError:  # e.g. whispered speech the VAD never takes for a turn
-                if clip is not None:
-                    rows.append({"file": clip["file"], "seconds": clip["seconds"], "turns": 0, "wer": 1.0,
-                                 "stages": {}, "latency": None, "error": "no reply"})
-                await ws.send(json.dumps({"type": "interrupt"}))
-                await _drain(ws)
-                continue
-            ends = events_of(r, "reply_end")
-            if ends:  # a page would now play the audio; say it is played so the next turn starts clean
-                await ws.send(json.dumps({"type": "playback", "turn": ends[-1]["turn"], "done": True}))
-            await _drain(ws)
-            if clip is None:
-                continue
-            transcripts = events_of(r, "transcript")
-            lat = events_of(r, "latency")
-            first_after = None
-            # Audio counted only once the whole clip was spoken (a mid-sentence cut answers early).
-            t_end = r["speech_end_at"]
-            rows.append({
-                "file": clip["file"], "seconds": clip["seconds"],
-                "latency": r.get("latency_s") if r.get("latency_s", -1) > 0 else first_after,
-                "stages": lat[-1] if lat else {}, "turns": len(transcripts),
-                "wer": wer(clip["text"], " ".join(t["text"] for t in transcripts)) if transcripts else 1.0,
-                "reply": ends[-1]["text"] if ends else "", "t_end": t_end,
-            })
+    for k, clip in enumerate(clips):
+        row = {"clip": clip, "latency": None, "turns": 0, "wer": None, "stages": {}}
+        rows.append(row)
+        if k >= len(utterances):
+            row["error"] = "no speech found in the sent audio"
+            continue
+        start, end = utterances[k]
+        t_end = page_time(int(end * RATE))
+        t_next = page_time(int(utterances[k + 1][0] * RATE)) if k + 1 < len(utterances) else float("inf")
+        t_start = page_time(int(start * RATE))
+        after = recv[(recv > t_end) & (recv < t_next)]
+        if after.size:
+            row["latency"] = float(after[0] - t_end)
+        mine = [ev for t, ev in events if t_start <= t < t_next]
+        transcripts = [ev["text"] for ev in mine if ev["type"] == "transcript"]
+        row["turns"] = len(transcripts)
+        if transcripts:
+            row["wer"] = wer(refs[clip], " ".join(transcripts))
+        lat = [ev for ev in mine if ev["type"] == "latency"]
+        if lat:
+            row["stages"] = {k2: v / 1000 for k2, v in lat[-1].items() if k2.endswith("_ms")}
     return rows
 
 
-async def _drain(ws, quiet_s: float = 1.0) -> None:
-    """Read (and drop) events until the session has been quiet for a moment, sending silence like a mic."""
-    silence = b"\x00\x00" * 320
-    last = time.perf_counter()
-    while time.perf_counter() - last < quiet_s:
-        await ws.send(silence)
-        try:
-            await asyncio.wait_for(ws.recv(), 0.02)
-            last = time.perf_counter()
-        except asyncio.TimeoutError:
-            pass
+def _summary(rows: list[dict]) -> dict:
+    lat = [r["latency"] for r in rows if r["latency"] is not None]
+    return {"n": len(lat), "median": statistics.median(lat) if lat else float("nan"), "p90": _pct(lat, 0.9),
+            "min": min(lat, default=float("nan")), "max": max(lat, default=float("nan"))}
 
 
-async def _vad_cutoffs(vad_ws_url: str, clips: list[dict]) -> dict[int, int]:
-    """For each min_silence_ms: clips where the VAD ended the turn before the speech really ended."""
-    import websockets
-
-    from rvchat_app.testing import load_pcm16, speech_end_seconds
-    from rvchat_common.testing import speech_sample
-
-    out = {}
-    for silence in SILENCES:
-        cut = 0
-        for clip in clips:
-            pcm = load_pcm16(speech_sample(clip["file"]))
-            true_end = speech_end_seconds(pcm)
-            async with websockets.connect(vad_ws_url + "/ws", max_size=None) as ws:
-                await ws.recv()
-                await ws.send(json.dumps({"type": "config", "threshold": 0.5, "min_silence_ms": silence,
-                                          "min_speech_ms": 200, "speech_pad_ms": 30}))
-                data = pcm + b"\x00\x00" * 16000
-                for i in range(0, len(data), 3200):
-                    await ws.send(data[i:i + 3200])
-                await ws.send(json.dumps({"type": "flush"}))
-                ends = []
-                while True:
-                    ev = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                    if ev["type"] == "speech_end":
-                        ends.append(ev["timestamp"])
-                    elif ev["type"] == "flushed":
-                        break
-            # A turn end more than 0.3 s before the real end of speech cut the speaker off.
-            if any(e < true_end - 0.3 for e in ends):
-                cut += 1
-        out[silence] = cut
-    return out
-
-
-def _through_app(clips: list[dict]) -> tuple[list[dict], dict[int, int]]:
+def run() -> str:
     from rvchat_app.testing import app_env
     from rvchat_common.testing import ServiceProcess
 
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    specs = {"vad": ("rvchat_vad", "VAD_", {}), "stt": ("rvchat_stt", "STT_", {}),
-             "tts": ("rvchat_tts", "TTS_", {"TTS_ONNX_THREADS": THREADS["tts"]}),
-             "llm": ("rvchat_llm", "LLM_", {"LLM_PROVIDER": "local", "LLM_N_THREADS": THREADS["llm"]})}
-    procs = {n: ServiceProcess(m, p, e) for n, (m, p, e) in specs.items()}
+    which = os.environ.get("BENCH_VOICE_SET", "held_out")
+    clips = TUNING if which == "tuning" else HELD_OUT
+    runs = int(os.environ.get("BENCH_VOICE_RUNS", "2"))
+    t0 = time.perf_counter()
+    services = {name: ServiceProcess(f"rvchat_{name}", f"{name.upper()}_",
+                                     {"LLM_PROVIDER": "local"} if name == "llm" else {})
+                for name in ("vad", "stt", "tts", "llm")}
+    all_rows: list[list[dict]] = []
     try:
-        for p in procs.values():
-            p.start(wait_ready=False)
-        for p in procs.values():
-            p.wait("/readyz", 300)
-        db = Path(tempfile.mkdtemp()) / "bench.sqlite3"
-        with ServiceProcess("rvchat_app", "APP_", app_env(procs, db)) as app:
-            rows = asyncio.run(_app_turns(app.ws_url, clips))
-        cutoffs = asyncio.run(_vad_cutoffs(procs["vad"].ws_url, clips))
+        for svc in services.values():
+            svc.start()
+        with tempfile.TemporaryDirectory() as tmp, \
+                ServiceProcess("rvchat_app", "APP_", app_env(services, Path(tmp) / "db.sqlite3")) as app:
+            for i in range(runs):
+                # Each run is a new page and a new conversation; clips rotate so each is first once in a while.
+                order = clips[i % len(clips):] + clips[:i % len(clips)]
+                all_rows.append(run_conversation(app.url, services["vad"].url, order, Path(tmp)))
     finally:
-        for p in procs.values():
-            p.stop()
-    return rows, cutoffs
-
-
-# --------------------------------------------------------------------------- in-process
-def _in_process(clips: list[dict], endpoint_s: float) -> list[dict]:
-    import numpy as np
-    from faster_whisper import WhisperModel
-    from llama_cpp import Llama
-    from piper import PiperVoice
-
-    from rvchat_app.settings import Settings
-    from rvchat_app.testing import load_pcm16
-    from rvchat_common import models
-    from rvchat_common.testing import speech_sample
-    from rvchat_common.sentences import SentenceSplitter
-
-    settings = Settings()
-    whisper = WhisperModel(models.whisper_model("tiny.en"), device="cpu", compute_type="int8")
-    nt = int(THREADS["llm"])
-    llm = Llama(model_path=str(models.smollm2_gguf()), n_ctx=2048, n_threads=nt, n_threads_batch=nt, verbose=False)
-    voice = PiperVoice.load(str(models.embedded_piper_voice()[0]))
-
-    def stt(audio: np.ndarray) -> str:
-        segments, _ = whisper.transcribe(audio, language="en", beam_size=1, condition_on_previous_text=False)
-        return " ".join(s.text.strip() for s in segments)
-
-    def tts(text: str) -> bytes:
-        return b"".join(c.audio_int16_bytes for c in voice.synthesize(text))
-
-    history: list[dict] = []  # the same context window main_app sends
-    window_start = 0
-
-    def chat(text: str):
-        nonlocal window_start
-        if len(history) + 1 - window_start > settings.history_messages:
-            window_start = max(0, len(history) - 2)  # main_app's jumping window (prompt cache reuse)
-        context = history[window_start:] + [{"role": "user", "content": text}]
-        return llm.create_chat_completion(
-            messages=[{"role": "system", "content": settings.system_prompt}] + context,
-            max_tokens=settings.max_tokens, temperature=settings.temperature, stream=True)
-
-    rows = []
-    for i, clip in enumerate([None] + clips):
-        pcm = load_pcm16(speech_sample((clip or clips[0])["file"]))
-        audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-        # Streamed: STT, then LLM tokens into the splitter; the first segment goes to Piper at once.
-        t0 = time.perf_counter()
-        text = stt(audio)
-        t_stt = time.perf_counter()
-        splitter = SentenceSplitter()
-        first = None
-        t_tok = None
-        reply = ""
-        for chunk in chat(text):
-            delta = chunk["choices"][0]["delta"].get("content") or ""
-            if delta and t_tok is None:
-                t_tok = time.perf_counter()
-            reply += delta
-            done = splitter.push(delta)
-            if done:
-                first = done[0]
-                break
-        if first is None:
-            rest = splitter.flush()
-            first = rest[0] if rest else reply
-        first_audio = tts(first)
-        t_audio = time.perf_counter()
-        # Sequential: the whole reply (same 3-sentence cap), then its whole synthesis.
-        s0 = time.perf_counter()
-        text2 = stt(audio)
-        full = ""
-        for chunk in chat(text2):
-            full += chunk["choices"][0]["delta"].get("content") or ""
-            if settings.max_reply_sentences and len(SentenceSplitter().push(full + " ")) >= settings.max_reply_sentences:
-                break
-        whole = tts(full.strip() or "Okay.")
-        s1 = time.perf_counter()
-        history.extend([{"role": "user", "content": text2}, {"role": "assistant", "content": full.strip()}])
-        if clip is None:
-            continue  # warm-up
-        rows.append({"file": clip["file"], "stt": t_stt - t0, "llm": (t_tok or t_stt) - t_stt,
-                     "tts": t_audio - (t_tok or t_stt), "streamed": endpoint_s + (t_audio - t0),
-                     "sequential": endpoint_s + (s1 - s0), "first_bytes": len(first_audio),
-                     "whole_bytes": len(whole)})
-    return rows
-
-
-# --------------------------------------------------------------------------- report
-def run() -> str:
-    clips = _clips()
-    t_start = time.perf_counter()
-    app_rows, cutoffs = _through_app(clips)
-    ok = [r for r in app_rows if r.get("latency")]
-    lat = [r["latency"] for r in ok]
-    stage = lambda key: [r["stages"][key] / 1000 for r in ok if key in r["stages"]]  # noqa: E731
-    endpoint = statistics.median(stage("endpoint_ms")) if stage("endpoint_ms") else 0.35
-    proc_rows = _in_process(clips, endpoint)
+        for svc in services.values():
+            svc.stop()
+    rows = [r for conv in all_rows for r in conv]
+    first = [conv[0] for conv in all_rows]
+    warm = [r for conv in all_rows for r in conv[1:]]
+    s_all, s_first, s_warm = _summary(rows), _summary(first), _summary(warm)
+    stages = ["endpoint_ms", "commit_ms", "stt_ms", "transcript_ms", "llm_first_token_ms", "first_token_ms",
+              "tts_first_audio_ms", "total_ms"]
     lines = [
-        "## Voice to voice (main_app)",
+        "## Voice to voice in a real browser",
         "",
-        f"{len(clips)} clips of tests/data/speech up to {MAX_CLIP_S:g} s, each streamed at real time in 20 ms "
-        "frames into main_app's `/ws` (one session, service connections reused across turns), then silence. "
-        "Latency = end of speech in the clip (energy-based) -> first reply PCM frame at the client. "
-        f"Defaults: VAD min_silence {AppSettings().vad_min_silence_ms} ms, threshold 0.5; STT tiny.en; LLM SmolLM2-135M (local, "
-        f"{THREADS['llm']} thread); Piper joe-medium ({THREADS['tts']} ONNX thread). "
-        f"Machine shared with other work while measured; total bench time {time.perf_counter() - t_start:.0f} s.",
+        f"Headless Chromium, fake mic playing {len(clips)} utterances of read speech ({which.replace('_', '-')} set: "
+        f"{', '.join(c.removesuffix('.wav') for c in clips)}), each followed by {GAP_S:.0f} s of silence, as one "
+        f"conversation; {runs} conversations (new page each, clips rotated). Clock: end of speech in the audio "
+        "the page sent (Silero VAD, no padding) -> first binary frame (reply audio) received by the page. "
+        f"Embedded defaults (`make run`). Bench time {time.perf_counter() - t0:.0f} s.",
         "",
-        "| | median | p90 | min | max |",
-        "|---|---|---|---|---|",
-        f"| **speech end -> first audio at client (ms)** | **{_ms(statistics.median(lat))}** | {_ms(_pct(lat, .9))} "
-        f"| {_ms(min(lat))} | {_ms(max(lat))} |" if lat else "| no turn answered | | | | |",
-    ]
-    for key, label in (("endpoint_ms", "silence wait until VAD speech_end"), ("stt_ms", "speech_end -> final transcript"),
-                       ("llm_first_token_ms", "transcript -> first LLM token"),
-                       ("tts_first_audio_ms", "first token -> first audio sent"),
-                       ("total_ms", "server: speech end -> first audio sent")):
-        xs = stage(key)
-        if xs:
-            lines.append(f"| {label} | {_ms(statistics.median(xs))} | {_ms(_pct(xs, .9))} | {_ms(min(xs))} | "
-                         f"{_ms(max(xs))} |")
-    answered = len(ok)
-    multi = sum(1 for r in app_rows if r.get("turns", 0) > 1)
-    wers = [r["wer"] for r in app_rows if "wer" in r]
-    lines += [
+        "| | turns | median ms | p90 ms | min | max |",
+        "|---|---|---|---|---|---|",
+        f"| **all turns** | {s_all['n']} | **{_ms(s_all['median'])}** | **{_ms(s_all['p90'])}** | "
+        f"{_ms(s_all['min'])} | {_ms(s_all['max'])} |",
+        f"| first turn of a conversation | {s_first['n']} | {_ms(s_first['median'])} | {_ms(s_first['p90'])} | "
+        f"{_ms(s_first['min'])} | {_ms(s_first['max'])} |",
+        f"| later turns (warm) | {s_warm['n']} | {_ms(s_warm['median'])} | {_ms(s_warm['p90'])} | "
+        f"{_ms(s_warm['min'])} | {_ms(s_warm['max'])} |",
         "",
-        f"Turns answered: {answered}/{len(clips)}; clips split into more than one turn: {multi}; "
-        f"mean WER of the transcripts: {statistics.mean(wers):.3f}." if wers else "",
+        "Server-side stages (main_app's `latency` event; from the VAD's speech end, which is stamped where the "
+        "silence began):",
         "",
-        "### Same turns in-process (no HTTP/WebSocket)",
-        "",
-        "faster-whisper tiny.en (greedy), llama_cpp SmolLM2 (same prompt, max_tokens, 3-sentence cap), Piper, "
-        f"called directly one after another; the same silence wait ({_ms(endpoint)} ms, the measured median) is added.",
-        "",
-        "| | median | p90 |",
+        "| stage | median ms | p90 ms |",
         "|---|---|---|",
     ]
-    for key, label in (("stt", "STT of the utterance"), ("llm", "LLM first token"), ("tts", "first token -> first sentence synthesised"),
-                       ("streamed", "**in-process streamed: speech end -> first audio**"),
-                       ("sequential", "in-process sequential (whole reply, whole synthesis)")):
-        xs = [r[key] for r in proc_rows]
-        lines.append(f"| {label} | {_ms(statistics.median(xs))} | {_ms(_pct(xs, .9))} |")
-    if lat and proc_rows:
-        cost = statistics.median(lat) - statistics.median([r["streamed"] for r in proc_rows])
-        lines += ["", f"Cost of the microservice split (median through main_app minus median in-process streamed): "
-                  f"{cost * 1000:+.0f} ms. main_app hides most of the STT time by streaming audio to STT while the "
-                  "user speaks (its final is often ready a few ms after `end`), which the in-process sequential "
-                  "path cannot."]
-    lines += ["", "### Silence to end a turn vs. cutting speakers off", "",
-              "Clips (of the same set) where the VAD ended the turn more than 0.3 s before the speech really ended:",
-              "", "| min_silence_ms | " + " | ".join(str(s) for s in SILENCES) + " |",
-              "|---" * (len(SILENCES) + 1) + "|",
-              "| clips cut off | " + " | ".join(str(cutoffs[s]) for s in SILENCES) + " |", "",
-              "<details><summary>Per clip (through main_app)</summary>", "",
-              "| clip | s | latency ms | stt | llm | tts | turns | WER |", "|---|---|---|---|---|---|---|---|"]
-    for r in app_rows:
-        st = r.get("stages", {})
-        lines.append(f"| {r['file']} | {r.get('seconds', '')} | {_ms(r['latency']) if r.get('latency') else '–'} | "
-                     f"{st.get('stt_ms', '–')} | {st.get('llm_first_token_ms', '–')} | {st.get('tts_first_audio_ms', '–')} | "
-                     f"{r.get('turns', '–')} | {r.get('wer', 1):.2f} |")
+    for st in stages:
+        xs = [r["stages"][st] for r in rows if st in r["stages"]]
+        if xs:
+            lines.append(f"| {st.removesuffix('_ms')} | {_ms(statistics.median(xs))} | {_ms(_pct(xs, 0.9))} |")
+    split = sum(1 for r in rows if r["turns"] > 1)
+    unanswered = sum(1 for r in rows if r["latency"] is None)
+    wers = [r["wer"] for r in rows if r["wer"] is not None]
+    lines += ["", f"Utterances split into more than one turn: {split}/{len(rows)}; without a reply: {unanswered}; "
+              f"mean WER of the turns' transcripts: {statistics.mean(wers):.3f}." if wers else "", "",
+              "<details><summary>Per utterance</summary>", "", "| run | clip | latency ms | turns | WER |",
+              "|---|---|---|---|---|"]
+    for i, conv in enumerate(all_rows):
+        for r in conv:
+            w = "–" if r["wer"] is None else f"{r['wer']:.2f}"
+            lines.append(f"| {i + 1} | {r['clip'].removesuffix('.wav')} | {_ms(r['latency'])} | {r['turns']} | {w} |")
     lines += ["", "</details>"]
+    raw = Path(os.environ.get("BENCH_VOICE_JSON", "")) if os.environ.get("BENCH_VOICE_JSON") else None
+    if raw:
+        raw.write_text(json.dumps(all_rows, indent=1))
     return "\n".join(lines)
 
 
