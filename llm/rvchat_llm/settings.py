@@ -78,8 +78,10 @@ class Settings(ServiceSettings):
         "the TTS synthesises on the other core while the LLM writes (two threads each on 2 cores measured "
         "2-8 tokens/s against 35-47 with one).")
     n_threads_batch: int = Field(
-        2, ge=1, le=64, description="CPU threads for prompt evaluation (nothing else runs while the "
-        "prompt is read, so it gets every core).")
+        1, ge=1, le=64, description="CPU threads for prompt evaluation. One: llama.cpp's threads meet "
+        "at a spinning barrier per operation, so one preempted thread stalls the other; with the browser, "
+        "STT and TTS awake on 2 cores, two threads took 0.96-7.8 s to a first token where one took "
+        "0.14-0.48 s (the same 6 prompts of 61-169 tokens, load average 4).")
     top_p: float = Field(0.9, gt=0, le=1, description="Local nucleus sampling cut-off.")
     top_k: int = Field(20, ge=0, description="Local top-k sampling (0 = off).")
     min_p: float = Field(0.1, ge=0, lt=1, description="Local min-p: drop tokens less likely than "
