@@ -69,33 +69,35 @@ async def _disconnected(request: Request) -> None:
 async def while_connected(request: Request, work: Awaitable[T]) -> T:
     """``await work``, cancelled as soon as the client disconnects (then :class:`ClientGone`).
 
-    Call it after the request body has been read.
+    The work runs in the request's own task (an async generator started here goes on in the same
+    task, as httpx streams inside it require); a watcher task cancels it. Call it after the
+    request body has been read.
     """
     flag = threading.Event()
+    token = _flag.set(flag)  # copied into every worker thread started from here
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
 
-    async def run() -> T:
-        _flag.set(flag)  # in the task's own context copy, so it reaches its worker threads
-        return await work
-
-    task: asyncio.Task[T] = asyncio.ensure_future(run())
-    watch = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        flag.set()
-        task.cancel()
-        raise
-    finally:
-        watch.cancel()
-    if watch.done() and not watch.cancelled():
-        watch.exception()  # a receive that failed means the connection is gone too; retrieved, not logged
-    if not task.done():
-        flag.set()
-        task.cancel()
-        log.info("%s %s: client gone; work cancelled", request.method, request.url.path)
+    async def watch() -> None:
+        nonlocal gone
         try:
-            await task
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - its outcome has nobody to go to
+            await _disconnected(request)
+        except Exception:  # noqa: BLE001 - a receive that fails means the connection is gone as well
             pass
-        raise ClientGone()
-    return task.result()
+        gone = True
+        flag.set()
+        me.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        me.uncancel()
+        log.info("%s %s: client gone; work cancelled", request.method, request.url.path)
+        raise ClientGone() from None
+    finally:
+        watcher.cancel()
+        _flag.reset(token)

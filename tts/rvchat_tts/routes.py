@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from rvchat_common.app import require_ready
 from rvchat_common.audio import Resampler, base64_audio, float_to_pcm16, pcm16_to_float, wav_header
+from rvchat_common.cancel import while_connected
 from rvchat_common.errors import APIError, parse_json
 from rvchat_common.streaming import sse_event
 
@@ -68,7 +69,7 @@ def _voice_headers(voice: str, fallback: bool, sample_rate: int) -> dict[str, st
 
 
 async def _stream_response(
-    speaker: Speaker, segments: list[Segment], voice: str, speed: float, endpoint: str,
+    request: Request, speaker: Speaker, segments: list[Segment], voice: str, speed: float, endpoint: str,
     first_prefix: bytes, convert: Callable[[bytes], Awaitable[bytes]], media_type: str,
     headers: dict[str, str], sse: bool = False, finish: Callable[[], Awaitable[bytes]] | None = None,
 ) -> StreamingResponse:
@@ -76,7 +77,9 @@ async def _stream_response(
     cancel = speaker.engine.cancel_token()
     chunks = speaker.stream(segments, voice, speed, endpoint, cancel)
     try:
-        first = await chunks.__anext__()
+        # Once streaming, the response notices a client that leaves; until the first sentence is
+        # ready, this does.
+        first = await while_connected(request, chunks.__anext__())
     except BaseException:
         cancel.cancel()
         await chunks.aclose()
@@ -157,9 +160,10 @@ async def synthesize(request: Request) -> Response:
     if streaming:
         prefix = wav_header(rate) if req.return_format == "wav" else b""
         media = "audio/wav" if req.return_format == "wav" else "audio/pcm"
-        return await _stream_response(speaker, segments, voice, req.speed, "synthesize", prefix,
+        return await _stream_response(request, speaker, segments, voice, req.speed, "synthesize", prefix,
                                       _identity, media, headers)
-    pcm = await _synthesize_all(speaker, segments, voice, req.speed)
+    # A client that leaves stops the synthesis at once (the ONNX run in flight is terminated).
+    pcm = await while_connected(request, _synthesize_all(speaker, segments, voice, req.speed))
     headers["X-Audio-Duration"] = f"{len(pcm) / 2 / rate:.3f}"
     if req.return_format == "base64":
         return JSONResponse({**base64_audio(pcm, rate, "wav"), "voice": voice}, headers=headers)
@@ -202,5 +206,5 @@ async def openai_speech(request: Request) -> Response:
         return await asyncio.to_thread(encoder.close) if encoder is not None else b""
 
     prefix = wav_header(rate) if fmt == "wav" else b""
-    return await _stream_response(speaker, segments, voice, req.speed, "openai", prefix, convert,
+    return await _stream_response(request, speaker, segments, voice, req.speed, "openai", prefix, convert,
                                   MEDIA_TYPES[fmt], headers, sse=sse, finish=finish)

@@ -46,6 +46,10 @@ class Settings(ServiceSettings):
     max_text_chars: int = Field(
         5000, ge=1, description="Longest text accepted by /synthesize and /v1/audio/speech; longer "
         "gets 413. (Long text is split into sentences, never truncated.)")
+    max_speech_chars: int = Field(
+        8000, ge=100, description="Most text one request (or one WebSocket's queue) may ask to be spoken, "
+        "counted after numbers, symbols and abbreviations are spelled out; more gets 413 "
+        "'speech_too_long'. 5,000 digits spelled out were 20,000 characters and 704 s of audio.")
     first_clause_words: int = Field(
         4, ge=0, description="Streaming: the first segment of a reply may end at a clause mark "
         "(, ; : dash) once it has this many words, so audio starts sooner. 0 disables.")

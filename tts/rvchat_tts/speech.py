@@ -95,7 +95,17 @@ class Speaker:
         if not out:
             raise APIError(400, "text has nothing to say once markup, code and symbols are removed",
                            "empty_text", param="text")
+        self.check_speech(sum(len(s.speech) for s in out))
         return out
+
+    def check_speech(self, chars: int) -> None:
+        """413 when text spelled out for speech is longer than ``max_speech_chars``: what bounds the
+        audio (and the time) one request may take, since '1' * 5000 reads as 5000 words."""
+        limit = self.settings.max_speech_chars
+        if chars > limit:
+            raise APIError(413, f"the text reads as {chars} characters once numbers and symbols are "
+                           f"spelled out; the limit is {limit} (send less, or in several requests)",
+                           "speech_too_long", param="text")
 
     # -- voices --
     def resolve(self, voice: str | None) -> Resolved:

@@ -92,6 +92,10 @@ class TtsSession:
 
     def _enqueue(self, raw: str) -> None:
         speech = self.speaker.clean(raw, self.voice)
+        if speech and self.queued_chars + len(speech) > self.settings.max_speech_chars:
+            raise ProtocolError("speech_too_long", f"more than {self.settings.max_speech_chars} characters "
+                                "of speech waiting; this text was dropped (send flush or cancel)",
+                                param="text")
         if speech:
             self.queued_chars += len(speech)
             self.queue.put_nowait(_Item(self.turn, "segment", raw, speech, self.voice, self.speed))
