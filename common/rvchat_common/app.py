@@ -28,9 +28,11 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError, error_body, install_error_handlers
+from .inference import InferenceQueue
 from .observability import Metrics, configure_logging, request_id_var
 from .ratelimit import RateLimiter
 from .settings import ServiceSettings
+from .streaming import Drain, DrainMiddleware
 
 log = logging.getLogger("rvchat.http")
 
@@ -344,6 +346,10 @@ def build_app(
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.load_state = state
+    # Graceful shutdown: set by the runner on SIGTERM (rvchat_common.streaming); apps add busy checks.
+    app.state.drain = Drain()
+    app.state.drain.add_check(lambda: _queue_busy(app))
+    metrics.registry.register(_QueueCollector(app))
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
@@ -355,7 +361,9 @@ def build_app(
     async def readyz() -> JSONResponse:
         """Readiness: 200 once the model is loaded and the upstream (if any) answers."""
         reason = None
-        if state["load_error"]:
+        if app.state.drain.draining:
+            reason = "shutting down: finishing the work in flight"
+        elif state["load_error"]:
             reason = f"model failed to load: {state['load_error']}"
         elif not state["loaded"]:
             reason = "model is loading"
@@ -374,6 +382,7 @@ def build_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(EdgeMiddleware, settings=settings, metrics=metrics, routes=lambda: app.routes)
     app.add_middleware(
         CORSMiddleware,
@@ -383,6 +392,36 @@ def build_app(
         expose_headers=["x-request-id", "x-sample-rate", "x-voice", "x-voice-fallback", "x-audio-duration"],
     )
     return app
+
+
+def model_queue(app: FastAPI) -> InferenceQueue | None:
+    """The queue a service runs its model on (``app.state.queue``, or its engine's), if it has one."""
+    for owner in (app.state, getattr(app.state, "engine", None)):
+        queue = getattr(owner, "queue", None)
+        if isinstance(queue, InferenceQueue):
+            return queue
+    return None
+
+
+def _queue_busy(app: FastAPI) -> str | None:
+    queue = model_queue(app)
+    return f"model busy ({queue.waiting} waiting)" if queue is not None and queue.busy else None
+
+
+class _QueueCollector:
+    """Exports the model queue's depth and waits on /metrics. Looked up at scrape time: services
+    attach their queue after ``build_app`` returns."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def describe(self) -> list:
+        return []  # the names exist only once the queue does: nothing to check for clashes yet
+
+    def collect(self) -> Any:
+        queue = model_queue(self.app)
+        if queue is not None:
+            yield from queue.collect()
 
 
 def is_ready(app: FastAPI) -> bool:
