@@ -57,7 +57,9 @@ INIT_SCRIPT = """
         try {
           const ev = JSON.parse(e.data);
           if (["latency", "transcript", "reply_end", "speech_start", "speech_end", "interrupted",
-               "error", "no_speech"].includes(ev.type)) B.events.push([t, ev]);
+               "error", "no_speech"].includes(ev.type) || (ev.type === "audio" && ev.index === 0)) {
+            B.events.push([t, ev]);
+          }
         } catch (err) {}
       });
     }
@@ -197,6 +199,11 @@ def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path
         row["turns"] = len(transcripts)
         if transcripts:
             row["wer"] = wer(refs[clip], " ".join(transcripts))
+        first_audio = [ev for ev in mine if ev["type"] == "audio"]
+        if first_audio:
+            row["first_chunk"] = {"text": first_audio[0]["text"], "ms": first_audio[0]["duration_ms"]}
+        replies = [ev["text"] for ev in mine if ev["type"] == "reply_end"]
+        row["reply"] = replies[0] if replies else None
         lat = [ev for ev in mine if ev["type"] == "latency"]
         if lat:
             row["stages"] = {k2: v / 1000 for k2, v in lat[-1].items() if k2.endswith("_ms")}

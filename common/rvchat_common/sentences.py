@@ -45,15 +45,18 @@ class SentenceSplitter:
     Fenced code blocks are dropped (a voice cannot usefully read code).
 
     For latency, the first segment of a turn may be a clause: a ``,;:`` or dash
-    after at least ``first_clause_words`` words ends it. Segments shorter than
+    after at least ``first_clause_words`` words ends it; with ``first_max_words`` it ends after that
+    many words at the latest (once the next word has begun), so a long first sentence does not keep
+    the voice waiting for its end. The rest of that sentence is then the next segment, however short. Segments shorter than
     ``min_words`` are held back and joined to the next (except at flush), so the
     voice never says a lone word with a pause after it. A segment longer than
     ``max_chars`` with no boundary is cut at the last clause mark or space.
     """
 
     def __init__(self, first_clause_words: int = 4, min_words: int = 2, max_chars: int = 300,
-                 skip_code: bool = True) -> None:
+                 skip_code: bool = True, first_max_words: int = 0) -> None:
         self.first_clause_words = first_clause_words
+        self.first_max_words = first_max_words
         self.min_words = min_words
         self.max_chars = max(40, max_chars)
         self.skip_code = skip_code
@@ -65,6 +68,7 @@ class SentenceSplitter:
         self._held = ""
         self._in_code = False
         self._emitted = 0
+        self._cut_by_words = False  # the first segment was cut mid-sentence (its rest is not held)
 
     @property
     def pending(self) -> str:
@@ -146,7 +150,7 @@ class SentenceSplitter:
             # start for the cleaner, which puts a pause between lines.
             segment = self._held + "\n" + segment
             self._held = ""
-        if not final and count_words(segment) < self.min_words:
+        if not final and count_words(segment) < self.min_words and not (self._cut_by_words and self._emitted == 1):
             self._held = segment
             return []
         self._emitted += 1
@@ -190,6 +194,13 @@ class SentenceSplitter:
                     if count_words(buf[:i]) >= self.first_clause_words:
                         return i + 1, i + 1
             i += 1
+        if clause_ok and self.first_max_words:
+            words = list(re.finditer(r"\S+", buf))
+            if len(words) > self.first_max_words and count_words(buf[:words[self.first_max_words - 1].end()]) \
+                    >= self.first_max_words:
+                end = words[self.first_max_words - 1].end()
+                self._cut_by_words = True
+                return end, end
         if len(buf) > self.max_chars:
             return self._forced_cut(buf)
         return None

@@ -147,3 +147,19 @@ def test_sentence_counter_counts_complete_sentences_of_a_stream() -> None:
         assert counter.count == 5, step
     counter.reset()
     assert counter.push("New reply. ") == 1
+
+
+def test_a_long_first_sentence_is_cut_after_first_max_words() -> None:
+    s = SentenceSplitter(first_max_words=5)
+    out: list[str] = []
+    for word in "The invention of movable metal letters changed printing. It spread fast.".split(" "):
+        out += s.push(word + " ")
+    # The first segment ends after five words, once the sixth has begun; its rest is not held back
+    # as too short, and only the first segment is cut so.
+    assert out + s.flush() == ["The invention of movable metal", "letters changed printing.", "It spread fast."]
+    s = SentenceSplitter(first_max_words=5)
+    deltas = ["The", " capital", " of", " France", " is", " Paris", ".", " It", " is", " lovely", "."]
+    assert [seg for d in deltas for seg in s.push(d)] + s.flush() == ["The capital of France is", "Paris.",
+                                                                        "It is lovely."]
+    s = SentenceSplitter(first_max_words=5)  # a short first sentence is whole
+    assert s.push("Yes, it is. ") + s.flush() == ["Yes, it is."]

@@ -53,6 +53,9 @@ class Settings(ServiceSettings):
     first_clause_words: int = Field(
         4, ge=0, description="Streaming: the first segment of a reply may end at a clause mark "
         "(, ; : dash) once it has this many words, so audio starts sooner. 0 disables.")
+    first_segment_max_words: int = Field(
+        0, ge=0, description="Streaming: the first segment of a reply ends after this many words at the "
+        "latest (0: at its sentence or clause end), so a long first sentence does not delay the first audio.")
     min_segment_words: int = Field(
         2, ge=1, description="Segments shorter than this are joined to the next one (except the last).")
     max_segment_chars: int = Field(

@@ -75,6 +75,7 @@ class Speaker:
     def splitter(self, clause_first: bool) -> SentenceSplitter:
         s = self.settings
         return SentenceSplitter(first_clause_words=s.first_clause_words if clause_first else 0,
+                                first_max_words=s.first_segment_max_words if clause_first else 0,
                                 min_words=s.min_segment_words, max_chars=s.max_segment_chars)
 
     def language(self, voice: str | None) -> str | None:
