@@ -91,6 +91,17 @@ class Settings(ServiceSettings):
         "applies it to the prompt, which pushes a small model away from restating the question "
         "('The capital of France is...') into odd answers.")
 
+    guard: bool = Field(
+        True, description="Local: stop a reply that starts repeating itself (a repeated word trigram "
+        "or sentence) or leaves the reply language, as it is written; keep the whole sentences before "
+        "the problem, or retry once greedily, or say fallback_reply (see rvchat_llm/guard.py).")
+    reply_language: str = Field(
+        "en", description="Local: the language replies must be in, checked by the guard. Only 'en' is "
+        "checked (the embedded model is English-only); empty: no language check.")
+    fallback_reply: str = Field(
+        "Sorry, I'm not sure about that.", description="Local: what is said when a reply failed the "
+        "guard before its first sentence, twice (empty: say nothing).")
+
     # --- generation defaults ---
     temperature: float | None = Field(
         None, ge=0, le=2, description="Default sampling temperature. Unset: 0 (greedy) for local, "

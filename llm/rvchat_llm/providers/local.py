@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -22,6 +22,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from rvchat_common.inference import InferenceQueue
 from rvchat_common.models import gguf_model
 
+from ..guard import HeldPieces, StreamGuard
 from ..settings import Settings
 from .base import ChatOptions, Delta, Final, StreamItem, UpstreamError
 
@@ -33,6 +34,11 @@ CHATML = (
     " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% endif %}"
 )
+
+
+# The retry after a loop: greedy decoding repeats the same loop, so the retry also penalises
+# repeated tokens. TODO(measure)
+RETRY_REPEAT_PENALTY = 1.3
 
 
 class LocalProvider:
@@ -150,31 +156,82 @@ class LocalProvider:
                 if room < 1:
                     raise UpstreamError(400, f"the conversation ({len(prompt)} tokens) does not fit the "
                                         f"model's {s.n_ctx}-token context", "context_length_exceeded")
-                stream = llm.create_completion(
-                    prompt, max_tokens=min(options.max_tokens, room), temperature=options.temperature,
-                    top_p=options.top_p if options.top_p is not None else s.top_p, top_k=s.top_k,
-                    min_p=s.min_p, repeat_penalty=s.repeat_penalty, stop=options.stop or None,
-                    seed=options.seed, stream=True)
-                text: list[str] = []
-                finish = "stop"
-                try:
-                    for chunk in stream:
-                        if stop.is_set():
-                            finish = "cancelled"
-                            break
-                        choice = chunk["choices"][0]
-                        if choice["text"]:
-                            text.append(choice["text"])
-                            put(Delta(choice["text"]))
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                finally:
-                    stream.close()  # ends llama's generator (and its KV bookkeeping) at once
-                completion = self.text_tokens("".join(text)) if text else 0
-                put(Final(finish, len(prompt), completion, options.model))
+                params: dict[str, Any] = {
+                    "max_tokens": min(options.max_tokens, room), "temperature": options.temperature,
+                    "top_p": options.top_p if options.top_p is not None else s.top_p, "top_k": s.top_k,
+                    "min_p": s.min_p, "repeat_penalty": s.repeat_penalty, "stop": options.stop or None,
+                    "seed": options.seed}
+                text, finish, extra = self._reply(prompt, params, stop, put)
+                completion = self.text_tokens(text) if text else 0
+                put(Final(finish, len(prompt), completion, options.model, extra))
             except UpstreamError as exc:
                 put(exc)
             except Exception as exc:
                 log.exception("local generation failed")
                 put(UpstreamError(500, f"local model failed: {type(exc).__name__}: {exc}",
                                   "generation_failed"))
+
+    def _reply(self, prompt: list[int], params: dict[str, Any], stop: threading.Event,
+               put: Callable[[Any], None]) -> tuple[str, str, dict[str, Any]]:
+        """The reply through the guard: (text said, finish reason, what the guard did).
+
+        A reply that failed the guard after a whole sentence ends there. One that failed before
+        saying anything can still be replaced rather than cut to silence: once more greedily with
+        a repeat penalty (greedy alone would write the same loop again), else ``fallback_reply``.
+        """
+        s = self.settings
+        text, finish, problem = self._attempt(prompt, params, stop, put)
+        if not problem:
+            return text, finish, {}
+        action = "cut"
+        if not text and not stop.is_set():
+            retry = {**params, "temperature": 0.0,
+                     "repeat_penalty": max(s.repeat_penalty, RETRY_REPEAT_PENALTY)}
+            text, finish, again = self._attempt(prompt, retry, stop, put)
+            action = "retried" if not again else "retried, cut"
+            if again and not text and not stop.is_set() and s.fallback_reply:
+                text, finish, action = s.fallback_reply, "stop", "fallback"
+                put(Delta(text))
+        log.info("guard: %s in the reply; %s (%d chars said)", problem, action, len(text))
+        return text, finish, {"guard": problem, "guard_action": action}
+
+    def _attempt(self, prompt: list[int], params: dict[str, Any], stop: threading.Event,
+                 put: Callable[[Any], None]) -> tuple[str, str, str | None]:
+        """One completion streamed through the guard: (text released, finish reason, problem).
+
+        Each token goes to the guard as it arrives; what it releases goes out at once, and a
+        problem ends generation right there (the stream is closed, the model freed).
+        """
+        s = self.settings
+        llm = self._llm
+        assert llm is not None
+        guard = StreamGuard(s.reply_language) if s.guard else None
+        held = HeldPieces()
+        out: list[str] = []
+        finish = "stop"
+
+        def send(released: str) -> None:
+            for piece in held.take(released):  # one delta per token, as without the guard
+                out.append(piece)
+                put(Delta(piece))
+
+        stream = llm.create_completion(prompt, stream=True, **params)
+        try:
+            for chunk in stream:
+                if stop.is_set():
+                    finish = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    held.add(choice["text"])
+                    send(guard.feed(choice["text"]) if guard else choice["text"])
+                    if guard and guard.problem:
+                        finish = "stop"
+                        break
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        finally:
+            stream.close()  # ends llama's generator (and its KV bookkeeping) at once
+        if guard and finish != "cancelled" and not guard.problem:
+            send(guard.finish(truncated=finish == "length"))
+        return "".join(out), finish, guard.problem if guard else None
