@@ -228,12 +228,17 @@ class LLMEngine:
         parts: list[str] = []
         first_ms: float | None = None
         attempt = 0
+        # The token timeouts are for upstreams that can hang (a dead connection, a stuck server).
+        # The local model is in this process and busy whenever it is slow (a long prompt, a 2-core
+        # machine under load, text held back by the guard): a timeout there was a false 504 for a
+        # generation still running. Its waits are bounded by the queue (503) and max_tokens.
+        timed = self.provider.name != "local"
         while True:
             gen = self.provider.stream_chat(messages, options)
             try:
                 while True:
                     started = bool(parts)
-                    wait = s.token_timeout_s if started else s.first_token_timeout_s
+                    wait = (s.token_timeout_s if started else s.first_token_timeout_s) if timed else None
                     try:
                         # asyncio.timeout, not wait_for: the generator must stay in this task
                         # (httpx/anyio streams inside it dislike hopping between tasks).

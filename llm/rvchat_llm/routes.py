@@ -13,6 +13,7 @@ from typing import Annotated, Any, AsyncIterator
 from fastapi import APIRouter, Depends, Request
 
 from rvchat_common.app import require_ready
+from rvchat_common.cancel import while_connected
 from rvchat_common.streaming import sse_event, sse_response
 
 from .engine import ChatEngine, Request as GenRequest, generation_error
@@ -46,9 +47,11 @@ async def generate(body: GenerateRequest, request: Request, engine: EngineDep) -
     """Generate the assistant's reply to a conversation (JSON, or SSE with ``stream: true``)."""
     req = to_request(engine.settings, body)
     if not body.stream:
-        return (await engine.complete(req)).event().model_dump(exclude={"type"})
+        # A client that leaves cancels the generation (the provider frees the model or closes the
+        # upstream request) instead of leaving it to run for nobody.
+        return (await while_connected(request, engine.complete(req))).event().model_dump(exclude={"type"})
     stream = engine.stream(req)
-    first = await prime(stream)
+    first = await while_connected(request, prime(stream))
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -76,7 +79,7 @@ async def list_models(engine: EngineDep) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions", dependencies=Ready, tags=["openai"])
-async def chat_completions(body: ChatCompletionRequest, engine: EngineDep) -> Any:
+async def chat_completions(body: ChatCompletionRequest, request: Request, engine: EngineDep) -> Any:
     contents = [m.text() for m in body.messages]
     check_limits(engine.settings, contents)
     req = GenRequest(messages=[{"role": m.role, "content": c} for m, c in zip(body.messages, contents)],
@@ -85,7 +88,7 @@ async def chat_completions(body: ChatCompletionRequest, engine: EngineDep) -> An
                      default_system=False)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if not body.stream:
-        done = await engine.complete(req)
+        done = await while_connected(request, engine.complete(req))
         return {"id": cid, "object": "chat.completion", "created": created, "model": done.model,
                 "system_fingerprint": None,
                 "choices": [{"index": 0, "message": done.message(), "logprobs": None,
@@ -94,7 +97,7 @@ async def chat_completions(body: ChatCompletionRequest, engine: EngineDep) -> An
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     model = engine.model_for(body.model)
     stream = engine.stream(req)
-    first = await prime(stream)
+    first = await while_connected(request, prime(stream))
 
     def chunk(delta: dict, finish: str | None = None, model_name: str = model) -> str:
         return sse_event({"id": cid, "object": "chat.completion.chunk", "created": created,

@@ -10,7 +10,8 @@
 
 Test-only controls: ``POST /_control {"mode": ..., "fail_next": n}`` and ``GET /_requests``.
 Modes: ``ok``; ``hang`` (headers, then nothing); ``stall`` (two tokens, then nothing);
-``die`` (two tokens, then the connection is cut).
+``die`` (two tokens, then the connection is cut); ``slow`` (a 500-token reply, a token every 0.1 s).
+``GET /_active`` counts the chat streams still being sent (a client that closes its request ends one).
 
 Run: ``python fake_ollama.py PORT [model ...]``.
 """
@@ -27,7 +28,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-STATE: dict = {"models": {"llama3.2:latest"}, "mode": "ok", "fail_next": 0, "requests": []}
+STATE: dict = {"models": {"llama3.2:latest"}, "mode": "ok", "fail_next": 0, "requests": [], "active": 0}
 
 
 def _now() -> str:
@@ -106,6 +107,8 @@ async def chat(request: Request):
                              "message": {"role": "assistant", "content": ""},
                              "done_reason": "load", "done": True})
     words = reply_for(messages).split(" ")
+    if STATE["mode"] == "slow":
+        words = ["word"] * 500
     limit = (body.get("options") or {}).get("num_predict") or 10_000
     tokens = [w if i == 0 else " " + w for i, w in enumerate(words)][:limit]
     done_reason = "length" if len(words) > limit else "stop"
@@ -124,17 +127,21 @@ async def chat(request: Request):
     mode = STATE["mode"]
 
     async def chunks():
-        if mode == "hang":
-            await asyncio.sleep(3600)
-        for i, tok in enumerate(tokens):
-            if i == 2 and mode == "stall":
+        STATE["active"] += 1
+        try:
+            if mode == "hang":
                 await asyncio.sleep(3600)
-            if i == 2 and mode == "die":
-                raise RuntimeError("simulated crash mid-stream")  # uvicorn cuts the connection
-            await asyncio.sleep(0.01)
-            yield json.dumps({"model": model, "created_at": _now(),
-                              "message": {"role": "assistant", "content": tok}, "done": False}) + "\n"
-        yield json.dumps(final("")) + "\n"
+            for i, tok in enumerate(tokens):
+                if i == 2 and mode == "stall":
+                    await asyncio.sleep(3600)
+                if i == 2 and mode == "die":
+                    raise RuntimeError("simulated crash mid-stream")  # uvicorn cuts the connection
+                await asyncio.sleep(0.1 if mode == "slow" else 0.01)
+                yield json.dumps({"model": model, "created_at": _now(),
+                                  "message": {"role": "assistant", "content": tok}, "done": False}) + "\n"
+            yield json.dumps(final("")) + "\n"
+        finally:
+            STATE["active"] -= 1
 
     return StreamingResponse(chunks(), media_type="application/x-ndjson")
 
@@ -150,6 +157,11 @@ async def control(request: Request) -> dict:
     if body.get("clear"):
         STATE["requests"].clear()
     return {"mode": STATE["mode"], "fail_next": STATE["fail_next"], "models": sorted(STATE["models"])}
+
+
+@app.get("/_active")
+async def active() -> int:
+    return STATE["active"]
 
 
 @app.get("/_requests")
