@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project needs into .venv; safe to run again (does only what is missing).
 #   scripts/install.sh           Python packages and models (enough for `make run`)
-#   scripts/install.sh --system  only the Debian packages the test suite uses
+#   scripts/install.sh --system  only the Debian packages the test suite uses (ffmpeg, sox, chromium,
+#                                docker-compose, postgresql)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ if [[ "${1:-}" == "--system" ]]; then
   command -v sox >/dev/null || missing+=(sox)
   command -v chromium >/dev/null || missing+=(chromium)
   command -v docker-compose >/dev/null || missing+=(docker-compose)
+  # The PostgreSQL history tests start their own server from these binaries (not on PATH on Debian).
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
   if ((${#missing[@]})); then
     step "installing Debian packages: ${missing[*]}"
     SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo

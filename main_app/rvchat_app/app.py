@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import Counter, Gauge
 
 from rvchat_common import build_app
+from rvchat_common.errors import APIError
+from rvchat_common.observability import Metrics
+from rvchat_common.protocol import page
+from rvchat_common.streaming import Drain
 
 from .clients import LlmStream, SttStream, TtsStream, VadStream
 from .routes import router
@@ -32,10 +39,74 @@ def default_factories(settings: Settings) -> dict:
     }
 
 
+class Capacity:
+    """Conversations in progress at once (voice sessions and ``POST /api/message`` replies) against
+    ``APP_MAX_SESSIONS``: past it, new ones are turned away at once rather than everyone getting slow.
+
+    ``sessions`` is ``app.state.sessions``; a check and the add that follows it happen with no
+    ``await`` in between, so two sessions arriving together cannot both take the last place.
+    """
+
+    def __init__(self, limit: int, retry_after_s: int, metrics: Metrics, drain: Drain) -> None:
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.drain = drain
+        self.sessions: set = set()
+        self.api_replies = 0
+        reg = metrics.registry
+        Gauge("voice_sessions_active", "Voice sessions (page WebSockets) open", registry=reg) \
+            .set_function(lambda: len(self.sessions))
+        Gauge("api_replies_active", "POST /api/message replies in progress", registry=reg) \
+            .set_function(lambda: self.api_replies)
+        Gauge("conversations_limit", "APP_MAX_SESSIONS (0: no limit)", registry=reg).set(limit)
+        self.refused = Counter("conversations_refused", "Voice sessions and API replies turned away",
+                               ["kind", "reason"], registry=reg)
+
+    @property
+    def active(self) -> int:
+        return len(self.sessions) + self.api_replies
+
+    def full(self) -> bool:
+        return self.limit > 0 and self.active >= self.limit
+
+    def busy_message(self) -> str:
+        return (f"The server is busy ({self.limit} conversations at once): try again in "
+                f"{self.retry_after_s} seconds.")
+
+    @contextmanager
+    def api_reply(self) -> Iterator[None]:
+        """Hold a place for one API reply; 503 with Retry-After when there is none (or when draining)."""
+        if self.drain.draining:
+            self.refused.labels("api", "restarting").inc()
+            raise APIError(503, "this server is restarting; retry (another replica will answer)",
+                           "restarting", headers={"Retry-After": "1"})
+        if self.full():
+            self.refused.labels("api", "busy").inc()
+            raise APIError(503, self.busy_message(), "server_busy",
+                           headers={"Retry-After": str(self.retry_after_s)})
+        self.api_replies += 1
+        try:
+            yield
+        finally:
+            self.api_replies -= 1
+
+    def mid_turn(self) -> str | None:
+        """For the drain: sessions whose user is speaking or whose reply is not yet heard to the end."""
+        busy = sum(1 for s in self.sessions if s.state != "listening")
+        return f"{busy} voice session(s) mid-turn" if busy else None
+
+    async def say_goodbye(self) -> None:
+        """Drained: tell each page why its socket is about to close (it reconnects by itself)."""
+        for session in list(self.sessions):
+            await session.send(page.Notice(message="This server is restarting: reconnecting you to another "
+                                           "one. Your conversation is kept."))
+
+
 def create_app(settings: Settings | None = None, factories: dict | None = None,
                store: Store | None = None) -> FastAPI:
     settings = settings or Settings()
-    store = store or Store(settings.db_path)
+    store = store or Store(settings.database_url or settings.db_path, synchronous=settings.db_synchronous,
+                           pool_size=settings.db_pool_size)
     monitor = StatusMonitor(settings)
 
     async def startup(app: FastAPI) -> None:
@@ -53,7 +124,11 @@ def create_app(settings: Settings | None = None, factories: dict | None = None,
     app.state.store = store
     app.state.monitor = monitor
     app.state.factories = factories or default_factories(settings)
-    app.state.sessions = set()
+    app.state.capacity = Capacity(settings.max_sessions, settings.busy_retry_s, app.state.metrics,
+                                  app.state.drain)
+    app.state.sessions = app.state.capacity.sessions
+    app.state.drain.add_check(app.state.capacity.mid_turn)
+    app.state.drain.on_drained(app.state.capacity.say_goodbye)
     app.state.turn_latency = app.state.metrics.histogram(
         "voice_turn_latency_seconds",
         "Per-turn latency by stage (endpoint, stt, llm_first_token, tts_first_audio, total: speech end "

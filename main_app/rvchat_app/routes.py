@@ -47,8 +47,10 @@ async def status(request: Request) -> dict:
     services = await monitor.check()
     view = degraded_modes({name: s["ready"] for name, s in services.items()})
     db = await request.app.state.store.ping()
+    capacity = request.app.state.capacity
     return {"app": {"status": "ok" if db is None else "degraded", "database": db or "ok",
-                    "sessions": len(request.app.state.sessions)},
+                    "sessions": len(request.app.state.sessions), "api_replies": capacity.api_replies,
+                    "max_sessions": capacity.limit},
             "services": services, "modes": view["modes"], "notice": view["notice"],
             "checked_at": monitor.checked_at}
 
@@ -87,5 +89,7 @@ async def post_message(request: Request, body: MessageRequest) -> dict:
     if not text:
         raise APIError(400, "text must not be blank", "invalid_text", param="text")
     app = request.app
-    return await reply_once(store=app.state.store, settings=app.state.settings, factories=app.state.factories,
-                            text=text, conversation_id=body.conversation_id, audio=body.audio)
+    with app.state.capacity.api_reply():  # 503 + Retry-After past APP_MAX_SESSIONS
+        return await reply_once(store=app.state.store, settings=app.state.settings,
+                                factories=app.state.factories, text=text,
+                                conversation_id=body.conversation_id, audio=body.audio)

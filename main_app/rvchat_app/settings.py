@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -71,6 +73,24 @@ class Settings(ServiceSettings):
     )
     status_interval_s: float = Field(3.0, description="How often the services' readiness is polled, in seconds.")
     cue_tones: bool = Field(True, description="Default for the page's short cue tones.")
+    # ---- scaling and durability (issue 12, issue 16)
+    database_url: str | None = Field(
+        None, description="Keep the history in PostgreSQL instead of the SQLite file: "
+        "postgresql://USER:PASSWORD@HOST:5432/DB. Several main_app replicas can share it. Unset: APP_DB_PATH.")
+    db_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = Field(
+        "FULL", description="SQLite's synchronous level (the file is in WAL mode). NORMAL and FULL both keep "
+        "every committed message when main_app is killed; FULL also on a power cut, for one fsync per commit.")
+    db_pool_size: int = Field(5, ge=1, description="PostgreSQL connections kept open per main_app.")
+    max_sessions: int = Field(
+        8, ge=0, description="Most conversations served at once (voice sessions plus POST /api/message "
+        "replies); past it the page is told the server is busy and the API answers 503 with Retry-After. "
+        "0: no limit.")
+    busy_retry_s: int = Field(
+        5, ge=1, le=60, description="Retry-After, in seconds, for a refused request or voice session when "
+        "the server is at capacity; a refused page's socket is held this long, so it does not retry sooner.")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, the longest wait for replies in progress to finish before "
+        "shutting down (new sessions go elsewhere meanwhile); 0 stops at once.")
 
     def service_urls(self) -> dict[str, str]:
         return {"vad": self.vad_url, "stt": self.stt_url, "llm": self.llm_url, "tts": self.tts_url}
