@@ -52,6 +52,7 @@ class Request:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     default_system: bool = True  # /generate and /ws add the configured system prompt; /v1 does not
+    trim: bool = False  # cut a newest message too long for the context instead of refusing it
 
 
 @dataclass
@@ -199,6 +200,8 @@ class LLMEngine:
             if room >= 16:
                 log.info("max_tokens lowered from %d to %d to fit the context", max_tokens, room)
                 return system + kept, len(turns) - len(kept), room
+            if req.trim and kept:
+                return self._trimmed(system, kept[-1], cost, budget, max_tokens), len(turns) - 1, max_tokens
             raise APIError(400, f"the system prompt and last message need about {used} tokens, more than "
                            f"the {self.provider.context_window}-token context window of '{self.model}' "
                            f"leaves after max_tokens={max_tokens}; shorten them or lower max_tokens",
@@ -208,6 +211,24 @@ class LLMEngine:
             log.info("trimmed %d old message(s) to fit the %d-token context", dropped,
                      self.provider.context_window)
         return system + kept, dropped, max_tokens
+
+    def _trimmed(self, system: list[dict[str, str]], last: dict[str, str], cost: Any, budget: int,
+                 max_tokens: int) -> list[dict[str, str]]:
+        """The system prompt and ``last`` cut (from its end) until both fit ``budget``; 400 when even
+        the system prompt alone leaves no room."""
+        room = budget - sum(cost(m) for m in system)
+        text = last["content"]
+        while text and cost({**last, "content": text}) > room:
+            # Shrink in proportion to the excess, a little more so a few rounds suffice.
+            over = cost({**last, "content": text}) / max(room, 1)
+            text = text[: int(len(text) / over * 0.95)] if over > 1 else text[:-1]
+        if not text:
+            raise APIError(400, f"the system prompt alone fills the {self.provider.context_window}-token "
+                           f"context window of '{self.model}' with max_tokens={max_tokens}",
+                           "context_length_exceeded", param="messages")
+        log.info("newest message cut from %d to %d characters to fit the context", len(last["content"]),
+                 len(text))
+        return system + [{**last, "content": text}]
 
     # --- generation ------------------------------------------------------------------
     async def stream(self, req: Request) -> AsyncIterator[Delta | Done]:

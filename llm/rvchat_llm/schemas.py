@@ -39,7 +39,7 @@ def to_request(settings: Settings, body: llm.GenerateParams) -> Request:
     check_limits(settings, contents + ([body.system] if body.system else []))
     return Request(messages=[{"role": m.role, "content": m.content} for m in body.messages],
                    system=body.system, temperature=body.temperature, max_tokens=body.max_tokens,
-                   model=body.model)
+                   model=body.model, trim=bool(body.trim))
 
 
 class TextPart(BaseModel):

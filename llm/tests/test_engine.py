@@ -213,3 +213,18 @@ def test_lone_surrogates_reach_the_provider_as_valid_unicode():
     for messages in fake.calls:
         for m in messages:
             m["content"].encode("utf-8")  # what a tokenizer does first: no UnicodeEncodeError
+
+
+def test_trim_cuts_a_newest_message_too_long_for_the_context_instead_of_refusing():
+    eng, _ = engine([[]], context_window=50)
+    long = [{"role": "user", "content": " ".join(f"w{i}" for i in range(100))}]
+    msgs, _, _ = eng.prepare(Request(messages=long, trim=True), 10)
+    assert msgs[0]["role"] == "system" and msgs[-1]["content"].startswith("w0 w1 w2")
+    assert sum(len(m["content"].split()) + 6 for m in msgs) <= 50 - 10 - 16  # fits, reply room kept
+    with pytest.raises(APIError) as err:  # without trim: the clear 400 as before
+        eng.prepare(Request(messages=long), 10)
+    assert err.value.code == "context_length_exceeded"
+    # POST /generate and the WebSocket take the flag (main_app sends it for what users type)
+    with TestClient(create_app(Settings(), engine=eng)) as client:
+        r = client.post("/generate", json={"messages": long, "trim": True, "max_tokens": 10})
+        assert r.status_code == 200, r.text

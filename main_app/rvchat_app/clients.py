@@ -209,6 +209,9 @@ class LlmStream(ServiceStream):
     server_events = llm.server_events
 
     async def generate(self, messages: list[dict], **options: Any) -> None:
+        # The user's own words may be more tokens than the LLM's context holds (4,000 characters of
+        # rare characters are): cut to fit rather than fail the turn (a 502 from POST /api/message).
+        options.setdefault("trim", True)
         await self.send_event(llm.Generate(messages=messages, **{k: v for k, v in options.items() if v is not None}))
 
     async def cancel(self) -> None:

@@ -25,7 +25,7 @@ class Message(WireModel):
 class GenerateParams(WireModel):
     """What a generation needs: the conversation and optional sampling settings."""
 
-    omit_if_none = frozenset({"system", "temperature", "max_tokens", "model"})
+    omit_if_none = frozenset({"system", "temperature", "max_tokens", "model", "trim"})
 
     messages: list[Message] = Field(min_length=1, description="The conversation, oldest first.")
     system: UnicodeStr | None = Field(None, description="System prompt; replaces any system messages "
@@ -34,6 +34,11 @@ class GenerateParams(WireModel):
     max_tokens: int | None = Field(None, ge=1)
     model: UnicodeStr | None = Field(None, max_length=256, description="Upstream model (ignored by the "
                                     "local provider, which has one).")
+    trim: bool | None = Field(None, description="When the newest message alone is too long for the "
+                              "context window, cut it to fit (its start is kept) rather than answer "
+                              "context_length_exceeded. For a chat whose user typed the text: a 4,000-"
+                              "character message of rare characters is more tokens than a 2,048-token "
+                              "window holds.")
 
 
 class Generate(GenerateParams, Event):
