@@ -22,6 +22,7 @@ from typing import Protocol
 from rvchat_common.protocol import ErrorEvent, page, stt, vad
 
 from .clients import Closed
+from .endpointing import Holds
 from .links import Link, Links
 from .settings import Settings
 
@@ -94,6 +95,12 @@ class TurnDetector:
         """Silence after which the reply is started speculatively (0: off)."""
         spec = self.settings.speculative_silence_ms
         return spec if 0 < spec < self.config["min_silence_ms"] else 0
+
+    def holds(self) -> Holds:
+        """The turn-end silences by what was said; the page's turn-end silence is the unsure case."""
+        s = self.settings
+        return Holds(complete_ms=s.turn_end_complete_ms, unsure_ms=self.config["min_silence_ms"],
+                     incomplete_ms=s.turn_end_incomplete_ms)
 
     def _wanted_threshold(self) -> float:
         base = self.config["threshold"]
@@ -271,8 +278,9 @@ class TurnDetector:
             return
         pending = {"speech_end": t_end, "vad_end": now}
         if self.speculative_ms and ts is not None:
-            # Start the reply now, but let it reach the page only once the full turn-end silence has passed.
-            pending["commit_at"] = t_end + self.config["min_silence_ms"] / 1000
+            # Start the reply now, but let it reach the page only once the turn-end silence for what was
+            # said has passed (decided when the transcript is in).
+            pending["speculative"] = 1.0
         self._pending = pending
         await self.hooks.on_user_state()
         self._spawn(self._stt_watchdog(pending))
@@ -308,7 +316,9 @@ class TurnDetector:
                 self._carry_text = text
                 await self.hooks.notify(page.Partial(text=text))
                 return
-            commit_at = pending.pop("commit_at", None)
+            commit_at = None
+            if pending.pop("speculative", None):
+                commit_at = pending["speech_end"] + self.holds().for_text(text) / 1000
             replaces = self._carry_message_id
             self.clear_carry()
             await self.hooks.on_end_of_turn(text, pending, commit_at, replaces)

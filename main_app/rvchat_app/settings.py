@@ -58,6 +58,14 @@ class Settings(ServiceSettings):
         "has passed; its text and audio reach the page only once the full silence has passed, and it is "
         "dropped if the user goes on speaking. 0 turns speculation off.",
     )
+    turn_end_complete_ms: int = Field(
+        500, ge=0, le=5000, description="Silence that ends a turn whose words read as a finished sentence "
+        "(Whisper's final punctuation, no dangling 'and' or 'the'); at most the turn-end silence. Not "
+        "shorter by default: Whisper puts a full stop after half a sentence too (bench/results/turns.md: "
+        "300 ms cut 5 of 20 recordings off at their natural pauses, 500 ms 2).")
+    turn_end_incomplete_ms: int = Field(
+        1200, ge=0, le=10000, description="Silence that ends a turn whose words promise more (a trailing "
+        "comma or dash, 'and', 'because', 'the', a number being dictated); at least the turn-end silence.")
     vad_min_speech_ms: int = Field(200, description="Default shortest speech that counts as a turn, in ms.")
     vad_speech_pad_ms: int = Field(30, description="Padding the VAD adds around speech, in ms.")
     barge_in_threshold: float = Field(

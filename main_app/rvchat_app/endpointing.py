@@ -1,0 +1,63 @@
+"""Endpointing: how long a silence ends the user's turn, from what they said.
+
+A fixed silence hold is either slow or rude: short, it cuts readers off at their commas; long, every
+reply waits for it. Here the hold follows the words of the utterance so far (the STT final of the
+speculative start, with the punctuation Whisper adds): short after a finished sentence, long after
+a comma, a dash or a word that promises more ("and", "because", "the"), in between otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+# Words an utterance practically never ends with, whatever punctuation Whisper put after them
+# ("I went to the." is Whisper closing a sentence the user had not finished). Prepositions, pronouns
+# and auxiliaries are not here: "Where are you from?", "I love it.", "Yes, I can." end turns.
+CONTINUATIONS = frozenset("""
+a an the and or but because although though unless whereas if than to of with
+my your our their its um uh er erm hmm
+""".split())
+_WORD = re.compile(r"[A-Za-z']+|\d+")
+
+
+class Completeness(Enum):
+    COMPLETE = "complete"      # a finished sentence: end the turn soon
+    UNSURE = "unsure"          # no punctuation to go by
+    INCOMPLETE = "incomplete"  # a comma, a dash, a dangling word, a number being dictated
+
+
+def completeness(text: str) -> Completeness:
+    """Whether a transcript reads as a finished utterance."""
+    t = text.strip().rstrip("\"'”’)]")
+    if not t:
+        return Completeness.UNSURE
+    words = _WORD.findall(t.lower())
+    last = words[-1] if words else ""
+    if t.endswith(("...", "…", ",", ";", ":", "-", "–", "—")):
+        return Completeness.INCOMPLETE
+    if last in CONTINUATIONS and len(words) > 1:
+        return Completeness.INCOMPLETE
+    if last.isdigit() and not t.endswith((".", "?", "!")):
+        return Completeness.INCOMPLETE  # "my number is 0 1 7 ..."
+    if t.endswith((".", "?", "!")):
+        return Completeness.COMPLETE
+    return Completeness.UNSURE
+
+
+@dataclass(frozen=True)
+class Holds:
+    """Silence (ms, from where the speech ended) that ends a turn of each kind."""
+
+    complete_ms: int
+    unsure_ms: int
+    incomplete_ms: int
+
+    def for_text(self, text: str) -> int:
+        kind = completeness(text)
+        if kind is Completeness.COMPLETE:
+            return min(self.complete_ms, self.unsure_ms)
+        if kind is Completeness.INCOMPLETE:
+            return max(self.incomplete_ms, self.unsure_ms)
+        return self.unsure_ms
