@@ -378,11 +378,13 @@ def build_app(
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready", "service": service})
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], responses={200: {
+        "description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}})
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
+    document_errors(app)
     app.add_middleware(EdgeMiddleware, settings=settings, metrics=metrics, routes=lambda: app.routes)
     app.add_middleware(
         CORSMiddleware,
@@ -422,6 +424,45 @@ class _QueueCollector:
         queue = model_queue(self.app)
         if queue is not None:
             yield from queue.collect()
+
+
+ERROR_SCHEMA = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {
+        "type": "object", "required": ["message", "type", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "code": {"type": ["string", "null"]}, "param": {"type": ["string", "null"]}},
+    }},
+}
+_ERROR_RESPONSE = {"description": "An error, in the shared envelope (see the README's Errors)",
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Every operation's OpenAPI says what it really answers on failure: the shared envelope, for any
+    status (FastAPI documents a 422 body of its own shape, which no route sends)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["ErrorEnvelope"] = ERROR_SCHEMA
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                if "422" in responses:
+                    responses["422"] = _ERROR_RESPONSE
+                responses.setdefault("default", _ERROR_RESPONSE)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def is_ready(app: FastAPI) -> bool:

@@ -42,7 +42,12 @@ async def prime(stream: AsyncIterator[Any]) -> Any:
 
 
 # --- /generate -----------------------------------------------------------------------------
-@router.post("/generate", dependencies=Ready, tags=["llm"])
+# JSON, or Server-Sent Events with stream: true.
+STREAMED = {200: {"description": "The reply (JSON), or its events (stream: true)",
+                  "content": {"application/json": {}, "text/event-stream": {}}}}
+
+
+@router.post("/generate", dependencies=Ready, tags=["llm"], responses=STREAMED)
 async def generate(body: GenerateRequest, request: Request, engine: EngineDep) -> Any:
     """Generate the assistant's reply to a conversation (JSON, or SSE with ``stream: true``)."""
     req = to_request(engine.settings, body)
@@ -78,7 +83,7 @@ async def list_models(engine: EngineDep) -> dict[str, Any]:
         {"id": engine.model, "object": "model", "created": 0, "owned_by": engine.provider_name}]}
 
 
-@router.post("/v1/chat/completions", dependencies=Ready, tags=["openai"])
+@router.post("/v1/chat/completions", dependencies=Ready, tags=["openai"], responses=STREAMED)
 async def chat_completions(body: ChatCompletionRequest, request: Request, engine: EngineDep) -> Any:
     contents = [m.text() for m in body.messages]
     check_limits(engine.settings, contents)

@@ -110,7 +110,9 @@ async def transcribe(request: Request) -> TranscribeResponse:
 
 
 @router.post("/v1/audio/transcriptions", dependencies=[Depends(require_ready)],
-             openapi_extra=_UPLOAD_DOC, tags=["openai"])
+             openapi_extra=_UPLOAD_DOC, tags=["openai"], responses={200: {
+                 "description": "The transcript in the response_format asked for",
+                 "content": {"application/json": {}, "text/plain": {}, "text/vtt": {}}}})
 async def openai_transcriptions(request: Request) -> Response:
     """OpenAI-compatible transcription (``client.audio.transcriptions.create``).
 

@@ -143,8 +143,15 @@ async def voices(request: Request) -> dict:
             "unknown_voice": "any other name uses the default voice (response header X-Voice-Fallback: true)"}
 
 
+def _audio_responses(*media: str) -> dict:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {200: {"description": "The speech", "content": {m: ({} if m.endswith("json") or m.startswith("text/")
+                                                              else binary) for m in media}}}
+
+
 @router.post("/synthesize", tags=["tts"], dependencies=[Depends(require_ready)],
-             openapi_extra=_body_schema(SynthesizeRequest), response_model=None)
+             openapi_extra=_body_schema(SynthesizeRequest), response_model=None,
+             responses=_audio_responses("audio/wav", "audio/pcm", "application/json"))
 async def synthesize(request: Request) -> Response:
     """Text to speech: wav (audio/wav), base64 (JSON) or pcm (raw PCM16; rate in X-Sample-Rate).
 
@@ -173,7 +180,8 @@ async def synthesize(request: Request) -> Response:
 
 
 @router.post("/v1/audio/speech", tags=["openai"], dependencies=[Depends(require_ready)],
-             openapi_extra=_body_schema(SpeechRequest), response_model=None)
+             openapi_extra=_body_schema(SpeechRequest), response_model=None,
+             responses=_audio_responses(*MEDIA_TYPES.values(), "text/event-stream"))
 async def openai_speech(request: Request) -> Response:
     """OpenAI-compatible speech, streamed.
 
