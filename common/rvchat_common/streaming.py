@@ -53,6 +53,9 @@ class Drain:
     def __init__(self) -> None:
         self.draining = False
         self.http_in_flight = 0
+        # New WebSockets are refused while draining (the client's next try finds another replica);
+        # an app that turns clients away itself, with a message, sets this to False.
+        self.refuse_websockets = True
         self._checks: list[BusyCheck] = []
         self._on_drained: list[Callable[[], Awaitable[None]]] = []
 
@@ -102,7 +105,8 @@ class Drain:
 
 
 class DrainMiddleware:
-    """Counts HTTP requests in flight (health and metrics probes aside) for :class:`Drain`."""
+    """Counts HTTP requests in flight (health and metrics probes aside) for :class:`Drain`, and
+    refuses new WebSockets while draining (403 at the handshake: the client tries another replica)."""
 
     PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -111,6 +115,9 @@ class DrainMiddleware:
         self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.drain.draining and self.drain.refuse_websockets:
+            await send({"type": "websocket.close", "code": 1013, "reason": "shutting down"})
+            return
         if scope["type"] != "http" or scope["path"] in self.PROBES:
             return await self.app(scope, receive, send)
         self.drain.http_in_flight += 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter, Gauge
@@ -17,10 +20,10 @@ from rvchat_common.observability import Metrics
 from rvchat_common.protocol import page
 from rvchat_common.streaming import Drain
 
-from .clients import LlmStream, SttStream, TtsStream, VadStream
+from .clients import LlmStream, Replicas, SttStream, TtsStream, VadStream
 from .routes import router
 from .settings import Settings
-from .status import StatusMonitor
+from .status import StatusMonitor, probe
 from .store import Store
 from .ws import router as ws_router
 
@@ -29,14 +32,44 @@ STATIC = Path(__file__).parent / "static"
 
 
 def default_factories(settings: Settings) -> dict:
+    """Stream factories over each service's replicas (``APP_STT_URL=http://stt-1:3002,http://stt-2:3002``):
+    one :class:`Replicas` per service, shared by every session, spreads new connections over them."""
     key = settings.services_api_key
+    vad, stt, llm, tts = (Replicas(settings.vad_url), Replicas(settings.stt_url), Replicas(settings.llm_url),
+                          Replicas(settings.tts_url))
     return {
-        "vad": lambda: VadStream(settings.vad_url, key),
-        "stt": lambda: SttStream(settings.stt_url, key, language=settings.stt_language,
-                                 partials=settings.stt_partials),
-        "llm": lambda: LlmStream(settings.llm_url, key),
-        "tts": lambda: TtsStream(settings.tts_url, key, voice=settings.tts_voice),
+        "vad": lambda: VadStream(vad, key),
+        "stt": lambda: SttStream(stt, key, language=settings.stt_language, partials=settings.stt_partials),
+        "llm": lambda: LlmStream(llm, key),
+        "tts": lambda: TtsStream(tts, key, voice=settings.tts_voice),
     }
+
+
+class ReplicaStatusMonitor(StatusMonitor):
+    """The services' status where one may have several replicas: each replica is probed, and the
+    service counts as ready while one of them is (``replicas`` lists them all)."""
+
+    async def check(self) -> dict[str, dict]:
+        client = self._client or httpx.AsyncClient(headers=self._headers())
+        urls = {name: Replicas(url).urls for name, url in self.settings.service_urls().items()}
+        flat = [(name, url) for name, group in urls.items() for url in group]
+        try:
+            results = await asyncio.gather(*(probe(client, url) for _, url in flat))
+        finally:
+            if client is not self._client:
+                await client.aclose()
+        out: dict[str, dict] = {}
+        for name, group in urls.items():
+            found = [r for (n, _), r in zip(flat, results) if n == name]
+            if len(found) == 1:
+                out[name] = found[0]
+                continue
+            # Shown as the service's own: a ready replica, else a live one, else the first.
+            best = sorted(found, key=lambda r: (not r["ready"], not r["healthy"]))[0]
+            out[name] = {**best, "url": ",".join(group), "replicas": found,
+                         "ready_replicas": sum(1 for r in found if r["ready"])}
+        self.last, self.checked_at = out, time.time()
+        return out
 
 
 class Capacity:
@@ -107,7 +140,7 @@ def create_app(settings: Settings | None = None, factories: dict | None = None,
     settings = settings or Settings()
     store = store or Store(settings.database_url or settings.db_path, synchronous=settings.db_synchronous,
                            pool_size=settings.db_pool_size)
-    monitor = StatusMonitor(settings)
+    monitor = ReplicaStatusMonitor(settings)
 
     async def startup(app: FastAPI) -> None:
         await store.open()
@@ -129,6 +162,7 @@ def create_app(settings: Settings | None = None, factories: dict | None = None,
     app.state.sessions = app.state.capacity.sessions
     app.state.drain.add_check(app.state.capacity.mid_turn)
     app.state.drain.on_drained(app.state.capacity.say_goodbye)
+    app.state.drain.refuse_websockets = False  # ws.py turns pages away itself, with a message
     app.state.turn_latency = app.state.metrics.histogram(
         "voice_turn_latency_seconds",
         "Per-turn latency by stage (endpoint, stt, llm_first_token, tts_first_audio, total: speech end "

@@ -6,13 +6,18 @@ pass, which is latency no turn should pay. ``events()`` yields the server's even
 the typed models of ``rvchat_common.protocol`` (TTS audio arrives as a ``tts.Audio`` carrying its
 PCM in ``pcm``) and raises :class:`ServiceClosed` when the connection ends or the service breaks
 protocol, so the orchestrator sees a dead service as an event, never as a hang.
+
+A service may run as several replicas (``APP_STT_URL=http://stt-1:3002,http://stt-2:3002``): a
+:class:`Replicas` spreads new connections over them round-robin (so sessions spread) and skips a
+replica that just failed; a session keeps the replica it got until its connection drops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -60,6 +65,43 @@ class ServiceClosed(Exception):
         self.reason = reason
 
 
+class Replicas:
+    """One service's base URLs (a comma-separated setting): where the next connection goes.
+
+    Connections go round-robin, so the sessions of one main_app spread over the replicas; a replica
+    that refused a connection is tried last for ``DOWN_S``, so a dead one costs one failed connect,
+    not one per session. Shared by every session of the app.
+    """
+
+    DOWN_S = 10.0
+
+    def __init__(self, urls: str | Sequence[str]) -> None:
+        items = urls.split(",") if isinstance(urls, str) else list(urls)
+        self.urls = [u.strip() for u in items if u.strip()]
+        if not self.urls:
+            raise ValueError("no service URL given")
+        self._next = 0
+        self._down_until: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def order(self) -> list[str]:
+        """Every replica, in the order to try them for one new connection."""
+        start = self._next
+        self._next = (self._next + 1) % len(self.urls)
+        rotated = self.urls[start:] + self.urls[:start]
+        now = time.monotonic()
+        up = [u for u in rotated if self._down_until.get(u, 0.0) <= now]
+        return up + [u for u in rotated if u not in up]
+
+    def failed(self, url: str) -> None:
+        self._down_until[url] = time.monotonic() + self.DOWN_S
+
+    def succeeded(self, url: str) -> None:
+        self._down_until.pop(url, None)
+
+
 def ws_url(base_url: str, path: str = "/ws", api_key: str | None = None) -> str:
     url = base_url.rstrip("/")
     if url.startswith("https://"):
@@ -78,13 +120,38 @@ class ServiceStream:
     name = "service"
     expects_ready = True  # the service greets a new connection with a ``ready`` event
     server_events: ClassVar[TypeAdapter]
+    # Calls that a new connection must be sent again if this one drops before the service answered
+    # them (see links.Link: STT's utterance in progress); empty: nothing is replayed.
+    journaled: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, base_url: str, api_key: str | None = None) -> None:
-        self.url = ws_url(base_url, "/ws", api_key)
+    def __init__(self, base_url: str | Replicas, api_key: str | None = None) -> None:
+        self.replicas = base_url if isinstance(base_url, Replicas) else Replicas(base_url)
+        self.api_key = api_key
+        self.base_url = self.replicas.urls[0]
+        self.url = ws_url(self.base_url, "/ws", api_key)
         self.ws: ClientConnection | None = None
         self.ready: dict = {}
 
+    def settles(self, event: Any) -> bool:
+        """Whether ``event`` answers the oldest journaled request (it need not be replayed any more)."""
+        return False
+
     async def connect(self) -> dict:
+        """Connect to the first replica that takes the connection (see :class:`Replicas`); its ``ready``."""
+        errors = []
+        for base in self.replicas.order():
+            self.base_url, self.url = base, ws_url(base, "/ws", self.api_key)
+            try:
+                ready = await self._connect_one()
+            except ServiceClosed as exc:
+                self.replicas.failed(base)
+                errors.append(exc.reason)
+                continue
+            self.replicas.succeeded(base)
+            return ready
+        raise ServiceClosed(self.name, "; ".join(errors) if len(errors) > 1 else errors[0])
+
+    async def _connect_one(self) -> dict:
         """Open the socket and wait for the service's ``ready``; returns its fields."""
         try:
             self.ws = await connect(self.url, open_timeout=OPEN_TIMEOUT_S, compression=None,
@@ -186,6 +253,12 @@ class SttStream(ServiceStream):
 
     name = "stt"
     server_events = stt.server_events
+    # An utterance lives only in the STT replica that heard it: if that one dies before its final,
+    # the audio (and the end) go again to the next one, so the user need not repeat themselves.
+    journaled = ("audio", "end")
+
+    def settles(self, event: Any) -> bool:
+        return isinstance(event, stt.Final)
 
     def __init__(self, base_url: str, api_key: str | None = None, **config: Any) -> None:
         super().__init__(base_url, api_key)

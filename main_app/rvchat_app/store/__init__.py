@@ -85,11 +85,13 @@ class Store:
         url = sa.make_url(self.url)
         if self.backend == "sqlite":
             db = url.database or ""
+            pool: dict[str, Any] = {}  # in memory: one shared connection already (StaticPool)
             if db and db != ":memory:":
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
-            # One connection (SQLite has one writer anyway), taken in call order: see _serial.
-            engine = create_async_engine(url, connect_args={"timeout": _SQLITE_BUSY_S}, pool_size=1,
-                                         max_overflow=0)
+                await asyncio.to_thread(_wal_mode, db)
+                # One connection (SQLite has one writer anyway), taken in call order: see _serial.
+                pool = {"pool_size": 1, "max_overflow": 0}
+            engine = create_async_engine(url, connect_args={"timeout": _SQLITE_BUSY_S}, **pool)
             sa.event.listen(engine.sync_engine, "connect", self._sqlite_pragmas)
         else:
             # pre_ping: a PostgreSQL server that restarted costs one reconnect, not a failed turn.
@@ -235,6 +237,27 @@ class Store:
             return
         async with self._begin() as conn:
             await conn.execute(sa.update(messages).where(messages.c.id == mid).values(**values))
+
+
+def _wal_mode(path: str, timeout_s: float = _SQLITE_BUSY_S) -> None:
+    """Put the file in WAL mode (it stays so) before any pooled connection opens it.
+
+    Switching needs the file to itself, and SQLite answers "database is locked" at once, without
+    waiting, when two processes opening a new file each hold a read lock and want that: retried here.
+    Once in WAL, the connections' own ``PRAGMA journal_mode = WAL`` takes no lock.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with sqlite3.connect(path, timeout=timeout_s) as db:
+                db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _upgrade(sync_conn: sa.Connection) -> None:
