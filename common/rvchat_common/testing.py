@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 import socket
 import subprocess
@@ -204,3 +205,44 @@ def long_flac(seconds: float, rate: int = 8000) -> bytes:
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
+
+
+# --- schemathesis (tests/test_fuzz.py, bench/fuzz.py) ---------------------------------------
+FUZZ_SEED = 42
+FUZZ_CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
+               "response_schema_conformance")
+FUZZ_REQUEST_TIMEOUT_S = 120  # a request unanswered this long counts as a hang
+
+
+def st_binary() -> str:
+    exe = Path(sys.executable).with_name("st")
+    return str(exe) if exe.exists() else (shutil.which("st") or "st")
+
+
+def run_schemathesis(url: str, max_examples: int, max_time_s: float, seed: int = FUZZ_SEED) -> dict:
+    """One schemathesis run against ``url``; its figures and the failures it found."""
+    report_dir = Path(tempfile.mkdtemp(prefix="schemathesis-"))
+    cmd = [st_binary(), "run", f"{url}/openapi.json", "--checks", FUZZ_CHECKS, "--seed", str(seed),
+           "--max-examples", str(max_examples), "--max-time", str(max_time_s), "--workers", "1",
+           "--request-timeout", str(FUZZ_REQUEST_TIMEOUT_S), "--report", "json",
+           "--report-dir", str(report_dir),
+           "--no-color"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max_time_s + 600)
+    reports = sorted(report_dir.glob("*.json"))
+    if not reports:
+        raise RuntimeError(f"schemathesis wrote no report:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+    report = json.loads(reports[-1].read_text())
+    cases = report["test_cases"]
+    return {
+        "exit_code": proc.returncode,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "generated": cases["generated"],
+        "with_failures": cases["with_failures"],
+        "unique_failures": cases["unique_failures"],
+        "errored": cases["errored"] + len(report.get("errors") or []),
+        "operations": report["operations"]["tested"],
+        "stop_reason": report.get("stop_reason"),
+        "failures": report.get("failures") or [],
+        "output_tail": proc.stdout[-4000:],
+    }
