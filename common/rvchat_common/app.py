@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError, error_body, install_error_handlers
+from .memory import return_freed_memory
 from .inference import InferenceQueue
 from .observability import Metrics, configure_logging, request_id_var
 from .ratelimit import RateLimiter
@@ -313,6 +314,7 @@ def build_app(
 ) -> FastAPI:
     """Create the service app. Routes are added by the caller with ``app.include_router``."""
     configure_logging(service, settings.log_level, settings.log_json)
+    return_freed_memory()
     metrics = Metrics(service)
     state: dict[str, Any] = {"loaded": engine is None, "load_error": None}
 
