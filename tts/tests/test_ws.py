@@ -66,9 +66,10 @@ async def test_deltas_in_sentence_audio_out_in_order(tts_service, whisper) -> No
         await ws.send(json.dumps({"type": "flush"}))
         events, frames, done = await collect_turn(ws)
     assert [e["index"] for e in events] == list(range(len(events)))
-    assert done["sentences"] == len(events) == 4
+    # The first segment ends after TTS_FIRST_SEGMENT_MAX_WORDS (5) words, so the voice starts sooner.
+    assert done["sentences"] == len(events) == 5
     assert [e["text"] for e in events] == [
-        "Sure, I can help with that right away.", "First, open the settings page.",
+        "Sure, I can help with", "that right away.", "First, open the settings page.",
         "Then pick a voice you like and press save.", "That's all there is to it!"]
     assert all(e["sample_rate"] == 22050 for e in events)
     audio = pcm_to_float(b"".join(frames))
@@ -76,19 +77,20 @@ async def test_deltas_in_sentence_audio_out_in_order(tts_service, whisper) -> No
     assert spoken_wer(REPLY, transcribe(whisper, audio, 22050)) <= 0.2
 
 
-async def test_first_chunk_is_a_clause_and_audio_starts_before_flush(tts_service) -> None:
+async def test_first_chunk_is_short_and_audio_starts_before_flush(tts_service) -> None:
     async with connect(f"{tts_service.ws_url}/ws", open_timeout=WAIT) as ws:
         await recv(ws)
         text = "Well, the short answer is probably yes, but it depends on the details"
         for tok in tokens(text):
             await ws.send(json.dumps({"type": "text", "text": tok}))
-        # No flush yet and no full stop: the clause before "but" is already complete.
+        # No flush yet and no full stop: the first five words are already a segment, then the clause
+        # before "but" (later segments are whole sentences or clauses).
         first = await recv(ws)
-        assert first["type"] == "audio" and first["text"] == "Well, the short answer is probably yes,"
+        assert first["type"] == "audio" and first["text"] == "Well, the short answer is"
         assert len(await recv(ws)) == first["bytes"]
         await ws.send(json.dumps({"type": "flush"}))
         events, _, done = await collect_turn(ws)
-        assert [e["text"] for e in events] == ["but it depends on the details"]
+        assert [e["text"] for e in events] == ["probably yes, but it depends on the details"]
         assert done["sentences"] == 2
 
 
