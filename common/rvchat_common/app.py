@@ -130,14 +130,18 @@ class EdgeMiddleware:
         self.routes = routes
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_exempt)
 
-    def _offered_key(self, scope: Scope) -> str | None:
+    def _offered_key(self, scope: Scope, cookie: bool = True) -> str | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         offered = headers.get("x-api-key")
         auth = headers.get("authorization", "")
+        if not offered and scope["type"] == "http" and scope.get("method") == "GET":
+            offered = _query_key(scope)
         if not offered and auth.lower().startswith("bearer "):
             offered = auth[7:].strip()
         if not offered and scope["type"] == "websocket":
-            offered = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key") or [None])[0]
+            offered = _query_key(scope)
+        if not offered and cookie:
+            offered = _cookie_key(headers.get("cookie", ""))
         return offered or None
 
     def _authorised(self, scope: Scope) -> bool:
@@ -150,12 +154,13 @@ class EdgeMiddleware:
     def _cross_site_refused(self, scope: Scope) -> bool:
         """A state-changing request or a WebSocket from another site's page, without the API key.
 
-        With an API key configured every request needs it anyway (a page of another site cannot
-        know it); without one, this is what keeps such a page from deleting the history.
+        A request that carries the API key itself (header or query, which another site's page
+        cannot know) may come from anywhere; the key as a cookie is not enough, since a browser
+        sends it from every page of the same site (another port of localhost).
         """
         if scope["type"] == "http" and scope["method"] in SAFE_METHODS:
             return False
-        if self.settings.api_key:
+        if self.settings.api_key and self._offered_key(scope, cookie=False):
             return False
         return is_cross_site(scope, self.settings.cors_origin_list)
 
@@ -205,6 +210,11 @@ class EdgeMiddleware:
         status = {"code": 500, "started": False}
         refused: list[Response] = []  # the limit the body broke, once it has
 
+        # A browser opening the page as /?api_key=KEY keeps the key as a cookie for its later requests
+        # and WebSockets (a page cannot add headers to those).
+        key = self.settings.api_key
+        cookie = _key_cookie(scope, key) if key and method == "GET" and _query_key(scope) == key else None
+
         async def send_wrapper(message: Message) -> None:
             if refused:
                 return  # the app's own answer to a body it could not read; ours goes out instead
@@ -213,6 +223,8 @@ class EdgeMiddleware:
                 status["started"] = True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
+                if cookie is not None:
+                    message["headers"].append((b"set-cookie", cookie))
             await send(message)
 
         limit = self.settings.max_upload_bytes
@@ -286,6 +298,28 @@ class EdgeMiddleware:
         mb = self.settings.max_upload_mb
         return APIError(413, f"request body is larger than the {mb:g} MiB limit", "too_large",
                         headers={"Connection": "close"} if close else None).response()
+
+
+KEY_COOKIE = "rvchat_api_key"
+
+
+def _query_key(scope: Scope) -> str | None:
+    return (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key") or [None])[0]
+
+
+def _cookie_key(cookie: str) -> str | None:
+    for part in cookie.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == KEY_COOKIE and value:
+            return value
+    return None
+
+
+def _key_cookie(scope: Scope, key: str) -> bytes:
+    """The key as a cookie the browser sends back only to this origin, never with another site's
+    request (SameSite=Strict) and never to page scripts (HttpOnly)."""
+    secure = "; Secure" if scope.get("scheme") == "https" else ""
+    return f"{KEY_COOKIE}={key}; Path=/; HttpOnly; SameSite=Strict{secure}".encode("latin-1")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -436,8 +470,8 @@ ERROR_SCHEMA = {
                        "code": {"type": ["string", "null"]}, "param": {"type": ["string", "null"]}},
     }},
 }
-_ERROR_RESPONSE = {"description": "An error, in the shared envelope (see the README's Errors)",
-                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
+_ERROR_RESPONSE = {"description": "An error, in the shared envelope (see the README's Errors)", "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
 
 
 def document_errors(app: FastAPI) -> None:

@@ -167,3 +167,21 @@ def test_a_stalled_body_is_cut_off_with_408(live_server):
     data, _ = _raw(live_server, b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
                    b"Connection: close\r\n\r\nabc")
     assert data.startswith(b"HTTP/1.1 200")  # a body that arrives is unaffected
+
+
+def test_a_page_opened_with_the_key_keeps_it_as_a_same_site_cookie():
+    with TestClient(make_app(api_key="s3cret")) as client:
+        assert client.get("/nowhere").status_code == 401
+        first = client.get("/nowhere?api_key=s3cret")  # e.g. http://host:3000/?api_key=KEY
+        assert first.status_code == 404  # authorised; there is just no such page
+        cookie = first.headers["set-cookie"]
+        assert "rvchat_api_key=s3cret" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        # The test client keeps the cookie, as a browser does: later requests and sockets carry it.
+        assert client.post("/items", json={"name": "a", "count": 1}).status_code == 200
+        with client.websocket_connect("/ws") as ws:
+            assert ws.receive_json()["type"] == "error"  # through to the demo socket
+        # ... but a page of another origin on the same site (whose requests carry it too) is refused.
+        r = client.post("/items", json={"name": "a", "count": 1}, headers={"Origin": "http://localhost:8080"})
+        assert r.status_code == 403
+        client.cookies.clear()
+        assert client.get("/nowhere?api_key=wrong").status_code == 401
