@@ -228,3 +228,24 @@ def test_trim_cuts_a_newest_message_too_long_for_the_context_instead_of_refusing
     with TestClient(create_app(Settings(), engine=eng)) as client:
         r = client.post("/generate", json={"messages": long, "trim": True, "max_tokens": 10})
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type":"generate","messages":[{"role":"user","content":"\\ud800 hi"}]}',
+    '{"type":"generate","messages":[{"role":"user","content":"hi"}],"max_tokens":1e400}',
+    '{"type":"generate","messages":[{"role":"user","content":"hi"}],"temperature":NaN}',
+])
+def test_websocket_odd_encodings_and_extreme_values_never_close_with_1011(frame):
+    eng, _ = engine([["ok"]])
+    with TestClient(create_app(Settings(), engine=eng)) as client:
+        with client.websocket_connect("/ws") as ws:
+            ws.send_text(frame)
+            ws.send_text('{"type":"generate","messages":[{"role":"user","content":"again"}]}')
+            events = []
+            while not events or events[-1]["type"] != "done":
+                events.append(ws.receive_json())
+            assert all(e["error"]["type"] != "server_error" for e in events if e["type"] == "error"), events
+    with TestClient(create_app(Settings(), engine=engine([["ok"]])[0])) as client:
+        r = client.post("/generate", content=b'{"messages":[{"role":"user","content":"\\ud800 hi"}]}',
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text  # the lone surrogate becomes U+FFFD, not a 400 or 500

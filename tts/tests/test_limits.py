@@ -104,3 +104,26 @@ def test_synthesis_whose_client_left_stops_and_frees_the_model(path, body):
         t0 = time.perf_counter()
         r = httpx.post(f"{server.url}/synthesize", json={"text": "Next.", "return_format": "pcm"}, timeout=30)
         assert r.status_code == 200 and time.perf_counter() - t0 < 2.0
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type":"config","speed":' + "9" * 400 + "}",
+    '{"type":"config","speed":1e400}',
+    '{"type":"config","speed":NaN}',
+    '{"type":"text","text":"\\ud800 hi. "}',
+])
+def test_websocket_extreme_values_are_an_error_event_not_1011(frame):
+    with TestClient(app()) as client:
+        with client.websocket_connect("/ws") as ws:
+            assert ws.receive_json()["type"] == "ready"
+            ws.send_text(frame)
+            ws.send_text(json.dumps({"type": "text", "text": "Still here."}))
+            ws.send_text(json.dumps({"type": "flush"}))
+            events = []
+            while not events or events[-1]["type"] != "done":
+                msg = ws.receive()
+                if msg.get("text") is None and msg.get("bytes") is None:
+                    raise AssertionError(f"closed: {msg}")
+                if msg.get("text") is not None:
+                    events.append(json.loads(msg["text"]))
+            assert all(e["error"]["type"] != "server_error" for e in events if e["type"] == "error")
