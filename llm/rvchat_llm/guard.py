@@ -31,7 +31,7 @@ _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 # A sentence ends at . ! ? … (with closing quotes/brackets) followed by whitespace, or at a line break.
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|\n+")
 _LIST_NUMBER = re.compile(r"\s*\d{1,2}[.)]")
-_ENDS_SENTENCE = re.compile(r"[.!?…][\"'”’)\]]*\s*$")
+_ENDS_SENTENCE = re.compile(r"([.!?…][\"'”’)\]]*\s*|\n\s*)$")
 _CLAUSE_END = re.compile(r"[,;:](?=\s)|\s[-–—](?=\s)")
 _RUN = re.compile(r"([^\s\d])\1{7,}")  # "!!!!!!!!", "........", "hhhhhhhh"; not 100000000
 _LONG_WORD = 40  # no English word is this long; a "word" that is means the model is spewing
@@ -143,8 +143,10 @@ def sentence_spans(text: str, final: bool = True) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     start = 0
     for m in _SENTENCE_END.finditer(text):
-        if _LIST_NUMBER.fullmatch(text[start:m.end()]):
+        if _LIST_NUMBER.fullmatch(text[text.rfind("\n", 0, m.start()) + 1:m.end()]):
             continue  # "2." opening a list item is not a sentence of its own
+        if m.group().startswith("\n") and text[:m.start()].rstrip().endswith(":"):
+            continue  # "Boil an egg:" followed by a list is not a sentence of its own either
         if text[start:m.end()].strip():
             out.append((start, m.end()))
         start = m.end()
@@ -191,8 +193,9 @@ class StreamGuard:
     """
 
     def __init__(self, language: str | None = "en", first_clause_words: int = 4, judge_words: int = 4,
-                 max_hold_chars: int = 300) -> None:
+                 max_hold_chars: int = 300, max_sentences: int = 0) -> None:
         self.language = (language or "").lower() or None
+        self.max_sentences = max_sentences
         self.first_clause_words = first_clause_words
         self.judge_words = judge_words
         self.max_hold_chars = max_hold_chars
@@ -204,8 +207,14 @@ class StreamGuard:
     def released_text(self) -> str:
         return self.text[:self.released]
 
+    @property
+    def complete(self) -> bool:
+        """The reply has its ``max_sentences`` whole sentences: the caller should stop generating."""
+        return self.released > 0 and _ENDS_SENTENCE.search(self.released_text) is not None \
+            and self.complete_at(self.released)
+
     def feed(self, delta: str) -> str:
-        if self.problem is not None or not delta:
+        if self.problem is not None or self.complete or not delta:
             return ""
         self.text += delta
         return self._advance(final=False)
@@ -214,7 +223,7 @@ class StreamGuard:
         """The end of the stream. ``truncated``: it was cut by the token limit, so an unfinished
         last sentence is dropped when what was released ends a sentence (a voice should not stop
         mid-sentence); otherwise it is all there is, and goes out."""
-        if self.problem is not None:
+        if self.problem is not None or self.complete:
             return ""
         out = self._advance(final=not truncated)
         if self.problem is not None or self.released >= len(self.text.rstrip()):
@@ -261,7 +270,13 @@ class StreamGuard:
                 return False
         return True
 
+    def complete_at(self, end: int) -> bool:
+        """``text[:end]`` holds ``max_sentences`` sentences (never, with no limit)."""
+        return bool(self.max_sentences) and len(sentence_spans(self.text[:end])) >= self.max_sentences
+
     def _advance(self, final: bool) -> str:
+        if self.complete:
+            return ""
         bad: list[tuple[int, str]] = []
         repeat = first_repeat(self.text, final)
         if repeat is not None:
@@ -284,9 +299,11 @@ class StreamGuard:
             for end, clause in self._boundaries(final):
                 if self._releasable(target, end, clause):
                     target = end
+                    if not clause and self.complete_at(end):
+                        break  # enough said
                 elif not clause:
                     break  # a clause that may not go out early still goes out with its sentence
-            if final and self.text[target:].strip():
+            if final and self.text[target:].strip() and not self.complete_at(target):
                 # The stream ended and its rest may not go out: a sentence read as another language
                 # on its own though not with the short ones around it.
                 self.problem = "language"

@@ -256,3 +256,46 @@ def test_provider_sends_one_delta_per_token():
     p._reply([1], {"temperature": 0.0, "repeat_penalty": 1.0}, threading.Event(),
              lambda item: said.append(item.content) if isinstance(item, Delta) else None)
     assert said == tokens("The capital of France is Paris.")
+
+
+def test_max_sentences_ends_the_reply():
+    guard = StreamGuard("en", max_sentences=2)
+    out = ""
+    toks = tokens("The sky is blue. Light scatters in the air. Blue light scatters most. So the sky is blue.")
+    for read, tok in enumerate(toks, 1):
+        out += guard.feed(tok)
+        if guard.complete:
+            break
+    assert out == "The sky is blue. Light scatters in the air." and guard.problem is None
+    assert read < len(toks) and guard.finish() == ""
+
+
+def test_provider_stops_generating_after_max_sentences():
+    p, llama = provider("One. Two. Three. Four.", max_sentences=2)
+    consumed = []
+    create = llama.create_completion
+
+    def counting(prompt, stream=True, **params):
+        for chunk in create(prompt, stream=stream, **params):
+            consumed.append(chunk)
+            yield chunk
+
+    llama.create_completion = counting  # type: ignore[method-assign]
+    text, finish, extra = reply(p)
+    assert text == "One. Two." and finish == "stop" and extra == {}
+    assert len(consumed) < len(tokens("One. Two. Three. Four."))  # generation stopped, not filtered
+
+
+def test_a_list_is_judged_by_its_items():
+    # "Boil an egg:" introduces the list (not a sentence to keep alone), "1." opens an item.
+    from rvchat_llm.guard import sentence_spans
+    text = "Boil an egg:\n1. Put it in water.\n2. Boil it for ten minutes.\n3. Cool it."
+    spans = [text[a:b].strip() for a, b in sentence_spans(text)]
+    assert spans == ["Boil an egg:\n1. Put it in water.", "2. Boil it for ten minutes.", "3. Cool it."]
+    guard = StreamGuard("en", max_sentences=2)
+    out = ""
+    for tok in tokens("1. Boil water\n2. Pour it into a kettle\n3. Add tea leaves\n"):
+        out += guard.feed(tok)
+        if guard.complete:
+            break
+    assert out == "1. Boil water\n2. Pour it into a kettle\n"
