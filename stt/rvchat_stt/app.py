@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None, engine: SttEngine | None = None
     app = build_app(service="stt", settings=settings, engine=engine,
                     title="rvchat STT (faster-whisper)")
     app.state.queue = InferenceQueue(settings.max_queue)
+    app.state.streams = 0
     app.include_router(router)
     app.include_router(ws_router)
     return app

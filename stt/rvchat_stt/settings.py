@@ -82,3 +82,6 @@ class Settings(ServiceSettings):
     stream_idle_timeout_s: float = Field(
         300.0, description="Close a WebSocket that sends nothing for this long."
     )
+    max_streams: int = Field(
+        64, ge=1, description="Concurrent /ws streams allowed (each buffers up to stream_max_seconds of "
+        "audio, ~1 MB); more are refused with close code 1013 (try again later), as VAD and TTS do.")

@@ -233,4 +233,10 @@ async def transcribe_ws(ws: WebSocket) -> None:
     sock = EventSocket(ws, stt.client_events, Limits(idle_timeout_s=settings.stream_idle_timeout_s))
     if not is_ready(app):
         return await sock.refuse("model_loading", "model is still loading; retry shortly")
-    await SttSession(sock, app.state.engine, app.state.queue, settings, app.state.metrics).run()
+    if app.state.streams >= settings.max_streams:
+        return await sock.refuse("too_many_streams", "too many concurrent streams; retry shortly")
+    app.state.streams += 1
+    try:
+        await SttSession(sock, app.state.engine, app.state.queue, settings, app.state.metrics).run()
+    finally:
+        app.state.streams -= 1

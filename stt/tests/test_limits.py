@@ -72,3 +72,19 @@ def test_a_transcription_whose_client_left_stops_and_frees_the_model():
         t0 = time.perf_counter()
         r = httpx.post(f"{server.url}/transcribe", content=pcm, headers=headers, timeout=30)
         assert r.status_code == 200 and time.perf_counter() - t0 < 2.0
+
+
+def test_streams_beyond_max_streams_are_refused_with_1013():
+    import pytest
+    from starlette.websockets import WebSocketDisconnect
+
+    with TestClient(app(max_streams=1)) as client:
+        with client.websocket_connect("/ws") as first:
+            assert first.receive_json()["type"] == "ready"
+            with pytest.raises(WebSocketDisconnect) as closed:
+                with client.websocket_connect("/ws") as second:
+                    assert second.receive_json()["error"]["code"] == "too_many_streams"
+                    second.receive_json()
+            assert closed.value.code == 1013
+        with client.websocket_connect("/ws") as again:  # the place is free once the first has gone
+            assert again.receive_json()["type"] == "ready"
