@@ -57,7 +57,8 @@ async def test_queue_depth_running_and_waits_are_on_metrics():
     release.set()
     await asyncio.gather(first, second)
     samples = {s.name: s.value for m in queue.collect() for s in m.samples}
-    assert samples["inference_queue_wait_seconds_count"] == 2 and samples["inference_queue_wait_seconds_sum"] >= 0.04
+    assert samples["inference_queue_wait_seconds_count"] == 2
+    assert samples["inference_queue_wait_seconds_sum"] >= 0.04
     assert not queue.busy
 
 

@@ -12,12 +12,12 @@ import httpx
 import pytest
 import websockets
 
-from rvchat_app.app import ReplicaStatusMonitor
-from rvchat_app.clients import Replicas, SttStream, TtsStream
+from rvchat_app.clients import Replicas, SttStream
 from rvchat_app.session import Session
 from rvchat_app.settings import Settings
 from rvchat_app.store import Store
-from rvchat_app.testing import FakeHub, FakeStt, ScriptedUser, app_env, events_of, load_pcm16, until, voice_turn
+from rvchat_app.testing import (FakeHub, FakeStt, ScriptedUser, app_env, events_of, load_pcm16, until,
+                               voice_turn)
 from rvchat_common.protocol import stt, vad
 from rvchat_common.testing import ServiceProcess, free_port, speech_sample, wer
 
@@ -75,7 +75,8 @@ async def start_session(store: Store, hub: FakeHub) -> tuple[Session, Page]:
     factories = hub.factories()
     factories["stt"] = lambda: JournaledStt(hub)
     page = Page()
-    session = Session(send=page.send, store=store, settings=Settings(db_path=":memory:", speculative_silence_ms=0),
+    settings = Settings(db_path=":memory:", speculative_silence_ms=0)
+    session = Session(send=page.send, store=store, settings=settings,
                       factories=factories)
     await session.start()
     for name in ("vad", "stt", "llm", "tts"):
@@ -159,7 +160,8 @@ def ws_opened(proc: ServiceProcess) -> int:
     """WebSocket sessions a service has accepted so far (its own /metrics)."""
     text = httpx.get(f"{proc.url}/metrics", timeout=5).text
     # Summed over the path label (a service has one WebSocket route).
-    return int(sum(float(v) for v in re.findall(r'^websocket_sessions_total\{[^}]*\} ([0-9.]+)$', text, re.M)))
+    counts = re.findall(r'^websocket_sessions_total\{[^}]*\} ([0-9.]+)$', text, re.M)
+    return int(sum(float(v) for v in counts))
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +216,8 @@ async def test_sessions_spread_over_replicas_and_survive_one_being_stopped(repli
         stt_of_first = stts[0] if mid[0] > before[0] else stts[1]
         tts_of_first = ttss[0] if mid[2] > before[2] else ttss[1]
         status = httpx.get(f"{app.url}/api/status", timeout=10).json()
-        assert status["services"]["stt"]["ready_replicas"] == 2 and len(status["services"]["tts"]["replicas"]) == 2
+        assert status["services"]["stt"]["ready_replicas"] == 2
+        assert len(status["services"]["tts"]["replicas"]) == 2
 
         # The first session's STT replica is killed while the user is mid-sentence.
         async def kill_soon() -> None:
