@@ -60,3 +60,18 @@ def test_dockerfiles_run_as_non_root_with_healthcheck(service):
         if line.startswith("COPY ") and "--from" not in line:
             src = line.split()[1]
             assert (REPO / src).exists(), f"{service}/Dockerfile copies missing {src}"
+
+
+def test_replicas_profile_runs_a_second_stt_and_tts_behind_main_app():
+    exe = shutil.which("docker-compose")
+    out = subprocess.run([exe, "-f", "docker-compose.yml", "--profile", "replicas", "config"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    services = yaml.safe_load(out.stdout)["services"]
+    env = services["main_app"]["environment"]
+    for name, port in (("stt", 3002), ("tts", 3003)):
+        first, second = services[name], services[f"{name}-2"]
+        # Same image and settings; only the first is published on the host (main_app uses both).
+        assert second["build"] == first["build"] and second["healthcheck"] == first["healthcheck"]
+        assert not second.get("ports")
+        assert env[f"APP_{name.upper()}_URL"].split(",") == [f"http://{name}:{port}", f"http://{name}-2:{port}"]
