@@ -388,6 +388,10 @@ def build_app(
     metrics.registry.register(_QueueCollector(app))
     install_error_handlers(app)
 
+    @app.exception_handler(_Refused)
+    async def _refused(_: Request, exc: _Refused) -> Response:
+        return exc.response  # a body that broke a limit mid-read: answered by the edge, not a 500 to log
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict:
         """Liveness: 200 while the process serves requests."""
