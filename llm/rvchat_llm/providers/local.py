@@ -25,6 +25,7 @@ from rvchat_common.models import gguf_model
 from ..guard import HeldPieces, StreamGuard
 from ..settings import Settings
 from .base import ChatOptions, Delta, Final, StreamItem, UpstreamError
+from .interrupt import Interrupter
 
 log = logging.getLogger("rvchat.llm.local")
 
@@ -74,6 +75,7 @@ class LocalProvider:
         self._formatter = Jinja2ChatFormatter(template=template or CHATML, eos_token=eos,
                                               bos_token=bos, stop_token_ids=[eos_id])
         self._llm = llm
+        self._interrupt = Interrupter(llm)  # a stop flag also ends prompt evaluation and held-back text
         # One token now so the first user request does not pay for lazy allocations.
         llm.create_completion(self._tokens([{"role": "user", "content": "Hi"}]), max_tokens=1,
                               temperature=0.0)
@@ -151,7 +153,7 @@ class LocalProvider:
         s = self.settings
         llm = self._llm
         assert llm is not None
-        with self.queue.thread_lock:
+        with self.queue.thread_lock, self._interrupt.watching(stop):
             try:
                 prompt = self._tokens(messages)
                 room = s.n_ctx - len(prompt)
