@@ -228,7 +228,8 @@ def run_schemathesis(url: str, max_examples: int, max_time_s: float, seed: int =
            "--report-dir", str(report_dir),
            "--no-color"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max_time_s + 600)
+    # cwd: schemathesis keeps a .schemathesis/ folder wherever it runs, not in the checkout.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max_time_s + 600, cwd=report_dir)
     reports = sorted(report_dir.glob("*.json"))
     if not reports:
         raise RuntimeError(f"schemathesis wrote no report:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
