@@ -85,7 +85,9 @@ class Session:
 
     async def close(self) -> None:
         self._closed = True
-        if self.reply is not None and not self.reply.ended:
+        reply = self.reply
+        if reply is not None and (not reply.ended or reply.playout.playing(time.perf_counter())):
+            # The page is gone: what it had not played yet was not heard.
             await self._interrupt(reason="session closed", notify=False)
         for task in list(self._tasks):
             task.cancel()

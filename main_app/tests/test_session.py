@@ -446,3 +446,17 @@ async def test_unfinished_words_hold_the_turn_longer(store):
         assert 240 <= lat["commit_ms"] < 350
     finally:
         await session.close()
+
+
+async def test_a_page_that_leaves_while_the_finished_reply_still_plays_keeps_only_what_it_heard(store):
+    hub = FakeHub(reply="First sentence here. Second sentence is a longer one. Third one.", token_delay=0.001,
+                  ms_per_word=400)
+    session, page = await make(store, hub)
+    await session.on_text_event({"type": "text", "text": "tell me"})
+    await page.wait("reply_end")  # all of it generated and sent; about 4 s of it still to play
+    await session.close()
+    conv = await store.get_conversation(session.conversation_id)
+    assistant = [m for m in conv["messages"] if m["role"] == "assistant"]
+    assert len(assistant) == 1 and assistant[0]["interrupted"] is True
+    assert assistant[0]["content"] != hub.reply and hub.reply.startswith(assistant[0]["content"])
+    assert assistant[0]["meta"]["reason"] == "session closed"

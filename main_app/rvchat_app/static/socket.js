@@ -16,6 +16,8 @@
  */
 
 const MAX_RETRY_MS = 10000;
+const TRY_AGAIN_LATER = 1013;  // the server is busy (or draining): back off at least this long
+const BUSY_RETRY_MS = 5000;
 
 export class Socket {
   /** @param {SocketHooks} hooks */
@@ -35,12 +37,12 @@ export class Socket {
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     this.pendingAudio = null;
-    ws.onopen = () => {
-      this.retries = 0;
-      this.hooks.onOpen();
-    };
-    ws.onclose = () => {
-      const delay = Math.min(MAX_RETRY_MS, 500 * 2 ** this.retries++);
+    ws.onopen = () => this.hooks.onOpen();
+    ws.onclose = (e) => {
+      // The backoff grows until a session really started (hello): a server that accepts the socket and
+      // then turns it away (busy: 1013) must not be retried every half second.
+      let delay = Math.min(MAX_RETRY_MS, 500 * 2 ** this.retries++);
+      if (e.code === TRY_AGAIN_LATER) delay = Math.max(delay, BUSY_RETRY_MS);
       this.hooks.onClose(delay);
       setTimeout(() => this.connect(), delay);
     };
@@ -54,6 +56,7 @@ export class Socket {
       let ev;
       try { ev = JSON.parse(e.data); } catch { return; }
       if (ev.type === "audio") this.pendingAudio = ev;
+      if (ev.type === "hello") this.retries = 0;
       this.hooks.onEvent(ev);
     };
   }
