@@ -239,6 +239,8 @@ class Reply:
     task: asyncio.Task | None = None
     cancelled: list[str] = field(default_factory=list)  # upstream work cancelled by an interruption
     committed: asyncio.Event = field(default_factory=asyncio.Event)
+    commit_at: float = 0.0  # a speculative reply: when the turn-end silence will have passed
+    suspended: bool = False  # a speculative reply held back while the user (or a noise) sounds again
     save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # the reply's row is written in order
     saved_at: float = 0.0
 

@@ -205,14 +205,25 @@ class Session:
 
     def speculating(self) -> bool:
         reply = self.reply
-        return reply is not None and reply.phase is Phase.SPECULATIVE
+        return reply is not None and reply.phase is Phase.SPECULATIVE and not reply.suspended
 
     async def on_user_resumed(self) -> None:
         if self.reply is not None and self.reply.phase is Phase.SPECULATIVE:
-            await self._drop_speculation(self.reply)
+            self._suspend(self.reply)
 
     async def on_end_of_turn(self, text: str, timings: dict[str, float], commit_at: float | None,
                              replaces: int | None) -> None:
+        reply = self.reply
+        if reply is not None and reply.phase is Phase.SPECULATIVE and reply.suspended:
+            if text == reply.user_text:
+                # What sounded again had no words (a breath, a click, a cough): the reply prepared for
+                # the words before it is still the answer. It goes out once its turn-end silence is over.
+                reply.suspended = False
+                log.info("turn %s: speculative reply resumed (no words after the pause)", reply.id)
+                self._spawn(self._commit_after(reply, reply.commit_at - time.perf_counter()), f"commit-{reply.id}")
+                await self._sync_state()
+                return
+            await self._drop_speculation(reply, carry=False)  # its words are in this turn's text
         await self._start_reply(text, source="voice", timings=timings, commit_at=commit_at, replaces=replaces)
 
     # ----------------------------------------------------------------- page events
@@ -278,6 +289,9 @@ class Session:
     async def _start_reply(self, text: str, *, source: str, timings: dict[str, float],
                            voice: bool | None = None, commit_at: float | None = None,
                            replaces: int | None = None) -> None:
+        old = self.reply
+        if old is not None and old.phase is Phase.SPECULATIVE:
+            await self._drop_speculation(old, carry=False)
         cid, created = await self.history.ensure()
         if created:
             await self.send(page.ConversationCreated(id=cid))
@@ -301,6 +315,7 @@ class Session:
         delay = (commit_at - time.perf_counter()) if commit_at is not None else 0.0
         if delay > 0:
             reply.phase = Phase.SPECULATIVE
+            reply.commit_at = commit_at or 0.0
             playout.hold()
             self._spawn(self._commit_after(reply, delay), f"commit-{turn}")
         else:
@@ -332,8 +347,8 @@ class Session:
                 reply.saved_at = time.perf_counter()
 
     async def _commit_after(self, reply: Reply, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self.reply is not reply or reply.phase is not Phase.SPECULATIVE:
+        await asyncio.sleep(max(0.0, delay))
+        if self.reply is not reply or reply.phase is not Phase.SPECULATIVE or reply.suspended:
             return
         reply.t["commit"] = time.perf_counter()
         reply.phase = Phase.COMMITTED
@@ -410,16 +425,30 @@ class Session:
             self._sync_state_at(playout.drained_at())  # speaking until the page has played it all
         await self._sync_state()
 
-    async def _drop_speculation(self, reply: Reply) -> None:
-        """Drop a reply started on a short pause that turned out not to end the turn; nothing reached the page."""
+    def _suspend(self, reply: Reply) -> None:
+        """Speech again during a speculative reply: hold it back (not dropped yet) until the words are in.
+
+        If what sounded had words, the utterance goes on and the reply is dropped then; if it was a
+        breath or a click, the reply goes out after all instead of being made again from scratch."""
+        if reply.suspended:
+            return
+        reply.suspended = True
+        # What the user says next may be the rest of this utterance.
+        self.detector.carry_over(reply.user_text, reply.user_message_id)
+        log.info("turn %s: speculative reply held back (speech again)", reply.id)
+
+    async def _drop_speculation(self, reply: Reply, carry: bool = True) -> None:
+        """Drop a reply started on a short pause that turned out not to end the turn; nothing reached the page.
+
+        ``carry``: what the user says next is the rest of this utterance (not when its words are in already)."""
         reply.phase = Phase.INTERRUPTED
         if reply.task is not None and reply.task is not asyncio.current_task():
             reply.task.cancel()
         if reply.stream is not None:
             await reply.stream.cancel()
-        # What the user says next is the rest of this utterance.
-        self.detector.carry_over(reply.user_text, reply.user_message_id)
-        log.info("turn %s: speculative reply dropped (user resumed speaking)", reply.id)
+        if carry:
+            self.detector.carry_over(reply.user_text, reply.user_message_id)
+        log.info("turn %s: speculative reply dropped (the user went on)", reply.id)
 
     async def _interrupt(self, reason: str, notify: bool = True) -> None:
         """Barge-in: stop playback now, cancel upstream work, keep only what was heard."""
@@ -427,9 +456,11 @@ class Session:
         if reply is None or reply.phase is Phase.INTERRUPTED:
             return
         if reply.phase is Phase.SPECULATIVE:
+            if reason == "barge-in":  # the user's speech decides, once its words are in
+                self._suspend(reply)
+                return
             await self._drop_speculation(reply)
-            if reason != "barge-in":
-                await self._sync_state()
+            await self._sync_state()
             return
         now = time.perf_counter()
         if reply.ended and not reply.playout.playing(now):

@@ -460,3 +460,22 @@ async def test_a_page_that_leaves_while_the_finished_reply_still_plays_keeps_onl
     assert len(assistant) == 1 and assistant[0]["interrupted"] is True
     assert assistant[0]["content"] != hub.reply and hub.reply.startswith(assistant[0]["content"])
     assert assistant[0]["meta"]["reason"] == "session closed"
+
+
+async def test_a_noise_after_the_pause_does_not_throw_the_prepared_reply_away(store):
+    hub = FakeHub(token_delay=0.001)
+    session, page = await make(store, hub, speculative_silence_ms=150, vad_min_silence_ms=400)
+    try:
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0, text="What time is it?")
+        await until(lambda: hub.last("llm").calls("generate"))
+        # A breath the VAD takes for speech, with no words in it: the reply prepared for the question
+        # is held back, then goes out as it was; it is not made again.
+        await user.says(start=1.2, end=1.45, text="")
+        end = await page.wait("reply_end", timeout=5)
+        assert end["text"] == hub.reply
+        assert len(hub.last("llm").calls("generate")) == 1
+        assert [e["text"] for e in page.of("transcript")] == ["What time is it?"]
+        assert not page.of("interrupted") and not page.of("stop_playback")
+    finally:
+        await session.close()
