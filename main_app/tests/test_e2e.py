@@ -40,6 +40,10 @@ async def test_speech_in_streamed_reply_out(app_service):
     ws = await open_session(app_service)
     try:
         result = await voice_turn(ws, load_pcm16(speech_sample(CLIP)), pad_s=1.0)
+        # The turn is in the history while the page is still there (a page that leaves before the
+        # audio has played keeps only what it heard: test_session covers that).
+        cid = events_of(result, "conversation_created")[0]["id"]
+        conv = httpx.get(f"{app_service.url}/api/conversations/{cid}").json()
     finally:
         await ws.close()
     transcript = events_of(result, "transcript")
@@ -59,9 +63,7 @@ async def test_speech_in_streamed_reply_out(app_service):
     lat = events_of(result, "latency")[0]
     assert {"endpoint_ms", "stt_ms", "llm_first_token_ms", "tts_first_audio_ms", "total_ms"} <= set(lat)
     assert "latency_s" in result
-    # The turn is in the history, with its latency.
-    cid = events_of(result, "conversation_created")[0]["id"]
-    conv = httpx.get(f"{app_service.url}/api/conversations/{cid}").json()
+    # The turn is in the history.
     assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
     assert conv["messages"][1]["content"] == reply["text"]
     metrics = httpx.get(f"{app_service.url}/metrics").text
@@ -72,10 +74,13 @@ async def test_speech_in_streamed_reply_out(app_service):
 def long_reply_app(services, tmp_path_factory):
     """An app whose replies run long (no sentence cap), so a barge-in always finds LLM/TTS work in
     flight to cancel, however fast this machine writes and speaks the reply."""
-    env = app_env(services, tmp_path_factory.mktemp("long") / "rvchat.sqlite3",
-                  APP_MAX_REPLY_SENTENCES="0", APP_MAX_TOKENS="400")
-    with ServiceProcess("rvchat_app", "APP_", env) as proc:
-        yield proc
+    # Its own LLM service: the shared one stops the embedded model after two sentences (LLM_MAX_SENTENCES).
+    with ServiceProcess("rvchat_llm", "LLM_", {"LLM_PROVIDER": "local", "LLM_MAX_SENTENCES": "0"}) as llm:
+        env = app_env({**services, "llm": llm}, tmp_path_factory.mktemp("long") / "rvchat.sqlite3",
+                      APP_MAX_REPLY_SENTENCES="0", APP_MAX_TOKENS="400",
+                      APP_SYSTEM_PROMPT="You are a storyteller. Tell long, detailed stories of many paragraphs.")
+        with ServiceProcess("rvchat_app", "APP_", env) as proc:
+            yield proc
 
 
 async def test_barge_in_stops_the_reply_and_cancels_upstream(long_reply_app):
