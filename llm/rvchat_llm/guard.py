@@ -4,9 +4,10 @@ Why: the embedded SmolLM2-135M sometimes falls into a loop ("I'm sorry, but I'm 
 food." four times over) or answers in French ("La femme de France, mon ami, mon ami, ...") - issue 15.
 A voice assistant must never speak either, and must not go silent instead.
 
-How it streams: text is released in the units the TTS speaks - the first clause once it has
-``first_clause_words`` words (as ``rvchat_common.text.SentenceSplitter`` cuts it), then whole
-sentences - each only once it is complete and judged: no repeated word trigram, no repeated
+How it streams: text is released in the units the TTS speaks - a first segment that ends at a clause
+mark after ``first_clause_words`` words or after ``first_max_words`` words at the latest (as
+``rvchat_common.sentences.SentenceSplitter`` cuts it with the TTS defaults), then whole sentences -
+each only once it is complete and judged: no repeated word trigram, no repeated
 sentence, no degenerate run, and (with a reply language) in that language. The TTS cannot speak a
 unit before it is complete anyway, so the hold costs the voice no time; in exchange a cut always
 falls where a spoken unit ends, and while nothing is released the reply can still be replaced
@@ -193,8 +194,12 @@ class StreamGuard:
     """
 
     def __init__(self, language: str | None = "en", first_clause_words: int = 4, judge_words: int = 4,
-                 max_hold_chars: int = 300, max_sentences: int = 0) -> None:
+                 max_hold_chars: int = 300, max_sentences: int = 0, first_max_words: int = 5) -> None:
         self.language = (language or "").lower() or None
+        # The TTS's TTS_FIRST_SEGMENT_MAX_WORDS default: its first audio starts after five words
+        # (voice-to-voice median 543 ms against 652-702 ms waiting for the sentence), so the guard
+        # must not hold them longer.
+        self.first_max_words = first_max_words
         self.max_sentences = max_sentences
         self.first_clause_words = first_clause_words
         self.judge_words = judge_words
@@ -239,8 +244,8 @@ class StreamGuard:
         return foreign_start(self.text, self.judge_words, final)
 
     def _boundaries(self, final: bool) -> list[tuple[int, bool]]:
-        """Ends of the units that may be released, each with whether it ends only a clause: the
-        first clause, then whole sentences (and a cut in an overlong one)."""
+        """Ends of the units that may be released, each with whether it ends only part of a
+        sentence: the first clause or five words, then whole sentences (and a cut in an overlong one)."""
         ends = [(end, False) for _, end in sentence_spans(self.text, final)]
         if self.released == 0 and self.first_clause_words:
             first_end = ends[0][0] if ends else len(self.text)
@@ -248,6 +253,10 @@ class StreamGuard:
                 if len(words(self.text[:m.start()])) >= self.first_clause_words:
                     ends.append((m.end(), True))
                     break
+            if self.first_max_words:
+                spans = list(re.finditer(r"\S+", self.text[:first_end]))
+                if len(spans) > self.first_max_words:  # the next word has begun: the fifth is whole
+                    ends.append((spans[self.first_max_words - 1].end(), True))
         pending = len(self.text) - self.released
         if pending > self.max_hold_chars:
             # A unit with no boundary for this long: let it out at its last space, as the TTS would.
@@ -295,6 +304,12 @@ class StreamGuard:
             # After a problem only whole sentences before it are kept, never a dangling clause.
             ends = [e for _, e in sentence_spans(self.text, final=False) if e <= limit]
             target = max([e for e in ends if e > self.released], default=self.released)
+            if target == self.released and self.released and not _ENDS_SENTENCE.search(self.released_text):
+                # Part of the first sentence is out already (its first five words): finish it as far
+                # as it goes well, to its last clause mark before the problem, rather than mid-phrase.
+                marks = [m.end() for m in _CLAUSE_END.finditer(self.text, self.released, limit)]
+                if marks and english_verdict(self.text[self.released:marks[-1]], self.judge_words) is not False:
+                    target = marks[-1]
         elif final or len(words(self.text)) >= self.judge_words:
             for end, clause in self._boundaries(final):
                 if self._releasable(target, end, clause):

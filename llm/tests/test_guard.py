@@ -102,9 +102,20 @@ def test_a_good_reply_goes_out_whole_and_unchanged():
     assert problem is None and "".join(out) == text
 
 
+def test_the_first_five_words_go_out_before_their_sentence_ends():
+    # As the TTS speaks the first five words at once (TTS_FIRST_SEGMENT_MAX_WORDS), so does the guard.
+    guard = StreamGuard("en")
+    released = ""
+    for tok in tokens("The largest planet in our solar system is Jupiter."):
+        released += guard.feed(tok)
+        if tok == " solar":
+            assert released == "The largest planet in our"
+    assert released + guard.finish() == "The largest planet in our solar system is Jupiter."
+
+
 def test_the_first_clause_goes_out_before_its_sentence_ends():
     # As the TTS speaks a first clause of 4+ words at once, the guard lets it out at once.
-    guard = StreamGuard("en")
+    guard = StreamGuard("en", first_max_words=0)
     released = ""
     for tok in tokens("The capital of France, as you may know, is Paris."):
         released += guard.feed(tok)
@@ -130,6 +141,15 @@ def test_french_is_held_back_and_stopped_before_anything_is_said():
 def test_english_then_french_keeps_the_english_sentence():
     out, problem, _ = run("The capital of France is Paris. La ville est très belle et je l'aime beaucoup.")
     assert problem == "language" and "".join(out) == "The capital of France is Paris."
+
+
+def test_a_loop_after_the_first_five_words_ends_at_a_clause():
+    # SmolLM2's answer to "How do I boil an egg?": the loop ("minutes for a" twice) comes after the
+    # first five words went out; the reply ends at the clause before it, not at "Boil".
+    text = ("Boil an egg:\n1. Boil the egg until it's fully cooked, usually around 20 minutes for a large egg "
+            "or 30 minutes for a small one.")
+    out, problem, _ = run(text)
+    assert problem == "loop" and "".join(out) == "Boil an egg:\n1. Boil the egg until it's fully cooked,"
 
 
 def test_a_repeated_short_sentence_keeps_the_first():
