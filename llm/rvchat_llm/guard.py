@@ -308,7 +308,8 @@ class StreamGuard:
                 # Part of the first sentence is out already (its first five words): finish it as far
                 # as it goes well, to its last clause mark before the problem, rather than mid-phrase.
                 marks = [m.end() for m in _CLAUSE_END.finditer(self.text, self.released, limit)]
-                if marks and english_verdict(self.text[self.released:marks[-1]], self.judge_words) is not False:
+                if marks and english_verdict(self.text[self.released:marks[-1]],
+                                             self.judge_words) is not False:
                     target = marks[-1]
         elif final or len(words(self.text)) >= self.judge_words:
             for end, clause in self._boundaries(final):

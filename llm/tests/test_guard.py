@@ -146,8 +146,8 @@ def test_english_then_french_keeps_the_english_sentence():
 def test_a_loop_after_the_first_five_words_ends_at_a_clause():
     # SmolLM2's answer to "How do I boil an egg?": the loop ("minutes for a" twice) comes after the
     # first five words went out; the reply ends at the clause before it, not at "Boil".
-    text = ("Boil an egg:\n1. Boil the egg until it's fully cooked, usually around 20 minutes for a large egg "
-            "or 30 minutes for a small one.")
+    text = ("Boil an egg:\n1. Boil the egg until it's fully cooked, usually around 20 minutes for a large "
+            "egg or 30 minutes for a small one.")
     out, problem, _ = run(text)
     assert problem == "loop" and "".join(out) == "Boil an egg:\n1. Boil the egg until it's fully cooked,"
 
