@@ -9,17 +9,6 @@ from pydantic_settings import SettingsConfigDict
 
 from rvchat_common.settings import ServiceSettings
 
-# The LLM service's default prompt (LLM_SYSTEM_PROMPT), chosen for the embedded model with
-# bench/answers.py: main_app's own prompt with temperature 0.6 had made it worse (issue 15: 62% of
-# facts right, 14 loops in 56 replies, against 92% and none). Kept in step with the LLM's by hand
-# until main_app leaves it unset (None: the LLM's own), which main_app/tests/test_session.py does not
-# allow yet.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful voice assistant. Answer in one or two short, simple English sentences, "
-    "with no lists or markdown."
-)
-
-
 class Settings(ServiceSettings):
     """Where the four services are, where history is kept, and the turn-taking defaults."""
 
@@ -34,7 +23,11 @@ class Settings(ServiceSettings):
         None, description="API key sent to the four services (when they are protected by one)."
     )
     db_path: str = Field("./data/rvchat.sqlite3", description="SQLite file holding conversations and messages.")
-    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt given to the LLM on every turn.")
+    system_prompt: str | None = Field(
+        None, description="System prompt given to the LLM on every turn. Unset: the LLM service's own "
+        "(LLM_SYSTEM_PROMPT), chosen for its model with bench/answers.py; main_app's old prompt with "
+        "temperature 0.6 made the embedded model worse (62% of facts right and 14 loops in 56 replies, "
+        "against 92% and none).")
     history_messages: int = Field(
         8, description="Most messages of the conversation sent to the LLM as context. The window only moves "
         "in jumps (back to the last exchange), so the LLM's prompt cache is reused between turns."
