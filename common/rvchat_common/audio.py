@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+from collections.abc import Iterable
 
 import av
 import numpy as np
@@ -75,12 +76,25 @@ class Resampler:
         return np.zeros(0, np.float32) if self._passthrough else self.push(None)
 
 
+# Samples handed to libswresample at once. Resampling 1,700 s in one call peaked at 925 MB of RSS for a
+# 109 MB result; in blocks (same output: the resampler is continuous) the peak is the result, twice.
+RESAMPLE_BLOCK = 1 << 18
+
+
 def resample(audio: np.ndarray, src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """One-shot resampling of a whole signal (the streaming :class:`Resampler`, flushed)."""
+    """One-shot resampling of a whole signal (the streaming :class:`Resampler`, fed in blocks, flushed)."""
+    return _resample_blocks((audio[i:i + RESAMPLE_BLOCK] for i in range(0, audio.size, RESAMPLE_BLOCK)),
+                            src_rate, dst_rate)
+
+
+def _resample_blocks(blocks: Iterable[np.ndarray], src_rate: int, dst_rate: int = SAMPLE_RATE) -> np.ndarray:
     resampler = Resampler(src_rate, dst_rate)
-    head = resampler(audio)
-    tail = resampler.flush()
-    return np.concatenate([head, tail]) if tail.size else head
+    parts = [resampler(block) for block in blocks]
+    parts.append(resampler.flush())
+    parts = [p for p in parts if p.size]
+    if not parts:
+        return np.zeros(0, np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def too_long(seconds: float, max_seconds: float) -> APIError:
@@ -100,7 +114,10 @@ def decode_raw_pcm(data: bytes, sample_rate: int | None = None,
     seconds = len(data) / 2 / rate
     if max_seconds is not None and seconds > max_seconds:
         raise too_long(seconds, max_seconds)
-    return resample(pcm16_to_float(data), rate)
+    if len(data) % 2:
+        pcm16_to_float(data)  # the odd-length error
+    step = 2 * RESAMPLE_BLOCK
+    return _resample_blocks((pcm16_to_float(data[i:i + step]) for i in range(0, len(data), step)), rate)
 
 
 def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
