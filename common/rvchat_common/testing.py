@@ -223,7 +223,7 @@ def run_schemathesis(url: str, max_examples: int, max_time_s: float, seed: int =
     """One schemathesis run against ``url``; its figures and the failures it found."""
     report_dir = Path(tempfile.mkdtemp(prefix="schemathesis-"))
     cmd = [st_binary(), "run", f"{url}/openapi.json", "--checks", FUZZ_CHECKS, "--seed", str(seed),
-           "--max-examples", str(max_examples), "--max-time", str(max_time_s), "--workers", "1",
+           "--max-examples", str(max_examples), "--max-time", str(int(max_time_s)), "--workers", "1",
            "--request-timeout", str(FUZZ_REQUEST_TIMEOUT_S), "--report", "json",
            "--report-dir", str(report_dir),
            "--no-color"]
