@@ -34,9 +34,11 @@ log = logging.getLogger("rvchat.tts")
 
 # Phonemes per ONNX run, at most. Piper's memory grows with the length of one run and onnxruntime's
 # arena keeps the peak: one unpunctuated run of 1,200 characters (42 s of audio) took the process
-# from 195 MB to 1.05 GB and kept it there; runs of 300 characters (375 phonemes, ~11 s) peak at
-# ~400 MB. Longer sentences are cut at a word boundary; the listener hears a normal word gap.
-MAX_PHONEMES_PER_RUN = 400
+# from 195 MB to 1.05 GB and kept it there; 375 phonemes (~11 s) settle at ~400 MB, 200 at ~290 MB
+# (about 0.55 MB a phoneme over 180 MB). 250 keeps TTS within 1.5x of its idle RSS and is longer
+# than an ordinary spoken sentence (~200 characters); longer ones are cut at a word boundary, where
+# the listener hears a normal word gap.
+MAX_PHONEMES_PER_RUN = 250
 
 
 def bounded_runs(sentences: list[list[str]], limit: int = MAX_PHONEMES_PER_RUN) -> list[list[str]]:

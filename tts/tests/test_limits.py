@@ -83,7 +83,8 @@ def test_one_model_run_is_bounded_and_cut_between_words():
     word = list("wˈʌn")
     sentence = (word + [" "]) * 300  # 1,500 phonemes: one unpunctuated sentence
     runs = bounded_runs([sentence, list("hˈɛloʊ")])
-    assert all(len(r) <= MAX_PHONEMES_PER_RUN for r in runs) and len(runs) == 5
+    assert all(len(r) <= MAX_PHONEMES_PER_RUN for r in runs)
+    assert len(runs) <= len(sentence) // (MAX_PHONEMES_PER_RUN - len(word)) + 2  # cuts near the limit
     assert all(r[-1] == " " or r == list("hˈɛloʊ") or r[-len(word):] == word for r in runs)
     assert sum(r.count("ʌ") for r in runs) == 300  # nothing lost
     assert bounded_runs([list("x" * 1000)])[0] == list("x" * MAX_PHONEMES_PER_RUN)  # no space: cut anyway
