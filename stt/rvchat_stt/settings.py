@@ -73,8 +73,10 @@ class Settings(ServiceSettings):
         "when 'end' arrives and no speech came after that snapshot, its result is the final at once.",
     )
     early_final_silence_s: float = Field(
-        0.25, description="Trailing silence (Silero VAD) after which the speculative decode starts."
-    )
+        0.15, description="Trailing silence (Silero VAD) after which the speculative decode starts. Shorter "
+        "than main_app's speculative start (200 ms), so the transcript is decoded when 'end' comes: in the "
+        "browser bench (tuning clips) end -> final went from 133 ms to 29 ms median with 0.15 instead of 0.25, "
+        "voice to voice from 877/966 ms to 790/848 ms (median/p90, quiet machine).")
     stream_max_seconds: float = Field(
         30.0,
         description="Longest utterance buffered on the stream; at the limit a final is sent automatically.",
