@@ -64,6 +64,7 @@ class Session:
         self._send_lock = asyncio.Lock()
         self._drain_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._closing: asyncio.Future | None = None
 
     @property
     def conversation_id(self) -> str | None:
@@ -84,6 +85,15 @@ class Session:
                           config=self._config_view().model_dump(exclude={"type"}), services=self.services_view())
 
     async def close(self) -> None:
+        """End the session: record what the page heard, stop upstream work, close the links.
+
+        Idempotent, and every caller waits for the one close: the page's socket handler and the app's
+        shutdown both close a session, and the store must not be closed under its last write."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._closed = True
         reply = self.reply
         if reply is not None and (not reply.ended or reply.playout.playing(time.perf_counter())):
