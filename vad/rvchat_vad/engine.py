@@ -1,7 +1,9 @@
 """The VAD engine: the :class:`VadEngine` interface routes and ws use, and Silero VAD behind it.
 
-The only module that imports silero_vad / onnxruntime, and only when the model is loaded or
-used, so importing the interface (and testing with a fake engine) costs nothing.
+The only module that uses onnxruntime and Silero's code, and only when the model is loaded or
+used, so importing the interface (and testing with a fake engine) costs nothing. Silero's code is
+its torch-free pieces, vendored in ``_silero`` (the ``silero_vad`` package imports torch on import;
+it is installed only for its ONNX files, which ``rvchat_common.models`` finds without importing it).
 
 Two ONNX sessions, both loaded once and shared:
 
@@ -29,7 +31,8 @@ from .turns import ChunkModel
 
 if TYPE_CHECKING:
     import onnxruntime as ort
-    from silero_vad.sequence_vad import SileroVADSequence
+
+    from ._silero import SileroVADSequence
 
 log = logging.getLogger("rvchat.vad")
 
@@ -98,7 +101,7 @@ class SileroEngine:
         self._load_lock = threading.Lock()
 
     def load(self) -> None:
-        from silero_vad.sequence_vad import SileroVADSequence
+        from ._silero import SileroVADSequence
 
         with self._load_lock:
             path = self.model_path or silero_vad_file(onnx=True)
@@ -135,7 +138,7 @@ class SileroEngine:
     def detect(self, audio: np.ndarray, threshold: float = 0.5, min_speech_ms: int = 250,
                min_silence_ms: int = 100, speech_pad_ms: int = 30) -> list[tuple[float, float]]:
         """Speech segments (start, end) in seconds, by Silero's own get_speech_timestamps logic."""
-        from silero_vad import get_speech_timestamps_from_probs
+        from ._silero import get_speech_timestamps_from_probs
 
         if audio.size == 0:
             return []
