@@ -209,7 +209,9 @@ class PiperEngine:
         ], dtype=np.float32)
         parts: list[np.ndarray] = []
         # Piper phonemises with espeak-ng, which also splits sentences; we synthesise each.
-        for phonemes in bounded_runs(voice.phonemize(text)):
+        # A slower speed makes each phoneme longer, and a run's memory follows its audio, not its text.
+        limit = max(16, int(MAX_PHONEMES_PER_RUN * min(1.0, max(speed, 0.01))))
+        for phonemes in bounded_runs(voice.phonemize(text), limit):
             if not phonemes:
                 continue
             ids = np.array([voice.phonemes_to_ids(phonemes)], dtype=np.int64)
