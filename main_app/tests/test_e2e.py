@@ -74,8 +74,10 @@ async def test_speech_in_streamed_reply_out(app_service):
 def long_reply_app(services, tmp_path_factory):
     """An app whose replies run long (no sentence cap), so a barge-in always finds LLM/TTS work in
     flight to cancel, however fast this machine writes and speaks the reply."""
-    # Its own LLM service: the shared one stops the embedded model after two sentences (LLM_MAX_SENTENCES).
-    with ServiceProcess("rvchat_llm", "LLM_", {"LLM_PROVIDER": "local", "LLM_MAX_SENTENCES": "0"}) as llm:
+    # Its own LLM service: the shared one stops the embedded model after two sentences (LLM_MAX_SENTENCES),
+    # and its guard ends a long story at the first repeated phrase; here the model must write on.
+    with ServiceProcess("rvchat_llm", "LLM_", {"LLM_PROVIDER": "local", "LLM_MAX_SENTENCES": "0",
+                                               "LLM_GUARD": "false"}) as llm:
         env = app_env({**services, "llm": llm}, tmp_path_factory.mktemp("long") / "rvchat.sqlite3",
                       APP_MAX_REPLY_SENTENCES="0", APP_MAX_TOKENS="400",
                       APP_SYSTEM_PROMPT="You are a storyteller. Tell long, detailed stories of many paragraphs.")
