@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from bench.stats import percentile
+
 PAUSES_S = (0.4, 0.6, 0.8, 1.0, 1.2)
 SPECULATIVE_MS = 200
 RESUME_S = 2 * 0.032  # main_app drops a speculative reply after two loud VAD chunks
@@ -31,15 +33,6 @@ RATE = 16000
 # Clips whose reference is not a sentence (single words, word lists) say nothing about sentence ends.
 SKIP = {"common_voice_en_22058264.wav", "common_voice_en_22058266.wav", "common_voice_en_22058267.wav",
         "mfa_whisper.wav", "mfa_whisper2.wav"}
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def pauses(vad_engine, audio: np.ndarray) -> tuple[list[tuple[float, float]], float | None]:
@@ -175,7 +168,7 @@ def run() -> str:
             f"| {name} | {n_cut}/{len(items)} ({100 * n_cut / len(items):.0f}%) | "
             f"{sum(cut(it, hold_of) for it in paused)}/{len(paused)} | "
             f"{sum(cut(it, hold_of) for it in natural)}/{len(natural)} | "
-            f"{statistics.median(waits):.0f} | {_pct(waits, 0.9):.0f} |")
+            f"{statistics.median(waits):.0f} | {percentile(waits, 0.9):.0f} |")
     lines += ["", f"Utterances with at least one pause of {SPECULATIVE_MS} ms or more: {len(with_pauses)}.", "",
               "<details><summary>Pauses and the words before them</summary>", "",
               "| clip | kind | pause ms | words so far | adaptive hold ms | LLM end-of-utterance |",

@@ -31,6 +31,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.stats import percentile
+
 # Read speech of 3-7 s, never used to tune anything: the reported figures.
 HELD_OUT = ["ljspeech_LJ001-0004.wav", "librispeech_61-70968-0000.wav", "mfa_english_slow.wav",
             "ljspeech_LJ001-0006.wav", "mfa_falsetto2.wav", "mfa_her.wav", "mfa_thoughts.wav"]
@@ -83,15 +85,6 @@ INIT_SCRIPT = """
   };
 })();
 """
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def _ms(x: float | None) -> str:
@@ -212,7 +205,7 @@ def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path
 
 def _summary(rows: list[dict]) -> dict:
     lat = [r["latency"] for r in rows if r["latency"] is not None]
-    return {"n": len(lat), "median": statistics.median(lat) if lat else float("nan"), "p90": _pct(lat, 0.9),
+    return {"n": len(lat), "median": statistics.median(lat) if lat else float("nan"), "p90": percentile(lat, 0.9),
             "min": min(lat, default=float("nan")), "max": max(lat, default=float("nan"))}
 
 
@@ -273,7 +266,7 @@ def run() -> str:
     for st in stages:
         xs = [r["stages"][st] for r in rows if st in r["stages"]]
         if xs:
-            lines.append(f"| {st.removesuffix('_ms')} | {_ms(statistics.median(xs))} | {_ms(_pct(xs, 0.9))} |")
+            lines.append(f"| {st.removesuffix('_ms')} | {_ms(statistics.median(xs))} | {_ms(percentile(xs, 0.9))} |")
     split = sum(1 for r in rows if r["turns"] > 1)
     unanswered = sum(1 for r in rows if r["latency"] is None)
     wers = [r["wer"] for r in rows if r["wer"] is not None]
