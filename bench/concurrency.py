@@ -1,0 +1,353 @@
+"""Several voice conversations at once on one box: latency per turn against the number of sessions.
+
+The five services run as processes with their defaults (``make run``; any ``VAD_`` ... ``APP_``
+variable in the environment reaches them, so a setting can be compared without editing code).
+For each session count N (1, 2, 4, 8), N WebSocket clients open main_app's ``/ws`` as the page
+does and, staggered by ``STAGGER_S``, each speaks its own recordings of real read speech
+(bench/voice.py's held-out clips, a different rotation per session) at real time in 20 ms frames,
+each recording followed by ``GAP_S`` of silence for the reply to play. Each client plays the
+reply's audio as the page does (gapless, from the moment it arrives) and reports its playback to
+main_app as the page's player does, so main_app knows when the assistant stops speaking.
+
+Latency per turn: from the end of speech in the recording (Silero without padding: the VAD
+service's ``/detect`` with ``speech_pad_ms=0`` on the clip) to the first binary reply frame the
+client receives for that turn. A turn with no reply audio before the next recording starts is
+unanswered; ``error`` events and refused sessions are errors.
+
+Settings by environment, for quick runs: ``BENCH_CONC_SESSIONS`` (``1,2,4,8``),
+``BENCH_CONC_RECORDINGS`` (4 per session), ``BENCH_CONC_GAP_S`` (12), ``BENCH_CONC_STAGGER_S`` (1.3),
+``BENCH_CONC_MIN_TURNS`` (8: a level with fewer turns than this is repeated, so the one-session
+figure is not a p90 of four numbers), ``BENCH_CONC_CLIPS`` (other clips, comma-separated),
+``BENCH_CONC_JSON`` (a file for the raw rows, with the events around each unanswered turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from bench.stats import percentile
+from bench.voice import HELD_OUT, _ms, speech_ends
+
+RATE = 16000
+FRAME_MS = 20
+FRAME = RATE * FRAME_MS // 1000  # samples
+LEAD_S = 1.0  # silence before the first recording: the session's service streams settle
+
+
+def _env_list(name: str, default: str) -> list[int]:
+    return [int(x) for x in os.environ.get(name, default).split(",") if x.strip()]
+
+
+SESSIONS = _env_list("BENCH_CONC_SESSIONS", "1,2,4,8")
+RECORDINGS = int(os.environ.get("BENCH_CONC_RECORDINGS", "4"))
+GAP_S = float(os.environ.get("BENCH_CONC_GAP_S", "12"))
+STAGGER_S = float(os.environ.get("BENCH_CONC_STAGGER_S", "1.3"))
+MIN_TURNS = int(os.environ.get("BENCH_CONC_MIN_TURNS", "8"))
+QUEUES = ("stt", "tts", "llm")  # services whose model queue is read from /metrics
+STAGES = ["stt_ms", "llm_first_token_ms", "tts_first_audio_ms", "total_ms"]
+
+
+@dataclass
+class Clip:
+    name: str
+    pcm: bytes
+    speech: tuple[float, float]  # (start, end) of speech in the clip, seconds (Silero, no padding)
+
+
+@dataclass
+class Script:
+    """What one session says: lead silence, then each clip followed by GAP_S of silence."""
+
+    clips: list[Clip]
+    pcm: bytes = b""
+    spans: list[tuple[int, int]] = field(default_factory=list)  # speech (start, end) in samples
+
+    def __post_init__(self) -> None:
+        parts = [bytes(2 * int(RATE * LEAD_S))]
+        at = int(RATE * LEAD_S)
+        for clip in self.clips:
+            self.spans.append((at + int(clip.speech[0] * RATE), at + int(clip.speech[1] * RATE)))
+            parts += [clip.pcm, bytes(2 * int(RATE * GAP_S))]
+            at += len(clip.pcm) // 2 + int(RATE * GAP_S)
+        self.pcm = b"".join(parts)
+
+
+class Player:
+    """The page's player, minus the speaker: chunks play back to back from when they arrive, and
+    each chunk's end is reported (``playback``, ``done`` once the reply has ended and nothing of it
+    is left to play), as static/player.js does."""
+
+    def __init__(self, send) -> None:
+        self.send = send
+        self.loop = asyncio.get_running_loop()
+        self.play_end = 0.0
+        self.played: dict[int, float] = {}
+        self.queued: dict[int, int] = {}
+        self.ended: set[int] = set()
+        self.timers: list[asyncio.TimerHandle] = []
+
+    def _report(self, turn: int, done: bool) -> None:
+        msg = {"type": "playback", "turn": turn, "played_ms": round(self.played.get(turn, 0.0))}
+        if done:
+            msg["done"] = True
+        asyncio.ensure_future(self.send(json.dumps(msg)))
+
+    def chunk(self, turn: int, pcm_bytes: int, sample_rate: int) -> None:
+        now = self.loop.time()
+        dur = pcm_bytes / 2 / sample_rate
+        start = max(now, self.play_end)
+        self.play_end = start + dur
+        self.queued[turn] = self.queued.get(turn, 0) + 1
+
+        def ended() -> None:
+            self.played[turn] = self.played.get(turn, 0.0) + dur * 1000
+            self.queued[turn] -= 1
+            self._report(turn, done=self.queued[turn] == 0 and turn in self.ended)
+
+        self.timers.append(self.loop.call_at(self.play_end, ended))
+
+    def reply_ended(self, turn: int) -> None:
+        self.ended.add(turn)
+        if not self.queued.get(turn):
+            self._report(turn, done=True)
+
+    def stop(self, turn: int) -> None:
+        for t in self.timers:
+            t.cancel()
+        self.timers.clear()
+        self.queued.clear()
+        self.play_end = 0.0
+        self._report(turn, done=False)
+
+
+async def converse(ws_url: str, script: Script, start_at: float) -> dict:
+    """One session: open /ws, wait for its service streams, speak the script from ``start_at``
+    (loop time) in real time, and log what comes back."""
+    import websockets
+
+    loop = asyncio.get_running_loop()
+    out: dict = {"events": [], "recv": [], "sent_at": [], "refused": None}
+    async with websockets.connect(f"{ws_url}/ws", max_size=None, open_timeout=30) as ws:
+        hello = json.loads(await ws.recv())
+        if hello["type"] != "hello":
+            out["refused"] = hello
+            return out
+        services = hello["services"]["services"]
+        while not all(s["up"] for s in services.values()):
+            msg = await asyncio.wait_for(ws.recv(), 30)
+            if isinstance(msg, str) and (ev := json.loads(msg))["type"] == "services":
+                services = ev["services"]
+        player = Player(ws.send)
+        header: dict | None = None
+
+        async def reader() -> None:
+            nonlocal header
+            async for msg in ws:
+                now = loop.time()
+                if isinstance(msg, bytes):
+                    if header is not None:
+                        out["recv"].append((now, header["turn"]))
+                        player.chunk(header["turn"], len(msg), header["sample_rate"])
+                        header = None
+                    continue
+                ev = json.loads(msg)
+                if ev["type"] == "audio":
+                    header = ev
+                    continue
+                out["events"].append((now, ev))
+                if ev["type"] == "reply_end":
+                    player.reply_ended(ev["turn"])
+                elif ev["type"] == "stop_playback":
+                    player.stop(ev["turn"])
+
+        task = asyncio.create_task(reader())
+        try:
+            await asyncio.sleep(max(0.0, start_at - loop.time()))
+            t0 = loop.time()
+            step = FRAME * 2
+            for i in range(len(script.pcm) // step):
+                # A mic frame leaves once its last sample has been captured.
+                await asyncio.sleep(max(0.0, t0 + (i + 1) * FRAME_MS / 1000 - loop.time()))
+                await ws.send(script.pcm[i * step:(i + 1) * step])
+                out["sent_at"].append(loop.time())
+                if task.done():
+                    break
+            await asyncio.sleep(0.5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return out
+
+
+def turns_of(script: Script, log: dict) -> list[dict]:
+    """A row per recording: latency, the turn's server-side stages, errors."""
+    if log["refused"] is not None:
+        err = log["refused"].get("error", {}).get("code", "refused")
+        return [{"clip": c.name, "latency": None, "turns": 0, "refused": err, "errors": 0, "stages": {}}
+                for c in script.clips]
+    sent = np.array(log["sent_at"])
+
+    def at(sample: int) -> float:
+        """When ``sample`` was captured: its frame's send time less the samples after it in that frame."""
+        i = min(sample // FRAME, len(sent) - 1)
+        return float(sent[i] - ((i + 1) * FRAME - sample) / RATE) if len(sent) else math.inf
+
+    rows = []
+    for k, (clip, (s0, s1)) in enumerate(zip(script.clips, script.spans)):
+        t_start, t_end = at(s0), at(s1)
+        t_next = at(script.spans[k + 1][0]) if k + 1 < len(script.spans) else math.inf
+        mine = [(t, ev) for t, ev in log["events"] if t_start <= t < t_next]
+        turns = {ev["turn"] for _, ev in mine if ev["type"] == "transcript"}
+        first = [t for t, turn in log["recv"] if t > t_end and t < t_next and turn in turns]
+        lat = [ev for _, ev in mine if ev["type"] == "latency" and ev.get("turn") in turns]
+        rows.append({
+            "clip": clip.name, "latency": first[0] - t_end if first else None, "turns": len(turns),
+            "errors": sum(1 for _, ev in mine if ev["type"] == "error"),
+            "error_codes": [ev["error"].get("code") for _, ev in mine if ev["type"] == "error"],
+            "stages": {k2: v / 1000 for k2, v in lat[-1].items() if k2.endswith("_ms")} if lat else {},
+        })
+        if not first:  # what happened instead, for the raw rows
+            rows[-1]["events"] = [(round(t - t_end, 3), ev["type"], ev.get("turn"), ev.get("text", "")[:60])
+                                  for t, ev in log["events"] if t_start - 15 <= t < min(t_next, t_end + 30)]
+    return rows
+
+
+def queue_totals(services: dict) -> dict[str, tuple[float, float]]:
+    """(seconds waited, jobs) so far on each model queue, from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for name in QUEUES:
+        text = httpx.get(f"{services[name].url}/metrics", timeout=10).text
+        total = count = 0.0
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == "inference_queue_wait_seconds_sum":
+                    total += s.value
+                elif s.name == "inference_queue_wait_seconds_count":
+                    count += s.value
+        out[name] = (total, count)
+    return out
+
+
+async def level(ws_url: str, scripts: list[Script]) -> list[dict]:
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 3.0  # every session connected and its streams up before the first speaks
+    logs = await asyncio.gather(*(converse(ws_url, s, start + i * STAGGER_S) for i, s in enumerate(scripts)))
+    return [turns_of(s, log) for s, log in zip(scripts, logs)]
+
+
+def _summary(rows: list[dict]) -> dict:
+    lat = [r["latency"] for r in rows if r["latency"] is not None]
+    nan = float("nan")
+    return {"turns": len(rows), "answered": len(lat), "median": statistics.median(lat) if lat else nan,
+            "p90": percentile(lat, 0.9), "max": max(lat, default=nan),
+            # Unanswered because no turn was heard at all (no transcript: the VAD never ended one).
+            "unheard": sum(1 for r in rows if r["latency"] is None and not r["turns"]
+                           and not r.get("refused")),
+            "errors": sum(r["errors"] for r in rows), "refused": sum(1 for r in rows if r.get("refused"))}
+
+
+def run() -> str:
+    from bench.stack import stack
+    from rvchat_app.testing import load_pcm16
+    from rvchat_common.testing import speech_sample
+
+    t0 = time.perf_counter()
+    results: dict[int, dict] = {}
+    with stack() as procs:
+        clips = []
+        for name in os.environ.get("BENCH_CONC_CLIPS", "").split(",") if os.environ.get("BENCH_CONC_CLIPS") \
+                else HELD_OUT:
+            pcm = load_pcm16(speech_sample(name))
+            utt = speech_ends(procs["vad"].url, pcm)
+            clips.append(Clip(name, pcm, (utt[0][0], utt[-1][1])))
+        for n in SESSIONS:
+            rounds = max(1, math.ceil(MIN_TURNS / (n * RECORDINGS)))
+            before = queue_totals(procs)
+            conv_rows: list[list[dict]] = []
+            for r in range(rounds):
+                scripts = []
+                for i in range(n):
+                    k = (i + r * n) % len(clips)  # each session (and round) starts at another recording
+                    scripts.append(Script([clips[(k + j) % len(clips)] for j in range(RECORDINGS)]))
+                conv_rows += asyncio.run(level(procs["app"].ws_url, scripts))
+                time.sleep(3.0)  # the last replies finish and the sessions close before the next level
+            after = queue_totals(procs)
+            rows = [r for conv in conv_rows for r in conv]
+            waits = {q: (after[q][0] - before[q][0]) / max(1.0, after[q][1] - before[q][1]) for q in QUEUES}
+            results[n] = {"rows": conv_rows, "summary": _summary(rows), "rounds": rounds, "waits": waits}
+            s = results[n]["summary"]
+            print(f"   {n} sessions: median {_ms(s['median'])} ms, p90 {_ms(s['p90'])} ms, "
+                  f"{s['answered']}/{s['turns']} answered, {s['errors']} errors", flush=True)
+    if os.environ.get("BENCH_CONC_JSON"):
+        with open(os.environ["BENCH_CONC_JSON"], "w") as f:
+            json.dump({n: {k: v for k, v in r.items()} for n, r in results.items()}, f, indent=1)
+    return report(results, time.perf_counter() - t0)
+
+
+def report(results: dict[int, dict], seconds: float) -> str:
+    base = results.get(1, {}).get("summary")
+    lines = [
+        "## Several conversations at once",
+        "",
+        f"N WebSocket clients speak into main_app's `/ws` at once as the page does (20 ms frames at "
+        f"real time, replies played back and reported), staggered by {STAGGER_S} s, each {RECORDINGS} "
+        f"recordings of held-out read speech followed by {GAP_S:.0f} s of silence, each session in its own "
+        f"conversation; all five services on this machine ({os.cpu_count()} cores) with their defaults "
+        "(`APP_MAX_SESSIONS` 8 admits the eighth). Latency per turn: end of speech in the recording (Silero, "
+        "no padding) -> first "
+        f"binary reply frame at the client. A level with fewer than {MIN_TURNS} turns is run again (rounds). "
+        f"Bench time {seconds:.0f} s.",
+        "",
+        "| sessions | turns | answered | not heard | median ms | p90 ms | max ms | p90 / 1 session | errors "
+        "| refused |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, res in results.items():
+        s = res["summary"]
+        ratio = "–"
+        if base and not math.isnan(base["p90"]) and not math.isnan(s["p90"]):
+            ratio = f"{s['p90'] / base['p90']:.2f}"
+        lines.append(f"| {n} | {s['turns']} | {s['answered']} | {s['unheard']} | **{_ms(s['median'])}** | "
+                     f"**{_ms(s['p90'])}** | {_ms(s['max'])} | {ratio} | {s['errors']} | {s['refused']} |")
+    lines += ["", "*Not heard*: no transcript at all for the recording (main_app's VAD never ended a turn "
+              "in it); the other unanswered turns were heard and got no reply audio before the next "
+              "recording.",
+              "", "Server-side stages of the answered turns (main_app's `latency` event, median / p90 ms), "
+              "and the mean wait of a job for each model queue (from their `/metrics`):", "",
+              "| sessions | " + " | ".join(s.removesuffix("_ms") for s in STAGES) + " | "
+              + " | ".join(f"{q} queue wait" for q in QUEUES) + " |",
+              "|---|" + "---|" * (len(STAGES) + len(QUEUES))]
+    for n, res in results.items():
+        rows = [r for conv in res["rows"] for r in conv]
+        cells = []
+        for st in STAGES:
+            xs = [r["stages"][st] for r in rows if st in r["stages"]]
+            cells.append(f"{_ms(statistics.median(xs))} / {_ms(percentile(xs, 0.9))}" if xs else "–")
+        cells += [_ms(res["waits"][q]) for q in QUEUES]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    codes = sorted({c for res in results.values() for conv in res["rows"] for r in conv
+                    for c in r.get("error_codes", [])})
+    if codes:
+        lines += ["", f"Error codes seen: {', '.join(codes)}."]
+    lines += ["", "<details><summary>Per turn (ms, in each session's order)</summary>", ""]
+    for n, res in results.items():
+        for i, conv in enumerate(res["rows"]):
+            cells = ", ".join(f"{r['clip'].removesuffix('.wav')} {_ms(r['latency'])}" for r in conv)
+            lines.append(f"- {n} sessions, #{i + 1}: {cells}")
+    lines += ["", "</details>"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(run())
