@@ -13,6 +13,9 @@ when there is speech they have not covered yet:
 
 Otherwise ``end`` decodes the buffer at once; a partial that has not reached the model yet is
 dropped, so partials never delay the final by more than one decode already running.
+
+With several streams on one model, a final goes before another stream's speculative decode, and
+that before a partial (the model queue's priorities): a final is what a user is waiting for now.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from .utterance import Utterance
 
 log = logging.getLogger("rvchat.stt.ws")
 router = APIRouter()
+
+# Model queue priorities (lower first): the turn's transcript, then the early final that is
+# probably about to be one, then partials, which only fill the screen.
+FINAL, EARLY_FINAL, PARTIAL = 0, 1, 2
 
 
 class SttSession:
@@ -140,15 +147,17 @@ class SttSession:
         audio = utt.audio()
         self.task_upto = audio.size
         self.partial_started = False
-        self.partial_task = asyncio.create_task(self._partial(self.generation, utt, audio))
+        priority = PARTIAL if interval_due else EARLY_FINAL
+        self.partial_task = asyncio.create_task(self._partial(self.generation, utt, audio, priority))
 
-    async def _partial(self, generation: int, utt: Utterance, audio: np.ndarray) -> Transcript | None:
+    async def _partial(self, generation: int, utt: Utterance, audio: np.ndarray,
+                       priority: int) -> Transcript | None:
         def work() -> Transcript:
             self.partial_started = True
             return self.engine.transcribe_stream(audio, self.language, self.prompt)
 
         try:
-            result = await self.queue.run(work)
+            result = await self.queue.run(work, priority=priority)
         except APIError:
             return None  # queue full: skip this partial
         except asyncio.CancelledError:
@@ -186,7 +195,9 @@ class SttSession:
         if utt.result is not None and utt.covers_speech(utt.result_upto):
             return utt.result
         task = self.partial_task
-        if task is not None and not task.cancelled() and utt.covers_speech(self.task_upto):
+        # One still queued behind other streams' work is dropped: the final goes ahead of them.
+        if task is not None and self.partial_started and not task.cancelled() \
+                and utt.covers_speech(self.task_upto):
             self.partial_task = None  # keep it from being cancelled: its result is the final
             try:
                 return await task
@@ -214,7 +225,8 @@ class SttSession:
             return
         result = early
         if result is None:
-            result = await self.queue.run(self.engine.transcribe_stream, audio, self.language, self.prompt)
+            result = await self.queue.run(self.engine.transcribe_stream, audio, self.language, self.prompt,
+                                          priority=FINAL)
         elapsed = (time.perf_counter() - t0) * 1000
         self.metrics.inference.labels("stream_final").observe(elapsed / 1000)
         log.debug("final in %.0f ms (%s)", elapsed, "early" if early is not None else "decoded")

@@ -302,3 +302,50 @@ def test_partials_skipped_when_audio_arrives_faster_than_real_time():
         # not one per 0.2 s of the 4 s.
         assert sum(e["type"] == "partial" for e in events) <= 4
         assert engine.calls <= 5
+
+
+class GatedEngine(FakeVadEngine):
+    """Holds the first decode until ``gate`` is set; records the audio length of each decode in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.decoded: list[float] = []
+
+    def _result(self, audio):
+        if not self.decoded and not self.gate.is_set():
+            self.decoded.append(-1.0)  # the one holding the model
+            self.gate.wait(10)
+            self.decoded[0] = audio.size / 16000
+        else:
+            self.decoded.append(audio.size / 16000)
+        return super()._result(audio)
+
+
+def _wait_for(predicate, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_final_goes_before_another_streams_speculative_decode():
+    engine = GatedEngine()
+    with client(engine) as c, c.websocket_connect("/ws") as a, c.websocket_connect("/ws") as b, \
+            c.websocket_connect("/ws") as f:
+        queue = c.app.state.queue
+        for ws in (a, b, f):
+            assert ws.receive_json()["type"] == "ready"
+            ws.send_json({"type": "config", "partials": False})
+            ws.receive_json()
+        a.send_bytes(_loud(1.0) + _quiet(0.5))  # A's early final takes the model (held)
+        _wait_for(lambda: engine.decoded == [-1.0], "A's decode")
+        b.send_bytes(_loud(1.2) + _quiet(0.5))  # B's early final waits
+        _wait_for(lambda: queue.waiting == 1, "B's decode to queue")
+        f.send_bytes(_loud(1.4))
+        f.send_json({"type": "end"})  # a final, queued after B's speculative decode ...
+        _wait_for(lambda: queue.waiting == 2, "the final to queue")
+        engine.gate.set()
+        assert f.receive_json()["type"] == "final"
+        _wait_for(lambda: len(engine.decoded) == 3, "B's decode")
+        assert engine.decoded == [1.5, 1.4, 1.7]  # ... but decoded before it

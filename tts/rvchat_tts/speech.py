@@ -28,6 +28,16 @@ log = logging.getLogger("rvchat.tts")
 _BUSY_WAIT_S = 120.0
 
 
+def segment_priority(index: int) -> int:
+    """The model queue's priority of a reply's ``index``-th segment (lower goes first).
+
+    With several replies at once, one reply's first audio goes before another's later sentences:
+    a later sentence is only needed once the audio before it has played, the first is the
+    latency a user waits through.
+    """
+    return min(index, 2)
+
+
 class Speech(str):
     """A segment as a voice of ``language`` reads it, remembering it as written.
 
@@ -137,11 +147,12 @@ class Speaker:
 
     # -- synthesis --
     async def synth(self, text: str, voice: str, speed: float, cancel: Any = None,
-                    wait_when_busy: bool = False) -> bytes:
+                    wait_when_busy: bool = False, priority: int = 0) -> bytes:
         """PCM16 for one clean segment, in the model's worker thread.
 
         ``wait_when_busy``: for a stream that has already started, a full queue means wait
-        (bounded) rather than fail, since a status code can no longer be sent.
+        (bounded) rather than fail, since a status code can no longer be sent. ``priority``: the
+        model queue's (``segment_priority``).
         """
         text = self.for_voice(text, voice)
         if not text:
@@ -150,7 +161,8 @@ class Speaker:
         while True:
             try:
                 with self.metrics.time_inference("synthesize"):
-                    return await self.queue.run(self.engine.synthesize, text, voice, speed, cancel)
+                    return await self.queue.run(self.engine.synthesize, text, voice, speed, cancel,
+                                                priority=priority)
             except APIError as exc:
                 if not (wait_when_busy and exc.status == 503 and time.monotonic() < deadline):
                     raise
@@ -161,7 +173,8 @@ class Speaker:
         """PCM16 per segment, the first one as soon as it is ready."""
         t0 = time.perf_counter()
         for i, seg in enumerate(segments):
-            pcm = await self.synth(seg.speech, voice, speed, cancel, wait_when_busy=i > 0)
+            pcm = await self.synth(seg.speech, voice, speed, cancel, wait_when_busy=i > 0,
+                                   priority=segment_priority(i))
             if i == 0:
                 self.first_audio.labels(endpoint).observe(time.perf_counter() - t0)
             yield pcm

@@ -6,7 +6,8 @@ segments, handles flush/cancel at once) and a worker (synthesises queued segment
 sends ``audio`` + PCM16). A cancel bumps the turn number and terminates the synthesis in flight;
 the worker drops anything from an old turn, and sends that must not interleave with a cancel (an
 ``audio`` header and its frame, ``done``) hold the socket's send lock, so nothing of a cancelled
-turn follows ``cancelled``.
+turn follows ``cancelled``. A turn's first segment waits for the model ahead of other
+connections' later segments (``segment_priority``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rvchat_common.errors import WS_SERVER_ERROR, APIError
 from rvchat_common.protocol import ProtocolError, tts
 from rvchat_common.ws import EventSocket
 
-from .speech import Speaker
+from .speech import Speaker, segment_priority
 
 log = logging.getLogger("rvchat.tts")
 router = APIRouter()
@@ -140,7 +141,8 @@ class TtsSession:
             return
         cancel = self.cancel
         try:
-            pcm = await self.speaker.synth(item.speech, item.voice, item.speed, cancel, wait_when_busy=True)
+            pcm = await self.speaker.synth(item.speech, item.voice, item.speed, cancel, wait_when_busy=True,
+                                           priority=segment_priority(self.sent))
         except APIError as exc:
             await self.sock.error(exc.code or "synthesis_failed", exc.message, status=exc.status)
             return

@@ -187,3 +187,41 @@ def test_stream_start_failure_is_a_clean_error_not_a_broken_stream(served) -> No
     r = httpx.post(f"{url}/synthesize", timeout=WAIT, json={"text": THREE, "stream": True})
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
     assert httpx.get(f"{url}/healthz", timeout=WAIT).status_code == 200
+
+
+async def test_ws_a_replys_first_sentence_goes_before_another_replys_later_ones(served) -> None:
+    engine, url, ws_url = served
+
+    async def until(predicate, what: str) -> None:
+        deadline = time.monotonic() + WAIT
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.01)
+
+    def waiting() -> float:
+        text = httpx.get(f"{url}/metrics", timeout=WAIT).text
+        return float(next(ln.split()[1] for ln in text.splitlines()
+                          if ln.startswith("inference_queue_depth ")))
+
+    async with connect(f"{ws_url}/ws", open_timeout=WAIT) as a, \
+            connect(f"{ws_url}/ws", open_timeout=WAIT) as b, connect(f"{ws_url}/ws", open_timeout=WAIT) as c:
+        for ws in (a, b, c):
+            await recv(ws)
+        await a.send(json.dumps({"type": "text", "text": THREE}))
+        await a.send(json.dumps({"type": "flush"}))
+        await until(lambda: engine.started == ["The first sentence is here."], "A's first sentence")
+        await c.send(json.dumps({"type": "text", "text": "See one."}))
+        await c.send(json.dumps({"type": "flush"}))
+        await until(lambda: waiting() == 1, "C's first sentence to queue")
+        engine.permits.release(1)  # A's first is done; C's goes in and A's second queues behind it
+        await until(lambda: engine.started[-1] == "See one." and waiting() == 1, "A's second to queue")
+        await b.send(json.dumps({"type": "text", "text": "Be one."}))
+        await b.send(json.dumps({"type": "flush"}))
+        await until(lambda: waiting() == 2, "B's first sentence to queue")
+        engine.permits.release(10)
+        for ws in (a, b, c):
+            while (await recv(ws)) != {"type": "done", "sentences": 3 if ws is a else 1}:
+                pass
+    # B's first sentence arrived after A's second, and went before it.
+    assert engine.started == ["The first sentence is here.", "See one.", "Be one.",
+                              "The second sentence follows it.", "And the third one ends it."]
