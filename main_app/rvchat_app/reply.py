@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rvchat_common.protocol import ErrorEvent, llm, tts
+from rvchat_common.protocol import ErrorBody, ErrorEvent, llm, tts
 from rvchat_common.sentences import SentenceCounter
 
 from .clients import Closed, ServiceClosed, ServiceStream, cancel_and_wait
@@ -37,13 +37,20 @@ ENDED = (Phase.DONE, Phase.FAILED, Phase.INTERRUPTED)
 
 
 class ReplyFailed(Exception):
-    """A stage failed for good during a reply: ``source`` is llm or tts."""
+    """A stage failed for good during a reply: ``source`` is llm or tts.
 
-    def __init__(self, source: str, message: str, timeout: bool = False) -> None:
+    ``error`` is the service's own error when it sent one: a request it refused as the client's
+    fault (``invalid_request_error``, e.g. a model name the Ollama host does not have) is a 4xx for
+    whoever asked for the reply, not a failure of main_app's upstream.
+    """
+
+    def __init__(self, source: str, message: str, timeout: bool = False,
+                 error: ErrorBody | None = None) -> None:
         super().__init__(message)
         self.source = source
         self.message = message
         self.timeout = timeout
+        self.error = error
 
 
 class Upstream(Protocol):
@@ -173,7 +180,8 @@ class ReplyStream:
             msg = event.error.message if isinstance(event, ErrorEvent) else event.reason
             if self.tts_used and self.tts is not None and not self.tts_done:
                 await self.tts.call("cancel")
-            raise ReplyFailed("llm", f"the language model failed: {msg}")
+            raise ReplyFailed("llm", f"the language model failed: {msg}",
+                              error=event.error if isinstance(event, ErrorEvent) else None)
 
     def _cap(self, delta: str) -> str:
         """The part of ``delta`` within the sentence cap; at the cap the LLM is stopped."""

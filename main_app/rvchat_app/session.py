@@ -596,6 +596,9 @@ async def reply_once(*, store: Store, settings: Settings, factories: dict[str, S
         except ReplyFailed as exc:
             if exc.timeout:
                 raise APIError(504, "the reply took too long", "timeout") from None
+            if exc.error is not None and exc.error.type == "invalid_request_error":
+                raise APIError(400, f"the {LABELS[exc.source]} refused the request: {exc.error.message}",
+                               exc.error.code or "invalid_request_error", param=exc.error.param) from None
             raise APIError(502, exc.message, f"{exc.source}_failed") from None
     finally:
         for upstream in upstreams.values():

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from pydantic import TypeAdapter
 
-from rvchat_common.protocol import Event, llm, parse, stt, tts, vad
+from rvchat_common.protocol import ErrorEvent, Event, llm, parse, stt, tts, vad
 
 from .clients import ServiceClosed
 
@@ -133,6 +133,10 @@ class FakeLlm(FakeStream):
         gid = f"gen-{self.gen}"
         self.running = gid
         self.emit(llm.Start(id=gid, model="fake", provider="fake"))
+        if self.hub.llm_error is not None:
+            self.running = None
+            self.emit(self.hub.llm_error.model_copy(update={"id": gid}))
+            return
         out = ""
         for i, word in enumerate(self.hub.reply.split(" ")):
             await asyncio.sleep(self.hub.token_delay)
@@ -210,6 +214,7 @@ class FakeHub:
         self.token_delay = token_delay
         self.ms_per_word = ms_per_word
         self.down: set[str] = set()
+        self.llm_error: ErrorEvent | None = None  # the LLM answers every generation with this error
         self.streams: dict[str, list[FakeStream]] = {}
 
     def factories(self) -> dict:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from rvchat_app.app import create_app
 from rvchat_app.settings import Settings
 from rvchat_app.testing import FakeHub
+from rvchat_common.protocol import ErrorEvent
 
 
 @pytest.fixture
@@ -90,6 +91,23 @@ def test_llm_down_gives_503(client, hub):
     hub.down.add("llm")
     r = client.post("/api/message", json={"text": "hi"})
     assert r.status_code == 503 and "language model" in r.json()["error"]["message"]
+
+
+def test_input_the_llm_refuses_is_the_callers_400_and_its_other_failures_a_502(client, hub):
+    # The words themselves do not fit (e.g. a remote model with a small context and no trimming).
+    hub.llm_error = ErrorEvent.of("context_length_exceeded", "the prompt needs 9000 tokens of 8192", status=400)
+    r = client.post("/api/message", json={"text": "hi"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and "9000 tokens" in err["message"]
+    assert err["type"] == "invalid_request_error"
+    # Not the caller's doing: LLM_MODEL names a model the Ollama host lacks, or the host fails.
+    for status, code in ((404, "model_not_found"), (502, "upstream_error")):
+        hub.llm_error = ErrorEvent.of(code, "no", status=status)
+        r = client.post("/api/message", json={"text": "hi"})
+        assert r.status_code == 502 and r.json()["error"]["code"] == "llm_failed", r.text
+    hub.llm_error = None
+    assert client.post("/api/message", json={"text": "hi"}).status_code == 200
 
 
 def test_status_reports_unreachable_services(client):
