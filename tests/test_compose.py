@@ -1,5 +1,9 @@
-"""The compose file is valid (checked by docker-compose itself, no engine needed) and wires the stack."""
+"""The compose file is valid (checked by docker-compose itself, no engine needed) and wires the stack;
+the Dockerfiles and .dockerignore hold what the images need (built and run for real by
+scripts/docker-e2e.sh, `make docker-test`)."""
 
+import fnmatch
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -8,6 +12,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SERVICES = {"vad": ("VAD", 3001), "stt": ("STT", 3002), "tts": ("TTS", 3003), "llm": ("LLM", 3004),
+            "main_app": ("APP", 3000)}
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +29,26 @@ def config() -> dict:
 
 def test_five_services_on_their_ports_with_healthchecks(config):
     services = config["services"]
-    ports = {"vad": 3001, "stt": 3002, "tts": 3003, "llm": 3004, "main_app": 3000}
-    for name, port in ports.items():
+    for name, (prefix, port) in SERVICES.items():
         svc = services[name]
         assert [p["target"] for p in svc["ports"]] == [port]
-        assert svc["healthcheck"]["test"][-1].startswith(f"http://127.0.0.1:{port}/")
+        # The check follows the port the service is told to listen on inside its container ($$ is
+        # compose's escape: the container's shell expands the variable, not compose).
+        kind, command = svc["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        assert f"http://127.0.0.1:${{{prefix}_PORT:-{port}}}/" in command.replace("$$", "$")
         assert svc["restart"] == "unless-stopped"
         assert (REPO / svc["build"]["dockerfile"]).is_file()
+
+
+def test_models_are_in_the_images_not_in_a_shared_volume(config):
+    # One volume shared by all five was filled by whichever started first and kept stale models
+    # across upgrades; the models ship inside the images, and only main_app keeps data (its history).
+    assert "models" not in (config.get("volumes") or {})
+    for name in SERVICES:
+        mounts = config["services"][name].get("volumes") or []
+        targets = [m["target"] if isinstance(m, dict) else m.split(":")[1] for m in mounts]
+        assert targets == (["/data"] if name == "main_app" else []), (name, targets)
 
 
 def test_app_waits_for_healthy_services_and_llm_points_at_gpu_host(config):
@@ -52,14 +71,112 @@ def test_ollama_profile_reserves_a_gpu(config):
     assert devices[0]["capabilities"] == ["gpu"]
 
 
-@pytest.mark.parametrize("service", ["vad", "stt", "tts", "llm", "main_app"])
+def dockerfile(service: str) -> str:
+    return (REPO / service / "Dockerfile").read_text()
+
+
+def copied_sources(service: str) -> list[str]:
+    """What a Dockerfile copies from the build context (not from another stage)."""
+    lines = dockerfile(service).splitlines()
+    return [src for line in lines if line.startswith("COPY ") and "--from" not in line
+            for src in line.split()[1:-1]]
+
+
+def final_stage(service: str) -> list[str]:
+    lines = dockerfile(service).splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    return lines[start:]
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
 def test_dockerfiles_run_as_non_root_with_healthcheck(service):
-    text = (REPO / service / "Dockerfile").read_text()
+    text = dockerfile(service)
     assert "USER app" in text and "HEALTHCHECK" in text and "EXPOSE 300" in text
-    for line in text.splitlines():
-        if line.startswith("COPY ") and "--from" not in line:
-            src = line.split()[1]
-            assert (REPO / src).exists(), f"{service}/Dockerfile copies missing {src}"
+    for src in copied_sources(service):
+        assert (REPO / src).exists(), f"{service}/Dockerfile copies missing {src}"
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_dockerfiles_take_the_base_image_as_a_build_arg(service):
+    lines = dockerfile(service).splitlines()
+    first_from = next(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in lines[:first_from]
+    assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in lines if line.startswith("FROM "))
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_healthcheck_follows_the_configured_port(service):
+    # Shell form, so the container's own <PREFIX>_PORT decides: with APP_PORT=3010 (or host
+    # networking) the check probes the port the service really listens on.
+    prefix, port = SERVICES[service]
+    text = re.sub(r"\\\n\s*", " ", dockerfile(service))
+    check = re.search(r"^HEALTHCHECK .*? CMD (.*)$", text, re.M).group(1)
+    assert not check.startswith("["), "exec form: no variable expansion"
+    assert f'"http://127.0.0.1:${{{prefix}_PORT:-{port}}}/' in check
+    assert f"EXPOSE {port}" in text
+
+
+def test_the_five_images_share_their_first_layers():
+    # The same instructions up to the shared requirements' install: built and stored once for all five.
+    preludes = {}
+    for service in SERVICES:
+        stage = final_stage(service)
+        end = next(i for i, line in enumerate(stage) if line.startswith("# ---- end of the shared layers"))
+        preludes[service] = stage[:end]
+    assert len({tuple(p) for p in preludes.values()}) == 1, "the shared layers differ between Dockerfiles"
+    prelude = "\n".join(preludes["vad"])
+    assert "COPY requirements/base.txt requirements/constraints.txt requirements/" in prelude
+    assert "pip install -r requirements/base.txt" in prelude
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_no_wheels_or_build_tools_left_in_the_image(service):
+    stage = "\n".join(final_stage(service))
+    assert "/wheels" not in stage
+    assert "build-essential" not in stage and "cmake" not in stage
+    # binutils (strip) is installed and purged in the same layer, or it would stay in the image.
+    for run in re.findall(r"^RUN (?:.*\\\n)*.*$", stage, re.M):
+        if "install" in run and "binutils" in run:
+            assert "purge -y --auto-remove binutils" in run
+
+
+def dockerignore() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = path.strip("/").split("/")
+    result = False
+    for pattern in dockerignore():
+        negate = pattern.startswith("!")
+        pat = pattern.lstrip("!").strip("/")
+        candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        if pat.startswith("**/"):
+            n = len(parts)
+            candidates += ["/".join(parts[i:j]) for i in range(n) for j in range(i + 1, n + 1)]
+            pat = pat[3:]
+        if any(fnmatch.fnmatchcase(c, pat) for c in candidates):
+            result = not negate
+    return result
+
+
+def test_dockerignore_keeps_the_build_context_small():
+    # After `make run` the .venv is 2 GB: without this every build first sent it to the engine.
+    for path in [".venv/bin/python", ".git/HEAD", ".env", "tests/data/speech/manifest.jsonl",
+                 "bench/REPORT.md", "common/rvchat_common/__pycache__/app.cpython-311.pyc"]:
+        assert ignored(path), f"{path} would be in the build context"
+
+
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_dockerignore_keeps_what_the_dockerfiles_copy(service):
+    for src in copied_sources(service):
+        files = [p for p in (REPO / src).rglob("*") if p.is_file() and "__pycache__" not in p.parts] \
+            if (REPO / src).is_dir() else [REPO / src]
+        assert files
+        for f in files:
+            assert not ignored(str(f.relative_to(REPO))), f"{service}: .dockerignore drops {f}"
 
 
 def test_replicas_profile_runs_a_second_stt_and_tts_behind_main_app():
