@@ -2,8 +2,9 @@
 
 Owns: holding a speculative reply's events until the turn is committed (then releasing them in
 order), forwarding audio (a JSON header and its PCM frame, adjacent), the play clock (when the page
-started and will finish playing, assuming it plays each chunk as it arrives), the page's own
-playback reports, and what the user heard of the reply when it was cut off.
+started and will finish playing, assuming it plays each chunk as it arrives; it stands still while
+the page has playback paused), the page's own playback reports, and what the user heard of the
+reply when it was cut off.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Playout:
         self.page_done = False  # the page said it has played everything
         self.played_report: float | None = None
         self._report = asyncio.Event()
+        self.paused_at: float | None = None  # the page paused playback (speech over the reply) at this time
 
     # -- holding (speculative replies) --
     def hold(self) -> None:
@@ -100,11 +102,12 @@ class Playout:
         if not pcm:
             return
         now = time.perf_counter()
+        clock = self._clock(now)  # while paused, a chunk queues behind the paused audio
         ms = len(pcm) / 2 / rate * 1000
         first = self.play_start is None
         if first:
-            self.play_start = self.play_end = now
-        self.play_end = max(self.play_end, now) + ms / 1000
+            self.play_start = self.play_end = clock
+        self.play_end = max(self.play_end, clock) + ms / 1000
         self.chunks.append((text, ms))
         self.audio_ms += ms
         if first:
@@ -124,9 +127,31 @@ class Playout:
     def started(self) -> bool:
         return self.play_start is not None
 
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+    def _clock(self, now: float) -> float:
+        return now if self.paused_at is None else min(now, self.paused_at)
+
+    def pause(self, now: float) -> None:
+        """The page paused playback: the clock stands still (chunks sent meanwhile queue up)."""
+        if self.paused_at is None:
+            self.paused_at = now
+
+    def resume(self, now: float) -> float:
+        """The page resumed where it paused: what was left to play then plays from now. Seconds paused."""
+        if self.paused_at is None:
+            return 0.0
+        paused_s = max(0.0, now - self.paused_at)
+        if self.play_start is not None and self.play_end > self.paused_at:
+            self.play_end += paused_s
+        self.paused_at = None
+        return paused_s
+
     def playing(self, now: float) -> bool:
-        """Audio is (by the clock) still coming out of the page's speaker."""
-        return self.play_start is not None and now < self.play_end
+        """Audio is (by the clock) still coming out of the page's speaker, or waits paused to come out."""
+        return self.play_start is not None and self._clock(now) < self.play_end
 
     def drained_at(self) -> float:
         """When the page will have played everything sent so far."""
@@ -136,6 +161,7 @@ class Playout:
         """Audio played so far, assuming the page started playing each chunk as it arrived."""
         if self.play_start is None:
             return 0.0
+        now = self._clock(now)
         if now >= self.play_end:
             return self.audio_ms
         return max(0.0, self.audio_ms - (self.play_end - now) * 1000)

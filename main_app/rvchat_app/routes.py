@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from rvchat_common.errors import APIError
 from rvchat_common.protocol import page
 
+from .backchannel import parse_words
 from .links import degraded_modes
 from .schemas import ConversationCreate, MessageRequest
 from .session import reply_once
@@ -34,7 +35,9 @@ async def page_config(request: Request) -> dict:
     return {
         "input_sample_rate": page.INPUT_SAMPLE_RATE,
         "turn_taking": {"threshold": s.vad_threshold, "min_silence_ms": s.vad_min_silence_ms,
-                        "min_speech_ms": s.vad_min_speech_ms},
+                        "min_speech_ms": s.vad_min_speech_ms, "backchannels": s.backchannels,
+                        "backchannel_words": parse_words(s.backchannel_words),
+                        "resume_window_ms": s.resume_window_ms},
         "limits": {**page.config_limits(), "text_chars": page.TEXT_MAX_CHARS},
         "features": {"cue_tones": s.cue_tones},
     }

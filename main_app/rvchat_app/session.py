@@ -1,14 +1,17 @@
 """One browser tab's voice session: the pipeline, read top-down.
 
     mic PCM ─► recognition (VAD + STT + endpointing) ─► reply (LLM ─► TTS) ─► playout ─► page
-                       └──────────── speech start = barge-in ◄─────────────────┘
+                       └─── speech start = pause; its words: resume or barge-in ◄──┘
                                                            history ◄── what was heard
 
 The session wires the parts together and owns only what spans them: dispatching page events,
 the current reply, and the state shown to the page, derived in one place (:meth:`Session.state`)
 from whether the user speaks, a transcript is awaited, and the reply's phase and playout.
-Speech that starts while the assistant is thinking or speaking is a barge-in: playback stops in
-the page, the LLM and TTS work is cancelled upstream, and only what the user heard is kept.
+Speech that starts while the assistant is thinking or speaking pauses playback in the page at once
+(the reply's generation goes on). Once STT's words for it are in, an acknowledgement ("mm-hm",
+backchannel.py) or no words at all (a cough, a door) resume it where it stopped; other words are a
+barge-in: playback stops, the LLM and TTS work is cancelled upstream, only what the user heard is
+kept, and the new words are answered. With ``APP_BACKCHANNELS=false`` speech is a barge-in at once.
 
 The service streams come from injectable factories, so the logic runs against fakes in unit
 tests and against the real services in integration tests.
@@ -24,6 +27,7 @@ from typing import Any
 
 from rvchat_common.protocol import ErrorEvent, ProtocolError, llm, page, parse, tts
 
+from .backchannel import Backchannels, parse_words
 from .clients import Closed, ServiceClosed
 from .history import History, history_for_request
 from .links import LABELS, Link, Links, StreamFactory
@@ -65,6 +69,13 @@ class Session:
         self._drain_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._closing: asyncio.Future | None = None
+        # Backchannels: the page's settings, and the reply paused by speech until that speech's words are in.
+        self.backchannel = {"backchannels": settings.backchannels,
+                            "backchannel_words": parse_words(settings.backchannel_words),
+                            "resume_window_ms": settings.resume_window_ms}
+        self._acks = Backchannels(self.backchannel["backchannel_words"])
+        self._paused: Reply | None = None
+        self._resume_timer: asyncio.TimerHandle | None = None
 
     @property
     def conversation_id(self) -> str | None:
@@ -103,6 +114,7 @@ class Session:
             task.cancel()
         if self._drain_timer:
             self._drain_timer.cancel()
+        self._cancel_resume_timer()
         self.detector.close()
         await self.links.close()
 
@@ -139,6 +151,11 @@ class Session:
 
     async def notify(self, event: page.Event) -> None:
         await self.send(event)
+        if self._paused is not None:
+            if isinstance(event, page.SpeechEnded):  # no words by the end of the window: it was not a turn
+                self._start_resume_timer(self._paused)
+            elif isinstance(event, page.NoSpeech):  # STT heard no words in it: a cough, a door, a breath
+                await self._resume(self._paused, "no_words")
 
     async def _event_error(self, message: str, code: str) -> None:
         await self.send(page.SessionError.of(code, message))
@@ -152,7 +169,7 @@ class Session:
         reply = self.reply
         if reply is not None and reply.phase not in (Phase.FAILED, Phase.INTERRUPTED):
             playout = reply.playout
-            if playout.started and not playout.page_done and (
+            if playout.started and not playout.page_done and not playout.paused and (
                     not reply.ended or time.perf_counter() < playout.drained_at()):
                 return "speaking"
             if not reply.ended:
@@ -210,8 +227,14 @@ class Session:
     # ----------------------------------------------------------------- turn detection hooks
     async def on_start_of_speech(self) -> None:
         reply = self.reply
+        if self._paused is not None:
+            self._cancel_resume_timer()  # more speech: its words decide too
+            return
         if reply is not None and not reply.ended or self.state in ("thinking", "speaking"):
-            await self._interrupt(reason="barge-in")
+            if self._pausable(reply):
+                await self._pause(reply)
+            else:
+                await self._interrupt(reason="barge-in")
 
     def speculating(self) -> bool:
         reply = self.reply
@@ -223,6 +246,23 @@ class Session:
 
     async def on_end_of_turn(self, text: str, timings: dict[str, float], commit_at: float | None,
                              replaces: int | None) -> None:
+        paused = self._paused
+        if paused is not None:
+            if self._acks.is_acknowledgement(text):  # "mm-hm": heard, not a turn; the reply plays on
+                await self._resume(paused, "backchannel", text)
+                return
+            # Real words over the reply: a barge-in after all.
+            if not paused.playout.started and paused.source == "voice" and replaces is None:
+                # Nothing of the reply reached the speaker: the user was only pausing. Answer the
+                # whole utterance, in the same stored message.
+                text, replaces = f"{paused.user_text} {text}", paused.user_message_id
+                await self._interrupt(reason="barge-in", carry=False)
+            else:
+                await self._interrupt(reason="barge-in")
+        elif self.reply is not None and self.reply.phase is not Phase.SPECULATIVE and (
+                not self.reply.ended or self.reply.playout.playing(time.perf_counter())):
+            # Words that came after the paused reply resumed (their STT was slower than the window).
+            await self._interrupt(reason="barge-in")
         reply = self.reply
         if reply is not None and reply.phase is Phase.SPECULATIVE and reply.suspended:
             if text == reply.user_text:
@@ -258,6 +298,8 @@ class Session:
             if event.voice_out is not None:
                 self.voice_out = event.voice_out
             await self.detector.configure(event.changes())
+            self.backchannel.update(event.backchannel_changes())
+            self._acks = Backchannels(self.backchannel["backchannel_words"])
             await self.send(self._config_view())
         elif isinstance(event, page.Playback):
             self._on_playback(event)
@@ -285,7 +327,7 @@ class Session:
         await self.send(page.Conversation(id=conv["id"], title=conv["title"], messages=conv["messages"]))
 
     def _config_view(self) -> page.ConfigApplied:
-        return page.ConfigApplied(**self.detector.config, voice_out=self.voice_out)
+        return page.ConfigApplied(**self.detector.config, voice_out=self.voice_out, **self.backchannel)
 
     def _on_playback(self, event: page.Playback) -> None:
         reply = self.reply if event.turn is None else self._recent.get(event.turn)
@@ -460,11 +502,58 @@ class Session:
             self.detector.carry_over(reply.user_text, reply.user_message_id)
         log.info("turn %s: speculative reply dropped (the user went on)", reply.id)
 
-    async def _interrupt(self, reason: str, notify: bool = True) -> None:
-        """Barge-in: stop playback now, cancel upstream work, keep only what was heard."""
+    # ----------------------------------------------------------------- pause and resume (backchannels)
+    def _pausable(self, reply: Reply | None) -> bool:
+        """Speech over this reply pauses it (rather than interrupting it at once)."""
+        return (self.backchannel["backchannels"] and reply is not None and reply.phase is not Phase.SPECULATIVE
+                and (not reply.ended or reply.playout.playing(time.perf_counter())))
+
+    async def _pause(self, reply: Reply) -> None:
+        """Speech onset over the reply: stop the sound now, keep the rest until the speech's words are in."""
+        self._paused = reply
+        reply.playout.pause(time.perf_counter())
+        await self.send(page.PausePlayback(turn=reply.id))
+        log.info("turn %s: paused (speech over the reply)", reply.id)
+
+    async def _resume(self, reply: Reply, reason: str, text: str = "") -> None:
+        """A false interruption: play on from where the page paused."""
+        if self._paused is not reply:
+            return
+        self._paused = None
+        self._cancel_resume_timer()
+        if reply.phase in (Phase.FAILED, Phase.INTERRUPTED):
+            return
+        paused_s = reply.playout.resume(time.perf_counter())
+        await self.send(page.ResumePlayback(turn=reply.id, reason=reason, text=text,
+                                            paused_ms=round(paused_s * 1000, 1)))
+        log.info("turn %s: resumed after %.0f ms (%s%s)", reply.id, paused_s * 1000, reason,
+                 f": {text!r}" if text else "")
+        if reply.ended and reply.playout.chunks:
+            self._sync_state_at(reply.playout.drained_at())
+        await self._sync_state()
+
+    def _start_resume_timer(self, reply: Reply) -> None:
+        self._cancel_resume_timer()
+        delay = self.backchannel["resume_window_ms"] / 1000
+        self._resume_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._resume(reply, "timeout"), f"resume-{reply.id}"))
+
+    def _cancel_resume_timer(self) -> None:
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+
+    async def _interrupt(self, reason: str, notify: bool = True, carry: bool = True) -> None:
+        """Barge-in: stop playback now, cancel upstream work, keep only what was heard.
+
+        ``carry``: if nothing of a voice reply was heard, what the user says next continues their
+        utterance (not when the caller has merged the words already)."""
         reply = self.reply
         if reply is None or reply.phase is Phase.INTERRUPTED:
             return
+        if self._paused is reply:
+            self._paused = None
+            self._cancel_resume_timer()
         if reply.phase is Phase.SPECULATIVE:
             if reason == "barge-in":  # the user's speech decides, once its words are in
                 self._suspend(reply)
@@ -485,13 +574,14 @@ class Session:
             if reply.stream is not None:
                 reply.cancelled = await reply.stream.cancel()
         if notify:
-            self._spawn(self._record_interrupted(reply, now, reason, notify), f"interrupt-{reply.id}")
+            self._spawn(self._record_interrupted(reply, now, reason, notify, carry), f"interrupt-{reply.id}")
         else:  # the page is gone: record what it had heard (by the clock) before the session ends
-            await self._record_interrupted(reply, now, reason, notify)
+            await self._record_interrupted(reply, now, reason, notify, carry)
         if reason != "barge-in":  # on a barge-in the user's speech sets the state next
             await self._sync_state()
 
-    async def _record_interrupted(self, reply: Reply, at: float, reason: str, notify: bool) -> None:
+    async def _record_interrupted(self, reply: Reply, at: float, reason: str, notify: bool,
+                                  carry: bool = True) -> None:
         # The page answers stop_playback with the audio it really played.
         played = await reply.playout.played_ms(at, REPORT_WAIT_S if notify else 0)
         heard = reply.playout.heard(played, reply.text, reply.voice)
@@ -503,7 +593,7 @@ class Session:
             elif heard:
                 reply.message_id = await self.history.add_assistant(
                     heard, interrupted=True, source="voice" if reply.spoken else "text", meta=meta)
-        if not heard and reason == "barge-in" and reply.source == "voice":
+        if carry and not heard and reason == "barge-in" and reply.source == "voice":
             # Nothing of the reply was heard: the user was only pausing. Merge what they say next
             # into the same message, so the model answers the whole utterance.
             self.detector.carry_over(reply.user_text, reply.user_message_id)

@@ -9,6 +9,8 @@ from pydantic_settings import SettingsConfigDict
 
 from rvchat_common.settings import ServiceSettings
 
+from .backchannel import DEFAULT_WORDS
+
 class Settings(ServiceSettings):
     """Where the four services are, where history is kept, and the turn-taking defaults."""
 
@@ -75,6 +77,19 @@ class Settings(ServiceSettings):
         description="VAD threshold while the assistant is speaking: higher, so that leftover echo of the "
         "reply does not interrupt it.",
     )
+    backchannels: bool = Field(
+        True, description="Speech while the assistant speaks or thinks first only pauses the reply; once its "
+        "words are in, an acknowledgement from APP_BACKCHANNEL_WORDS ('mm-hm', 'okay'), or no words at all "
+        "(a cough, a door), resumes it where it stopped, and other words interrupt it. Off: any speech over "
+        "the reply interrupts it at once.")
+    backchannel_words: str = Field(
+        ", ".join(DEFAULT_WORDS), description="Comma-separated acknowledgements that do not interrupt a reply "
+        "(an utterance of up to 4 words made only of these). Spelling variants are matched: mm-hm also "
+        "matches Whisper's 'Mm-hmm', 'mhm' and 'hmm'.")
+    resume_window_ms: int = Field(
+        1500, ge=200, le=5000, description="A paused reply resumes when no words have come this long after "
+        "the user's speech ended (STT slow or down). The words of a short utterance usually arrive within "
+        "0.1-0.4 s of its end, so the window is only the fallback.")
     preroll_ms: int = Field(
         300, description="Audio kept from before the VAD's speech start and sent to STT, so no first word is cut."
     )

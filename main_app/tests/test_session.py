@@ -108,9 +108,10 @@ async def test_voice_turn_streams_transcript_then_text_then_audio(store):
 
 
 async def test_barge_in_stops_playback_cancels_upstream_and_keeps_what_was_heard(store):
+    """With backchannels off, speech onset interrupts at once (test_backchannel.py: the pause first)."""
     hub = FakeHub(reply="First sentence here. Second sentence is a longer one. Third one never heard.",
                   token_delay=0.01, ms_per_word=300)
-    session, page = await make(store, hub)
+    session, page = await make(store, hub, backchannels=False)
     try:
         await speak(session, hub)
         await page.wait("audio", count=2)

@@ -25,7 +25,11 @@ _RANGES: dict[str, tuple[float, float, float]] = {
     "threshold": (0.05, 0.95, 0.01),
     "min_silence_ms": (100, 3000, 10),
     "min_speech_ms": (50, 2000, 10),
+    "resume_window_ms": (200, 5000, 50),
 }
+TURN_KEYS = ("threshold", "min_silence_ms", "min_speech_ms")  # the ones recognition (the VAD) applies
+BACKCHANNEL_WORDS_MAX = 100  # entries in the acknowledgement list
+BACKCHANNEL_WORD_CHARS = 40
 
 
 def config_limits() -> dict[str, dict[str, float]]:
@@ -59,8 +63,12 @@ class Config(Event):
     min_silence_ms: int | None = None
     min_speech_ms: int | None = None
     voice_out: bool | None = None
+    backchannels: bool | None = None
+    backchannel_words: list[Annotated[str, Field(max_length=BACKCHANNEL_WORD_CHARS)]] | None = Field(
+        None, max_length=BACKCHANNEL_WORDS_MAX)
+    resume_window_ms: int | None = None
 
-    @field_validator("threshold", "min_silence_ms", "min_speech_ms")
+    @field_validator("threshold", "min_silence_ms", "min_speech_ms", "resume_window_ms")
     @classmethod
     def _in_range(cls, v: float | None, info: Any) -> float | None:
         lo, hi, _ = _RANGES[info.field_name]
@@ -69,8 +77,15 @@ class Config(Event):
         return v
 
     def changes(self) -> dict[str, float]:
-        """The turn-taking settings this event sets."""
-        return {k: getattr(self, k) for k in _RANGES if k in self.model_fields_set and getattr(self, k) is not None}
+        """The turn detector's settings this event sets (VAD threshold, silences)."""
+        return self._set(TURN_KEYS)
+
+    def backchannel_changes(self) -> dict[str, Any]:
+        """The backchannel settings this event sets (on/off, the acknowledgements, the resume window)."""
+        return self._set(("backchannels", "backchannel_words", "resume_window_ms"))
+
+    def _set(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in keys if k in self.model_fields_set and getattr(self, k) is not None}
 
 
 class Playback(Event):
@@ -228,6 +243,25 @@ class ReplyEnd(Event):
     error: bool | None = None
 
 
+class PausePlayback(Event):
+    """Speech over the reply: pause playback now (keep the rest); ``resume_playback`` or ``stop_playback``
+    follows once the speech's words are in. The page answers with ``playback`` and what it played."""
+
+    type: Literal["pause_playback"] = "pause_playback"
+    turn: int
+
+
+class ResumePlayback(Event):
+    """The speech was only an acknowledgement (``text``), had no words, or none came in time: play on
+    where playback paused."""
+
+    type: Literal["resume_playback"] = "resume_playback"
+    turn: int
+    reason: Literal["backchannel", "no_words", "timeout"]
+    text: str
+    paused_ms: float
+
+
 class StopPlayback(Event):
     """Stop playing now (barge-in); the page answers with ``playback`` and what it played."""
 
@@ -283,6 +317,9 @@ class ConfigApplied(Event):
     min_silence_ms: int
     min_speech_ms: int
     voice_out: bool
+    backchannels: bool
+    backchannel_words: list[str]
+    resume_window_ms: int
 
 
 class Pong(Event):
@@ -292,7 +329,8 @@ class Pong(Event):
 
 ServerEvent = Annotated[
     Hello | Notice | State | Services | AudioFormat | SpeechStarted | SpeechEnded | Partial | NoSpeech
-    | Transcript | ReplyStart | ReplyDelta | Audio | AudioEnd | Latency | ReplyEnd | StopPlayback | Interrupted
+    | Transcript | ReplyStart | ReplyDelta | Audio | AudioEnd | Latency | ReplyEnd | PausePlayback | ResumePlayback
+    | StopPlayback | Interrupted
     | SessionError | Conversation | ConversationCreated | ConfigApplied | Pong,
     Field(discriminator="type")]
 server_events: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)

@@ -1,0 +1,244 @@
+"""Backchannels and false interruptions over in-process fakes (fast, no models).
+
+Speech over a reply pauses it; its words decide: an acknowledgement or no words resume it where it
+stopped, real words interrupt it and are answered. test_e2e_backchannel.py does the same with the
+real services and real recordings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rvchat_app.backchannel import DEFAULT_WORDS, Backchannels, words_of
+from rvchat_app.playout import Playout
+from rvchat_app.testing import FakeHub, ScriptedUser, until
+from rvchat_common.protocol import stt
+
+from .test_session import make, speak, store  # noqa: F401  (the store fixture)
+
+LONG = "First sentence here. Second sentence is a longer one. Third one is the end."
+
+
+# ------------------------------------------------------------------ the matcher
+@pytest.mark.parametrize("text", ["Mm-hmm.", "mm hm", "Mhm.", "Hmm?", "Uh-huh.", "Yeah.", "Okay, okay.",
+                                  "Yeah, okay.", "Right.", "Sure!", "I see.", "Oh, I see.", "OK", "All right.",
+                                  "Uh", "yeah [laughs]"])
+def test_acknowledgements_in_whispers_spellings(text):
+    assert Backchannels(DEFAULT_WORDS).is_acknowledgement(text)
+
+
+@pytest.mark.parametrize("text", ["Wait, stop.", "No.", "What about Berlin?", "Okay, but why?",
+                                  "Yeah, tell me about the weather.", "yeah yeah yeah okay sure", "", "[coughs]",
+                                  "Right now please."])
+def test_real_words_are_not_acknowledgements(text):
+    assert not Backchannels(DEFAULT_WORDS).is_acknowledgement(text)
+
+
+def test_the_list_is_configurable():
+    acks = Backchannels("oui, d'accord, ja")
+    assert acks.is_acknowledgement("Oui.") and acks.is_acknowledgement("D'accord!")
+    assert not acks.is_acknowledgement("Okay.")
+    assert words_of("Mm-Hmm, uh-huh (coughs)") == ("mhm", "uhhuh")
+
+
+# ------------------------------------------------------------------ the play clock
+async def test_the_play_clock_stands_still_while_paused():
+    async def nothing(*_a) -> None:
+        return None
+
+    playout = Playout(1, nothing, nothing, on_first_audio=nothing)
+    await playout.audio("One two three.", b"\0\0" * 16000, 16000)  # 1 s
+    t0 = playout.play_start
+    playout.pause(t0 + 0.4)
+    assert playout.estimated_played_ms(t0 + 3.0) == pytest.approx(400)
+    assert playout.playing(t0 + 3.0)  # 600 ms still to play, once resumed
+    await playout.audio("Four.", b"\0\0" * 8000, 16000)  # 0.5 s arriving during the pause queues behind
+    assert playout.resume(t0 + 2.4) == pytest.approx(2.0)
+    assert playout.estimated_played_ms(t0 + 2.9) == pytest.approx(900)
+    assert playout.play_end == pytest.approx(t0 + 2.4 + 0.6 + 0.5)
+
+
+# ------------------------------------------------------------------ the session
+async def reply_playing(session, page, hub) -> ScriptedUser:
+    user = await speak(session, hub)
+    await page.wait("audio", count=2)
+    return user
+
+
+async def test_an_acknowledgement_pauses_then_resumes_the_reply(store):
+    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        user = await reply_playing(session, page, hub)
+        await user.says(start=3.0, end=3.4, text="Mm-hmm.")
+        pause = await page.wait("pause_playback")
+        resume = await page.wait("resume_playback")
+        assert resume == {"type": "resume_playback", "turn": pause["turn"], "reason": "backchannel",
+                          "text": "Mm-hmm.", "paused_ms": resume["paused_ms"]}
+        after_pause = page.types()[page.types().index("pause_playback"):]
+        assert after_pause.index("speech_end") < after_pause.index("resume_playback")
+        end = await page.wait("reply_end")
+        assert end["text"] == LONG
+        # Not cancelled, not answered, not a turn: one generation, one transcript, no interruption.
+        assert not page.of("stop_playback") and not page.of("interrupted")
+        assert not hub.last("llm").calls("cancel") and not hub.last("tts").calls("cancel")
+        assert len(hub.last("llm").calls("generate")) == 1
+        assert [e["text"] for e in page.of("transcript")] == [hub.transcript]
+        await until(lambda: session.state == "speaking", what="speaking again after the resume")
+        conv = await store.get_conversation(session.conversation_id)
+        assert [(m["role"], m["content"], m["interrupted"]) for m in conv["messages"]] == [
+            ("user", hub.transcript, False), ("assistant", LONG, False)]
+    finally:
+        await session.close()
+
+
+async def test_speech_without_words_resumes_the_reply(store):
+    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        user = await reply_playing(session, page, hub)
+        await user.says(start=3.0, end=3.3, text="")  # a cough: the VAD heard it, STT found no words
+        await page.wait("pause_playback")
+        resume = await page.wait("resume_playback")
+        assert resume["reason"] == "no_words" and resume["text"] == ""
+        assert (await page.wait("reply_end"))["text"] == LONG
+        assert not page.of("interrupted")
+    finally:
+        await session.close()
+
+
+async def test_real_words_interrupt_the_paused_reply_and_are_answered(store):
+    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        user = await reply_playing(session, page, hub)
+        hub.reply = "Berlin is the capital of Germany."
+        await user.says(start=3.0, end=3.8, text="Wait, what about Berlin?")
+        pause = await page.wait("pause_playback")
+        # The page paused after 1.2 s of the reply (the first sentence, 3 words x 300 ms, and one word).
+        await session.on_text_event({"type": "playback", "turn": pause["turn"], "played_ms": 1200})
+        stop = await page.wait("stop_playback")
+        await session.on_text_event({"type": "playback", "turn": stop["turn"], "played_ms": 1200})
+        ev = await page.wait("interrupted")
+        assert ev["turn"] == pause["turn"] and ev["spoken_text"] == "First sentence here. Second"
+        assert not page.of("resume_playback")
+        assert hub.last("llm").calls("cancel") or hub.last("llm").task.done()
+        t2 = await page.wait("transcript", count=2)
+        assert t2["text"] == "Wait, what about Berlin?"
+        await page.wait("reply_end", turn=t2["turn"])
+        conv = await store.get_conversation(session.conversation_id)
+        assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+            ("user", hub.transcript), ("assistant", "First sentence here. Second"),
+            ("user", "Wait, what about Berlin?"), ("assistant", hub.reply)]
+    finally:
+        await session.close()
+
+
+async def test_no_words_within_the_window_resumes_and_late_words_still_interrupt(store):
+    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub, resume_window_ms=300)
+    try:
+        user = await reply_playing(session, page, hub)
+        fake_stt = hub.last("stt")
+
+        async def end_without_answer() -> None:  # STT is slow: its final comes after the window
+            fake_stt.buffer.clear()
+
+        fake_stt.end = end_without_answer
+        await user.says(start=3.0, end=3.8)
+        resume = await page.wait("resume_playback", timeout=3)
+        assert resume["reason"] == "timeout"
+        assert not page.of("stop_playback")
+        fake_stt.emit(stt.Final(text="Stop, please.", language="en", duration=0.8, processing_ms=1.0))
+        ev = await page.wait("interrupted")
+        assert ev["reason"] == "barge-in"
+        assert (await page.wait("transcript", count=2))["text"] == "Stop, please."
+    finally:
+        await session.close()
+
+
+async def test_an_acknowledgement_while_thinking_keeps_the_reply(store):
+    hub = FakeHub(reply=LONG, token_delay=0.05, ms_per_word=100)
+    session, page = await make(store, hub)
+    try:
+        user = await speak(session, hub)
+        await page.wait("reply_start")
+        assert not page.of("audio")
+        await user.says(start=1.3, end=1.6, text="Okay.")
+        assert (await page.wait("resume_playback"))["reason"] == "backchannel"
+        assert (await page.wait("reply_end", timeout=10))["text"] == LONG
+        assert len(hub.last("llm").calls("generate")) == 1 and not page.of("interrupted")
+        users = [m["content"] for m in (await store.get_conversation(session.conversation_id))["messages"]
+                 if m["role"] == "user"]
+        assert users == [hub.transcript]
+    finally:
+        await session.close()
+
+
+async def test_a_finished_reply_still_playing_pauses_and_resumes(store):
+    hub = FakeHub(reply=LONG, token_delay=0.001, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        user = await speak(session, hub)
+        await page.wait("reply_end")  # all generated; about 4 s still to play
+        await user.says(start=2.0, end=2.3, text="Yeah.")
+        await page.wait("resume_playback")
+        await until(lambda: session.state == "speaking", what="speaking again")
+        await session.close()  # the page leaves 0.x s later: what it heard, up to the pause and after
+        conv = await store.get_conversation(session.conversation_id)
+        assistant = [m for m in conv["messages"] if m["role"] == "assistant"]
+        assert len(assistant) == 1 and assistant[0]["interrupted"] is True
+        assert assistant[0]["meta"]["reason"] == "session closed"
+    finally:
+        await session.close()
+
+
+async def test_a_page_that_leaves_while_paused_keeps_what_it_heard_before_the_pause(store):
+    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=100)
+    session, page = await make(store, hub)
+    user = await speak(session, hub)
+    await page.wait("audio", count=2)  # the first sentence (300 ms) and the second (600 ms) are out
+    await asyncio.sleep(0.35)
+    await user.says(start=3.0, end=3.2, text=None)  # still waiting for its words
+    await page.wait("pause_playback")
+    await asyncio.sleep(1.0)  # paused: nothing more is heard, however long the page waits
+    await session.close()
+    conv = await store.get_conversation(session.conversation_id)
+    assistant = [m for m in conv["messages"] if m["role"] == "assistant"]
+    assert assistant[0]["interrupted"] is True
+    assert assistant[0]["content"].startswith("First sentence here.")
+    assert not assistant[0]["content"].startswith("First sentence here. Second sentence is a longer one.")
+
+
+async def test_backchannel_settings_from_the_page(store):
+    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        hello = page.of("hello")[0]["config"]
+        assert hello["backchannels"] is True and "mm-hm" in hello["backchannel_words"]
+        assert hello["resume_window_ms"] == 1500
+        await session.on_text_event({"type": "config", "resume_window_ms": 50})
+        assert "between" in (await page.wait("error"))["error"]["message"]
+        await session.on_text_event({"type": "config", "backchannel_words": ["x" * 41]})
+        assert (await page.wait("error", count=2))["error"]["code"] == "invalid_event"
+        await session.on_text_event({"type": "config", "backchannel_words": ["oui", "d'accord"],
+                                     "resume_window_ms": 800})
+        ack = await page.wait("config")
+        assert ack["backchannel_words"] == ["oui", "d'accord"] and ack["resume_window_ms"] == 800
+        assert ack["backchannels"] is True and ack["threshold"] == 0.5
+        # "Okay" is no acknowledgement now: it interrupts.
+        user = await reply_playing(session, page, hub)
+        await user.says(start=3.0, end=3.3, text="Okay.")
+        await page.wait("interrupted")
+        # Off: speech onset interrupts at once, before its words are in.
+        await session.on_text_event({"type": "config", "backchannels": False})
+        assert (await page.wait("config", count=2))["backchannels"] is False
+        await page.wait("reply_end", timeout=10)
+        await page.wait("audio", count=4)
+        hub.last("vad").emit({"type": "speech_start", "timestamp": 9.0})
+        await page.wait("stop_playback", count=2)
+        assert len(page.of("pause_playback")) == 1
+    finally:
+        await session.close()
