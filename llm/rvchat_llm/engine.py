@@ -8,6 +8,7 @@ or llama_cpp).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -18,8 +19,9 @@ from rvchat_common.errors import APIError
 from rvchat_common.inference import InferenceQueue
 from rvchat_common.protocol import ErrorEvent, llm
 
-from .providers.base import ChatOptions, Delta, Final, Provider, UpstreamError
+from .providers.base import ChatOptions, Delta, Final, Provider, ToolCallDelta, UpstreamError
 from .settings import Settings
+from .tools import ToolCalls, message_text
 
 log = logging.getLogger("rvchat.llm")
 
@@ -43,7 +45,7 @@ def make_provider(settings: Settings, queue: InferenceQueue) -> Provider:
 
 @dataclass
 class Request:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # OpenAI's shape: role, content, tool_calls?, tool_call_id?
     system: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
@@ -53,6 +55,9 @@ class Request:
     seed: int | None = None
     default_system: bool = True  # /generate and /ws add the configured system prompt; /v1 does not
     trim: bool = False  # cut a newest message too long for the context instead of refusing it
+    tools: list[dict[str, Any]] | None = None  # checked by tools.check_tools, as is tool_choice
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass
@@ -68,14 +73,20 @@ class Done:
     timings: dict[str, float | None]
     dropped_messages: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
-    def message(self) -> dict[str, str]:
-        return {"role": "assistant", "content": self.content}
+    def message(self) -> dict[str, Any]:
+        """The OpenAI message: content null when the reply is only tool calls."""
+        if not self.tool_calls:
+            return {"role": "assistant", "content": self.content}
+        return {"role": "assistant", "content": self.content or None, "tool_calls": self.tool_calls}
 
     def event(self, id: str | None = None) -> llm.Done:
         """The ``done`` event (WebSocket, SSE); without its ``type`` it is the /generate answer.
         ``id``: the WebSocket's generation id, where it differs from the engine's."""
-        return llm.Done(id=id or self.id, message=llm.Message(role="assistant", content=self.content),
+        message = llm.Message(role="assistant", content=self.content,
+                              tool_calls=[llm.ToolCall.model_validate(c) for c in self.tool_calls] or None)
+        return llm.Done(id=id or self.id, message=message,
                         model=self.model, provider=self.provider, finish_reason=self.finish_reason,
                         usage=llm.Usage.model_validate(self.usage),
                         timings=llm.Timings.model_validate(self.timings),
@@ -115,8 +126,8 @@ class ChatEngine(Protocol):
     def model_for(self, requested: str | None) -> str:
         """The model that will answer a request naming ``requested``."""
 
-    def stream(self, req: Request) -> AsyncIterator[Delta | Done]:
-        """Deltas, then one Done; APIError before or during the stream."""
+    def stream(self, req: Request) -> AsyncIterator[Delta | ToolCallDelta | Done]:
+        """Deltas (text or tool call pieces), then one Done; APIError before or during the stream."""
 
     async def complete(self, req: Request) -> Done: ...
 
@@ -157,15 +168,14 @@ class LLMEngine:
         return requested
 
     # --- conversation hygiene ------------------------------------------------------
-    def prepare(self, req: Request, max_tokens: int) -> tuple[list[dict[str, str]], int, int]:
+    def prepare(self, req: Request, max_tokens: int) -> tuple[list[dict[str, Any]], int, int]:
         """System prompt first, then as many of the newest turns as fit the context window.
 
         Returns the messages, how many old ones were dropped and the max_tokens that fits.
         Blocking (tokenises); run
         it in a thread.
         """
-        messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-                    for m in req.messages]
+        messages = [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in req.messages]
         if req.system is not None:
             messages = [m for m in messages if m["role"] != "system"]
             if req.system:
@@ -178,11 +188,15 @@ class LLMEngine:
         turns = [m for m in messages if m["role"] != "system"]
         count = getattr(self.provider, "text_tokens", None)
 
-        def cost(m: dict[str, str]) -> int:
-            return (count(m["content"]) if count else len(m["content"]) * 2 // 7) + _FRAMING
+        def cost(m: dict[str, Any]) -> int:
+            text = message_text(m)
+            return (count(text) if count else len(text) * 2 // 7) + _FRAMING
 
         budget = self.provider.context_window - max_tokens - 16
         used = sum(cost(m) for m in system)
+        if req.tools and req.tool_choice != "none":
+            # The tools are described in the prompt (by the upstream's template, or ours).
+            used += cost({"content": json.dumps(req.tools)}) + 64
         kept: list[dict[str, str]] = []
         # Newest first, stopping at the first turn that does not fit, so only what is kept
         # gets tokenised (a hostile 500-message request costs no more than a fitting one).
@@ -193,6 +207,9 @@ class LLMEngine:
             kept.append(m)
             used += c
         kept.reverse()
+        while len(kept) > 1 and kept[0]["role"] == "tool":
+            # A result whose call was trimmed away answers nothing (and upstreams refuse it).
+            used -= cost(kept.pop(0))
         if used > budget:
             # The newest turn alone is too big for the reply room asked for: shorten the reply
             # rather than refuse, as long as a useful reply still fits.
@@ -212,8 +229,8 @@ class LLMEngine:
                      self.provider.context_window)
         return system + kept, dropped, max_tokens
 
-    def _trimmed(self, system: list[dict[str, str]], last: dict[str, str], cost: Any, budget: int,
-                 max_tokens: int) -> list[dict[str, str]]:
+    def _trimmed(self, system: list[dict[str, Any]], last: dict[str, Any], cost: Any, budget: int,
+                 max_tokens: int) -> list[dict[str, Any]]:
         """The system prompt and ``last`` cut (from its end) until both fit ``budget``; 400 when even
         the system prompt alone leaves no room."""
         room = budget - sum(cost(m) for m in system)
@@ -231,8 +248,8 @@ class LLMEngine:
         return system + [{**last, "content": text}]
 
     # --- generation ------------------------------------------------------------------
-    async def stream(self, req: Request) -> AsyncIterator[Delta | Done]:
-        """Deltas, then one Done. Raises APIError (before or during the stream).
+    async def stream(self, req: Request) -> AsyncIterator[Delta | ToolCallDelta | Done]:
+        """Deltas (text or tool call pieces), then one Done. Raises APIError (before or during the stream).
 
         Closing this iterator early (client gone, cancel) closes the provider's stream,
         which stops generation upstream or in the worker thread.
@@ -244,9 +261,12 @@ class LLMEngine:
         options = ChatOptions(model=self.model_for(req.model),
                               temperature=(s.default_temperature() if req.temperature is None
                                            else req.temperature),
-                              max_tokens=max_tokens, stop=req.stop, top_p=req.top_p, seed=req.seed)
+                              max_tokens=max_tokens, stop=req.stop, top_p=req.top_p, seed=req.seed,
+                              tools=req.tools, tool_choice=req.tool_choice,
+                              parallel_tool_calls=req.parallel_tool_calls)
         gen_id = uuid.uuid4().hex[:16]
         parts: list[str] = []
+        calls = ToolCalls()
         first_ms: float | None = None
         attempt = 0
         # The token timeouts are for upstreams that can hang (a dead connection, a stuck server).
@@ -258,7 +278,7 @@ class LLMEngine:
             gen = self.provider.stream_chat(messages, options)
             try:
                 while True:
-                    started = bool(parts)
+                    started = bool(parts) or bool(calls.calls)
                     wait = (s.token_timeout_s if started else s.first_token_timeout_s) if timed else None
                     try:
                         # asyncio.timeout, not wait_for: the generator must stay in this task
@@ -272,17 +292,24 @@ class LLMEngine:
                         what = "between tokens" if started else "for the first token"
                         raise UpstreamError(504, f"{self._upstream()} sent nothing for {wait:g} s {what}; "
                                             "gave up", "upstream_timeout") from None
-                    if isinstance(item, Delta):
+                    if isinstance(item, (Delta, ToolCallDelta)):
                         if first_ms is None:
                             first_ms = (time.perf_counter() - t0) * 1000
-                        parts.append(item.content)
+                        if isinstance(item, Delta):
+                            parts.append(item.content)
+                        else:
+                            calls.add(item)
                         yield item
                         continue
-                    yield self._done(gen_id, parts, item, messages, options, dropped, first_ms, t0)
+                    done = self._done(gen_id, parts, item, messages, options, dropped, first_ms, t0)
+                    done.tool_calls = calls.all()
+                    if done.tool_calls and done.finish_reason == "stop":
+                        done.finish_reason = "tool_calls"  # (Ollama says "stop")
+                    yield done
                     return
             except UpstreamError as exc:
                 # Retry only while nothing has been sent: a retry after a token would repeat output.
-                if parts or not exc.retryable or attempt >= s.retries:
+                if parts or calls.calls or not exc.retryable or attempt >= s.retries:
                     log.warning("generation failed after %d attempt(s): %s", attempt + 1, exc.message)
                     raise
                 delay = s.retry_backoff_s * (2 ** attempt)
@@ -298,7 +325,7 @@ class LLMEngine:
         where = getattr(p, "host", None) or getattr(p, "base_url", None)
         return f"{p.name} at {where}" if where else f"the {p.name} model"
 
-    def _done(self, gen_id: str, parts: list[str], final: Final, messages: list[dict[str, str]],
+    def _done(self, gen_id: str, parts: list[str], final: Final, messages: list[dict[str, Any]],
               options: ChatOptions, dropped: int, first_ms: float | None, t0: float) -> Done:
         content = "".join(parts)
         prompt = final.prompt_tokens

@@ -16,9 +16,12 @@ from rvchat_common.app import require_ready
 from rvchat_common.cancel import while_connected
 from rvchat_common.streaming import sse_event, sse_response
 
-from .engine import ChatEngine, Request as GenRequest, generation_error
-from .providers.base import Delta
-from .schemas import ChatCompletionRequest, GenerateRequest, check_limits, to_request
+from rvchat_common.protocol import llm
+
+from .engine import ChatEngine, generation_error
+from .providers.base import Delta, ToolCallDelta
+from .schemas import ChatCompletionRequest, GenerateRequest, to_request
+from .tools import ToolCalls
 
 log = logging.getLogger("rvchat.llm.routes")
 router = APIRouter()
@@ -59,12 +62,18 @@ async def generate(body: GenerateRequest, request: Request, engine: EngineDep) -
     first = await while_connected(request, prime(stream))
 
     async def events() -> AsyncIterator[str]:
+        calls = ToolCalls()
         try:
             item = first
             while True:
                 if isinstance(item, Delta):
                     yield sse_event({"type": "delta", "content": item.content})
+                elif isinstance(item, ToolCallDelta):
+                    for call in calls.add(item):
+                        yield sse_event(_tool_call_event(call))
                 else:
+                    for call in calls.finish():
+                        yield sse_event(_tool_call_event(call))
                     yield sse_event(item.event().model_dump())
                     return
                 item = await anext(stream)
@@ -85,12 +94,7 @@ async def list_models(engine: EngineDep) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions", dependencies=Ready, tags=["openai"], responses=STREAMED)
 async def chat_completions(body: ChatCompletionRequest, request: Request, engine: EngineDep) -> Any:
-    contents = [m.text() for m in body.messages]
-    check_limits(engine.settings, contents)
-    req = GenRequest(messages=[{"role": m.role, "content": c} for m, c in zip(body.messages, contents)],
-                     temperature=body.temperature, max_tokens=body.max_completion_tokens or body.max_tokens,
-                     model=body.model, top_p=body.top_p, stop=body.stop_list(), seed=body.seed,
-                     default_system=False)
+    req = body.to_request(engine.settings)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if not body.stream:
         done = await while_connected(request, engine.complete(req))
@@ -117,6 +121,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
             while True:
                 if isinstance(item, Delta):
                     yield chunk({"content": item.content})
+                elif isinstance(item, ToolCallDelta):
+                    yield chunk({"tool_calls": [_tool_call_chunk(item)]})
                 else:
                     yield chunk({}, _finish(item.finish_reason), item.model)
                     if include_usage:
@@ -132,6 +138,24 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
         yield "data: [DONE]\n\n"
 
     return sse_response(events())
+
+
+def _tool_call_chunk(d: ToolCallDelta) -> dict[str, Any]:
+    """OpenAI's streamed tool call piece: id, type and name in a call's first piece only."""
+    out: dict[str, Any] = {"index": d.index}
+    if d.id:
+        out["id"] = d.id
+        out["type"] = "function"
+    fn: dict[str, str] = {"arguments": d.arguments}
+    if d.name:
+        fn["name"] = d.name
+    out["function"] = fn
+    return out
+
+
+def _tool_call_event(call: dict[str, Any]) -> dict[str, Any]:
+    # /generate's SSE carries no generation id (one stream, one generation), as its deltas.
+    return llm.ToolCallEvent(id="", call=llm.ToolCall.model_validate(call)).model_dump(exclude={"id"})
 
 
 def _finish(reason: str) -> str:

@@ -14,6 +14,7 @@ from rvchat_common.protocol.base import UnicodeStr
 
 from .engine import Request
 from .settings import Settings
+from .tools import check_messages, check_tools, message_text
 
 
 class GenerateRequest(llm.GenerateParams):
@@ -35,11 +36,13 @@ def check_limits(settings: Settings, contents: list[str], where: str = "messages
 
 def to_request(settings: Settings, body: llm.GenerateParams) -> Request:
     """A /generate body or a WebSocket ``generate`` event as an engine request."""
-    contents = [m.content for m in body.messages]
-    check_limits(settings, contents + ([body.system] if body.system else []))
-    return Request(messages=[{"role": m.role, "content": m.content} for m in body.messages],
-                   system=body.system, temperature=body.temperature, max_tokens=body.max_tokens,
-                   model=body.model, trim=bool(body.trim))
+    messages = [m.model_dump() for m in body.messages]  # (absent tool fields stay absent)
+    check_limits(settings, [message_text(m) for m in messages] + ([body.system] if body.system else []))
+    tools, choice = check_tools(body.tools, body.tool_choice, settings.max_message_chars)
+    check_messages(messages)
+    return Request(messages=messages, system=body.system, temperature=body.temperature,
+                   max_tokens=body.max_tokens, model=body.model, trim=bool(body.trim), tools=tools,
+                   tool_choice=choice)
 
 
 class TextPart(BaseModel):
@@ -48,13 +51,16 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """OpenAI message: content may be a string or a list of text parts."""
+    """OpenAI message: content may be a string or a list of text parts. The tool fields are taken as
+    they come and checked by rvchat_llm.tools (a 400, as OpenAI answers, not a 422)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: UnicodeStr | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: Any = None
 
     @field_validator("content")
     @classmethod
@@ -65,6 +71,15 @@ class ChatMessage(BaseModel):
 
     def text(self) -> str:
         return self.content or ""  # type: ignore[return-value]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The engine's message (rvchat_llm.tools): role, content, and the tool fields if set."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class StreamOptions(BaseModel):
@@ -86,6 +101,21 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
     seed: int | None = None
     user: str | None = None
+    tools: Any = Field(None, description="Functions the model may call (OpenAI's shape).")
+    tool_choice: Any = Field(None, description="none, auto, required or "
+                             '{"type": "function", "function": {"name"}}.')
+    parallel_tool_calls: bool | None = None
+
+    def to_request(self, settings: Settings) -> Request:
+        """The engine request; tools, tool choice and tool messages checked (400 when wrong)."""
+        messages = [m.as_dict() for m in self.messages]
+        tools, choice = check_tools(self.tools, self.tool_choice, settings.max_message_chars)
+        check_messages(messages)
+        check_limits(settings, [message_text(m) for m in messages])
+        return Request(messages=messages, temperature=self.temperature,
+                       max_tokens=self.max_completion_tokens or self.max_tokens, model=self.model,
+                       top_p=self.top_p, stop=self.stop_list(), seed=self.seed, default_system=False,
+                       tools=tools, tool_choice=choice, parallel_tool_calls=self.parallel_tool_calls)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -1,4 +1,4 @@
-"""WS /ws: streamed generation with cancel (docs/protocols.md, LLM).
+"""WS /ws: streamed generation with cancel, and tool calls (docs/protocols.md, LLM).
 
 Framing, JSON, limits and error events are the shared receive loop's (rvchat_common.ws). A
 ``generate`` runs in its own task, so a ``cancel`` or a new ``generate`` is read at once: a new
@@ -20,8 +20,9 @@ from rvchat_common.protocol import ProtocolError, llm
 from rvchat_common.ws import MAX_FRAME_BYTES, EventSocket, Limits
 
 from .engine import ChatEngine, Request, generation_error
-from .providers.base import Delta
+from .providers.base import Delta, ToolCallDelta
 from .schemas import to_request
+from .tools import ToolCalls
 
 router = APIRouter()
 
@@ -77,6 +78,7 @@ class LlmSession:
     async def _generate(self, req: Request) -> None:
         gen_id = uuid.uuid4().hex[:16]
         parts: list[str] = []
+        calls = ToolCalls()
         stream = self.engine.stream(req)
         try:
             await self.sock.send(llm.Start(id=gen_id, model=self.engine.model_for(req.model),
@@ -85,7 +87,12 @@ class LlmSession:
                 if isinstance(item, Delta):
                     parts.append(item.content)
                     await self.sock.send(llm.Delta(id=gen_id, content=item.content))
+                elif isinstance(item, ToolCallDelta):
+                    for call in calls.add(item):  # a whole call, as soon as it is written
+                        await self.sock.send(llm.ToolCallEvent(id=gen_id, call=call))
                 else:
+                    for call in calls.finish():
+                        await self.sock.send(llm.ToolCallEvent(id=gen_id, call=call))
                     await self.sock.send(item.event(gen_id))
         except asyncio.CancelledError:
             await stream.aclose()  # stop the model before telling the client it stopped

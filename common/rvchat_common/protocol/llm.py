@@ -1,31 +1,72 @@
 """The LLM service's WebSocket events (``ws://llm:3004/ws``; docs/protocols.md, LLM).
 
-Client -> server: ``Generate``, ``Cancel``. Server -> client: ``Start``, ``Delta``, ``Done``,
-``Cancelled``, ``ErrorEvent``; every event of a generation carries its ``id``.
+Client -> server: ``Generate``, ``Cancel``. Server -> client: ``Start``, ``Delta``, ``ToolCallEvent``,
+``Done``, ``Cancelled``, ``ErrorEvent``; every event of a generation carries its ``id``. Tool calling
+uses OpenAI's shapes (``Tool``, ``ToolCall``, ``tool`` messages with ``tool_call_id``).
 ``GenerateParams`` is also the body of ``POST /generate`` (plus ``stream``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
 from .base import ErrorEvent, Event, UnicodeStr, WireModel
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+# --- tool calling (OpenAI's shapes) ----------------------------------------------------------
+class FunctionCall(WireModel):
+    name: str = Field(description="The function called.")
+    arguments: str = Field(description="Its arguments: the text of a JSON object.")
+
+
+class ToolCall(WireModel):
+    id: str = Field(description="Names the call; the ``tool`` message with its result carries it "
+                    "as ``tool_call_id``.")
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(WireModel):
+    omit_if_none = frozenset({"description", "parameters"})
+
+    name: str = Field(description="Letters, digits, _ and -, at most 64.")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="JSON Schema of the arguments object.")
+
+
+class Tool(WireModel):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"] = "function"
+    function: dict[str, str] = Field(description='{"name": "..."}: this function must be called.')
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class Message(WireModel):
-    role: Role = Field(description="system, user or assistant.")
-    content: UnicodeStr = Field(description="The message text.")
+    omit_if_none = frozenset({"tool_calls", "tool_call_id"})
+
+    role: Role = Field(description="system, user, assistant or tool (a function's result).")
+    content: UnicodeStr = Field("", description="The message text (may be empty in an assistant "
+                                "message that calls tools).")
+    tool_calls: list[ToolCall] | None = Field(None, description="The calls an assistant message made.")
+    tool_call_id: str | None = Field(None, description="In a tool message: the call it answers.")
 
 
 # --- client -> server -----------------------------------------------------------------------
 class GenerateParams(WireModel):
     """What a generation needs: the conversation and optional sampling settings."""
 
-    omit_if_none = frozenset({"system", "temperature", "max_tokens", "model", "trim"})
+    omit_if_none = frozenset({"system", "temperature", "max_tokens", "model", "trim", "tools",
+                              "tool_choice"})
 
     messages: list[Message] = Field(min_length=1, description="The conversation, oldest first.")
     system: UnicodeStr | None = Field(None, description="System prompt; replaces any system messages "
@@ -39,6 +80,9 @@ class GenerateParams(WireModel):
                               "context_length_exceeded. For a chat whose user typed the text: a 4,000-"
                               "character message of rare characters is more tokens than a 2,048-token "
                               "window holds.")
+    tools: list[Tool] | None = Field(None, description="Functions the model may call.")
+    tool_choice: ToolChoice | None = Field(None, description="none, auto (the default with tools), "
+                                           "required, or one named function.")
 
 
 class Generate(GenerateParams, Event):
@@ -73,6 +117,14 @@ class Delta(Event):
     content: str
 
 
+class ToolCallEvent(Event):
+    """A whole tool call, sent as soon as the model has written it (before ``done``)."""
+
+    type: Literal["tool_call"] = "tool_call"
+    id: str
+    call: ToolCall
+
+
 class Usage(WireModel):
     prompt_tokens: int
     completion_tokens: int
@@ -93,7 +145,7 @@ class Done(Event):
     message: Message
     model: str
     provider: str
-    finish_reason: str = Field(description="stop or length.")
+    finish_reason: str = Field(description="stop, length or tool_calls.")
     usage: Usage
     timings: Timings
     dropped_messages: int = Field(0, description="Old messages trimmed to fit the context window.")
@@ -109,5 +161,6 @@ class Cancelled(Event):
     content: str = ""
 
 
-ServerEvent = Annotated[Start | Delta | Done | Cancelled | ErrorEvent, Field(discriminator="type")]
+ServerEvent = Annotated[Start | Delta | ToolCallEvent | Done | Cancelled | ErrorEvent,
+                        Field(discriminator="type")]
 server_events: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)

@@ -8,15 +8,16 @@ passes ``keep_alive`` again so it stays loaded. Every failure names the host.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import httpx
 import ollama
 
 from ..settings import Settings
-from .base import ChatOptions, Delta, EstimatedTokens, Final, StreamItem, UpstreamError
+from .base import ChatOptions, Delta, EstimatedTokens, Final, StreamItem, ToolCallDelta, UpstreamError
 
 log = logging.getLogger("rvchat.llm.ollama")
 
@@ -148,7 +149,7 @@ class OllamaProvider(EstimatedTokens):
                  time.perf_counter() - t0, self.keep_alive)
 
     # --- generation ------------------------------------------------------------------
-    async def stream_chat(self, messages: list[dict[str, str]],
+    async def stream_chat(self, messages: list[dict[str, Any]],
                           options: ChatOptions) -> AsyncIterator[StreamItem]:
         opts: dict = {"num_ctx": self.settings.num_ctx, "temperature": options.temperature,
                       "num_predict": options.max_tokens}
@@ -158,23 +159,41 @@ class OllamaProvider(EstimatedTokens):
             opts["stop"] = options.stop
         if options.seed is not None:
             opts["seed"] = options.seed
+        body: dict[str, Any] = {"model": options.model, "messages": to_ollama(messages), "stream": True,
+                                "keep_alive": self.keep_alive, "options": opts}
+        # Ollama has no tool_choice: "none" sends no tools, a named function only that one.
+        # "required" cannot be enforced there; the model's template decides.
+        tools = options.offered_tools()
+        if tools:
+            body["tools"] = tools
         stream = None
         try:
-            stream = await self.client.chat(model=options.model, messages=messages, stream=True,
-                                            keep_alive=self.keep_alive, options=opts)
+            # The client's own chat() passes tools through its Tool model, which keeps only a flat
+            # subset of JSON Schema (nested properties, minimum, additionalProperties were dropped
+            # when tried), and its ChatResponse drops a call's id: the request goes out as JSON and
+            # the chunks come back as dicts, through the same client (its errors, its connection).
+            stream = await self.client._request(_raw, "POST", "/api/chat", json=body, stream=True)
+            calls = 0
             async for part in stream:
-                content = part.message.content if part.message else None
-                if content:
-                    yield Delta(content)
-                if part.done:
+                message = part.get("message") or {}
+                if message.get("content"):
+                    yield Delta(message["content"])
+                for call in message.get("tool_calls") or []:
+                    # Ollama sends each call whole, arguments as an object.
+                    fn = call.get("function") or {}
+                    yield ToolCallDelta(index=calls, id=call.get("id"), name=fn.get("name") or "",
+                                        arguments=json.dumps(fn.get("arguments") or {}))
+                    calls += 1
+                if part.get("done"):
                     ns = lambda v: round(v / 1e6, 1) if v else None  # noqa: E731
                     yield Final(
-                        finish_reason=part.done_reason or "stop",
-                        prompt_tokens=part.prompt_eval_count, completion_tokens=part.eval_count,
-                        model=part.model or options.model,
+                        finish_reason=part.get("done_reason") or "stop",
+                        prompt_tokens=part.get("prompt_eval_count"), completion_tokens=part.get("eval_count"),
+                        model=part.get("model") or options.model,
                         extra={"upstream_ms": {
-                            "total": ns(part.total_duration), "load": ns(part.load_duration),
-                            "prompt_eval": ns(part.prompt_eval_duration), "eval": ns(part.eval_duration)}})
+                            "total": ns(part.get("total_duration")), "load": ns(part.get("load_duration")),
+                            "prompt_eval": ns(part.get("prompt_eval_duration")),
+                            "eval": ns(part.get("eval_duration"))}})
                     return
             raise UpstreamError(502, f"Ollama at {self.host} closed the stream before it was done",
                                 "upstream_incomplete")
@@ -186,3 +205,26 @@ class OllamaProvider(EstimatedTokens):
             if stream is not None:
                 # Closing the response makes Ollama stop generating for this request.
                 await stream.aclose()
+
+
+def _raw(**part: Any) -> dict[str, Any]:
+    return part
+
+
+def to_ollama(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI-shaped messages in Ollama's shape (docs/capabilities/tool-calling.mdx in ollama/ollama):
+    a call's arguments as an object, with its index; a tool result names its function
+    (``tool_name``), where OpenAI names the call."""
+    names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
+    out = []
+    for m in messages:
+        o: dict[str, Any] = {"role": m["role"], "content": m.get("content") or ""}
+        if m.get("tool_calls"):
+            o["tool_calls"] = [{"type": "function", "function": {
+                "index": i, "name": c["function"]["name"],
+                "arguments": json.loads(c["function"]["arguments"])}}
+                for i, c in enumerate(m["tool_calls"])]
+        if m["role"] == "tool":
+            o["tool_name"] = names.get(m.get("tool_call_id", ""), "")
+        out.append(o)
+    return out

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import httpx
 import openai
 
 from ..settings import Settings
-from .base import ChatOptions, Delta, EstimatedTokens, Final, StreamItem, UpstreamError
+from .base import ChatOptions, Delta, EstimatedTokens, Final, StreamItem, ToolCallDelta, UpstreamError
 
 log = logging.getLogger("rvchat.llm.openai")
 
@@ -90,11 +90,16 @@ class OpenAIProvider(EstimatedTokens):
         self._ready_cache = (time.monotonic(), reason)
         return reason
 
-    async def stream_chat(self, messages: list[dict[str, str]],
+    async def stream_chat(self, messages: list[dict[str, Any]],
                           options: ChatOptions) -> AsyncIterator[StreamItem]:
-        kwargs: dict = {"model": options.model, "messages": messages, "temperature": options.temperature,
-                        "max_tokens": options.max_tokens, "stream": True,
-                        "stream_options": {"include_usage": True}}
+        kwargs: dict = {"model": options.model, "messages": [_upstream_message(m) for m in messages],
+                        "temperature": options.temperature, "max_tokens": options.max_tokens,
+                        "stream": True, "stream_options": {"include_usage": True}}
+        if options.tools:  # OpenAI's own shapes: passed as they are
+            kwargs["tools"] = options.tools
+            kwargs["tool_choice"] = options.tool_choice
+            if options.parallel_tool_calls is not None:
+                kwargs["parallel_tool_calls"] = options.parallel_tool_calls
         if options.top_p is not None:
             kwargs["top_p"] = options.top_p
         if options.stop:
@@ -112,6 +117,10 @@ class OpenAIProvider(EstimatedTokens):
                 for choice in chunk.choices or []:
                     if choice.delta and choice.delta.content:
                         yield Delta(choice.delta.content)
+                    for tc in (choice.delta.tool_calls if choice.delta else None) or []:
+                        fn = tc.function
+                        yield ToolCallDelta(index=tc.index, id=tc.id, name=fn.name if fn else None,
+                                            arguments=(fn.arguments if fn else None) or "")
                     if choice.finish_reason:
                         finish = choice.finish_reason
             if finish is None:
@@ -127,3 +136,10 @@ class OpenAIProvider(EstimatedTokens):
         finally:
             if stream is not None:
                 await stream.close()  # frees the upstream request on cancel
+
+
+def _upstream_message(m: dict[str, Any]) -> dict[str, Any]:
+    # An assistant message that only calls tools has content null in OpenAI's shape.
+    if m.get("tool_calls") and not m.get("content"):
+        return {**m, "content": None}
+    return m
