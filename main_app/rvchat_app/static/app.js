@@ -38,6 +38,7 @@ const stats = {
   get audioChunksReceived() { return player.chunksReceived; },
   get audioChunksPlayed() { return player.chunksPlayed; },
   get playedMs() { return player.playedMsTotal; },
+  get playbackPaused() { return player.paused; },
   /** @type {string[]} */ transcripts: [],
   /** @type {string[]} */ replies: [],
   /** @type {LatencyEvent[]} */ latencies: [],
@@ -161,6 +162,8 @@ function handle(ev) {
       ui.showLatency(ev, median(voiced.map((l) => /** @type {number} */ (l.total_ms))));
       break;
     }
+    case "pause_playback": player.pause(ev.turn); break;  // speech over the reply: its words decide next
+    case "resume_playback": player.resume(); break;  // only "mm-hm", or no words: play on
     case "stop_playback": player.stopTurn(ev.turn); break;
     case "interrupted": ui.markInterrupted(ev); break;
     case "error": {

@@ -1,7 +1,8 @@
 // @ts-check
 // Reply audio out: owns the page's AudioContext, gapless playback of the PCM16 chunks main_app streams per
-// sentence, the play clock, stopping on barge-in, how much of each turn was played (what main_app keeps in
-// the history as "heard"), and the short cue tones.
+// sentence, the play clock, pausing when the user starts speaking over a reply and resuming where it
+// paused (main_app decides which, from the speech's words), stopping on barge-in, how much of each turn was
+// played (what main_app keeps in the history as "heard"), and the short cue tones.
 
 /** @typedef {import("./protocol.js").AudioEvent} AudioEvent */
 /** @typedef {import("./protocol.js").PlaybackMessage} PlaybackMessage */
@@ -35,7 +36,12 @@ export class RecentMap extends Map {
   }
 }
 
-/** @typedef {{src: AudioBufferSourceNode, turn: number, start: number, dur: number, stopped: boolean}} Queued */
+/**
+ * One chunk, queued or playing. `start` is the context time at which its offset 0 plays (moved on by a resume);
+ * while playback is paused `src` is null and `pausedAt` holds the seconds of it already played.
+ * @typedef {{src: AudioBufferSourceNode | null, buffer: AudioBuffer, turn: number, start: number, dur: number,
+ *   stopped: boolean, pausedAt: number | null}} Queued
+ */
 
 export class Player {
   /** @param {(report: PlaybackMessage) => void} onReport  playback reports for main_app */
@@ -54,6 +60,8 @@ export class Player {
     this.chunksReceived = 0;
     this.chunksPlayed = 0;
     this.playedMsTotal = 0;
+    /** Playback is paused (the user speaks over the reply): chunks queue up without playing. */
+    this.paused = false;
   }
 
   /**
@@ -82,17 +90,63 @@ export class Player {
     const ab = ctx.createBuffer(1, pcm.length, header.sample_rate || this.defaultRate);
     const ch = ab.getChannelData(0);
     for (let i = 0; i < pcm.length; i++) ch[i] = pcm[i] / 32768;
-    const src = ctx.createBufferSource();
-    src.buffer = ab;
-    src.connect(ctx.destination);
-    const start = Math.max(ctx.currentTime + LEAD_S, this.nextPlayTime);
-    this.nextPlayTime = start + ab.duration;
     /** @type {Queued} */
-    const entry = { src, turn: header.turn, start, dur: ab.duration, stopped: false };
+    const entry = { src: null, buffer: ab, turn: header.turn, start: 0, dur: ab.duration, stopped: false,
+                    pausedAt: this.paused ? 0 : null };
     this.queued.push(entry);
-    src.onended = () => this.chunkEnded(entry);
-    src.start(start);
+    if (!this.paused) this.schedule(entry, 0);
     this.chunksReceived++;
+  }
+
+  /**
+   * Play `entry` from `offset` seconds in, right after what is scheduled already.
+   * @param {Queued} entry
+   * @param {number} offset
+   */
+  schedule(entry, offset) {
+    const ctx = this.context();
+    const src = ctx.createBufferSource();
+    src.buffer = entry.buffer;
+    src.connect(ctx.destination);
+    const at = Math.max(ctx.currentTime + LEAD_S, this.nextPlayTime);
+    this.nextPlayTime = at + entry.dur - offset;
+    entry.src = src;
+    entry.start = at - offset;
+    entry.pausedAt = null;
+    src.onended = () => { if (entry.src === src) this.chunkEnded(entry); };  // not a source a pause replaced
+    src.start(at, offset);
+  }
+
+  /**
+   * The user started speaking over the reply: silence it now, keeping the rest (and what still arrives) to
+   * play from the same point on `resume`; report what was played of `turn`.
+   * @param {number} turn
+   */
+  pause(turn) {
+    if (!this.paused && this.ctx) {
+      this.paused = true;
+      const now = this.ctx.currentTime;
+      for (const s of this.queued) {
+        const played = Math.max(0, Math.min(now - s.start, s.dur));
+        if (s.src && played >= s.dur) continue;  // its last samples are out: it ends (and counts) by itself
+        s.pausedAt = s.src ? played : (s.pausedAt ?? 0);
+        const src = s.src;
+        s.src = null;  // its onended is no longer this chunk's end
+        try { src?.stop(); } catch { /* not started yet */ }
+      }
+      this.nextPlayTime = 0;
+    }
+    this.paused = true;
+    this.onReport({ type: "playback", turn, played_ms: Math.round(this.playedMs(turn)) });
+  }
+
+  /** Play on from where `pause` stopped (a false interruption: "mm-hm", a cough). */
+  resume() {
+    if (!this.paused) return;
+    this.paused = false;
+    for (const s of this.queued) {
+      if (s.pausedAt != null) this.schedule(s, s.pausedAt);
+    }
   }
 
   /** @param {Queued} entry */
@@ -114,7 +168,8 @@ export class Player {
     const now = this.ctx ? this.ctx.currentTime : 0;
     let ms = this.playedByTurn.get(turn) || 0;
     for (const s of this.queued) {
-      if (s.turn === turn) ms += Math.max(0, Math.min(now - s.start, s.dur)) * 1000;
+      if (s.turn !== turn) continue;
+      ms += (s.pausedAt != null ? s.pausedAt : Math.max(0, Math.min(now - s.start, s.dur))) * 1000;
     }
     return ms;
   }
@@ -143,10 +198,11 @@ export class Player {
   stopAll() {
     for (const s of this.queued) {
       s.stopped = true;
-      try { s.src.stop(); } catch { /* not started yet or already stopped */ }
+      try { s.src?.stop(); } catch { /* not started yet or already stopped */ }
     }
     this.queued = [];
     this.nextPlayTime = 0;
+    this.paused = false;  // a stop ends the pause: the next reply plays
   }
 
   /** A new connection is a new session, whose turn ids start again at 1: forget the old turns. */

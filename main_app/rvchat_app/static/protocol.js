@@ -9,11 +9,18 @@
 /** @typedef {"idle" | "listening" | "user_speaking" | "thinking" | "speaking"} UiState */
 
 /**
- * The turn-taking values main_app uses now (its settings, or what the page last set).
- * @typedef {{threshold: number, min_silence_ms: number, min_speech_ms: number}} TurnTaking
+ * The turn-taking values main_app uses now (its settings, or what the page last set). `backchannels`: speech
+ * over a reply pauses it, and `backchannel_words` (or no words) resume it; `resume_window_ms`: how long after
+ * that speech a paused reply waits for words before it resumes.
+ * @typedef {object} TurnTaking
+ * @property {number} threshold
+ * @property {number} min_silence_ms
+ * @property {number} min_speech_ms
+ * @property {number} resume_window_ms
  */
+/** @typedef {TurnTaking & {backchannels: boolean, backchannel_words: string[]}} TurnTakingAll */
 
-/** @typedef {TurnTaking & {voice_out: boolean}} SessionConfig */
+/** @typedef {TurnTakingAll & {voice_out: boolean}} SessionConfig */
 
 /** @typedef {{min: number, max: number, step: number}} Range */
 
@@ -21,8 +28,8 @@
  * GET /config (rvchat_app/routes.py).
  * @typedef {object} PageConfig
  * @property {number} input_sample_rate
- * @property {TurnTaking} turn_taking
- * @property {{threshold: Range, min_silence_ms: Range, min_speech_ms: Range, text_chars: number}} limits
+ * @property {TurnTakingAll} turn_taking
+ * @property {Record<keyof TurnTaking, Range> & {text_chars: number}} limits
  * @property {{cue_tones: boolean}} features
  */
 
@@ -129,6 +136,20 @@
  * @property {Latency} [latency]
  * @property {boolean} [error]  the reply failed (an `error` event came first)
  */
+/**
+ * The user started speaking over the reply: pause now, keep the rest; `resume_playback` or `stop_playback`
+ * follows once main_app has the speech's words.
+ * @typedef {{type: "pause_playback", turn: number}} PausePlaybackEvent
+ */
+/**
+ * The speech was only an acknowledgement (`text`), had no words, or none came in time: play on.
+ * @typedef {object} ResumePlaybackEvent
+ * @property {"resume_playback"} type
+ * @property {number} turn
+ * @property {"backchannel" | "no_words" | "timeout"} reason
+ * @property {string} text
+ * @property {number} paused_ms
+ */
 /** @typedef {{type: "stop_playback", turn: number, reason: string}} StopPlaybackEvent */
 /**
  * A reply cut short: `spoken_text` is what the user heard (what the history keeps). It may arrive after the
@@ -148,7 +169,8 @@
  * @typedef {HelloEvent | NoticeEvent | StateEvent | AudioFormatEvent | ServicesEvent | SpeechEdgeEvent
  *   | PartialEvent | NoSpeechEvent | PongEvent | ConversationEvent | ConversationCreatedEvent | ConfigEvent
  *   | ErrorEvent | TranscriptEvent | ReplyStartEvent | ReplyDeltaEvent | AudioEvent | AudioEndEvent
- *   | LatencyEvent | ReplyEndEvent | StopPlaybackEvent | InterruptedEvent} ServerEvent
+ *   | LatencyEvent | ReplyEndEvent | PausePlaybackEvent | ResumePlaybackEvent | StopPlaybackEvent
+ *   | InterruptedEvent} ServerEvent
  */
 
 // ------------------------------------------------------------------ page -> main_app (besides PCM16 16 kHz mic frames)
@@ -160,7 +182,7 @@
  */
 /**
  * How much of a turn's audio the page has played: after each chunk, at reply_end (done), and in answer to
- * stop_playback (main_app keeps what was heard by it).
+ * pause_playback and stop_playback (main_app keeps what was heard by it).
  * @typedef {{type: "playback", turn: number, played_ms: number, done?: boolean}} PlaybackMessage
  */
 /** @typedef {{type: "interrupt"} | {type: "new_conversation"}} ControlMessage */

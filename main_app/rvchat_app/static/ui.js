@@ -284,6 +284,7 @@ const KNOBS = {
   threshold: { id: "thr", show: (v) => v.toFixed(2) },
   min_silence_ms: { id: "sil", show: (v) => `${v} ms` },
   min_speech_ms: { id: "minsp", show: (v) => `${v} ms` },
+  resume_window_ms: { id: "resume", show: (v) => `${v} ms` },
 };
 const knobs = /** @type {Knob[]} */ (Object.keys(KNOBS));
 /**
@@ -323,13 +324,19 @@ export function showConfig(cfg) {
     $(`${KNOBS[key].id}-out`).textContent = KNOBS[key].show(v);
   }
   if (cfg.voice_out != null) input("voice-out").checked = shown.voice_out = cfg.voice_out;
+  if (cfg.backchannels != null) input("bc").checked = shown.backchannels = cfg.backchannels;
+  if (cfg.backchannel_words != null) {
+    shown.backchannel_words = cfg.backchannel_words;
+    input("bc-words").value = cfg.backchannel_words.join(", ");
+  }
 }
 
 /** Show main_app's values again (a change the user made did not reach it). */
 export function revertConfig() { showConfig({ ...shown }); }
 
 /**
- * Call `onChange` when the user lets go of a slider (with that one value) or flips Voice replies.
+ * Call `onChange` when the user lets go of a slider (with that one value), flips Voice replies or the
+ * backchannel switch, or edits the acknowledgements.
  * @param {(change: Partial<SessionConfig>) => void} onChange
  */
 export function onSettingsChange(onChange) {
@@ -341,6 +348,12 @@ export function onSettingsChange(onChange) {
   }
   const voice = input("voice-out");
   voice.addEventListener("change", () => onChange({ voice_out: voice.checked }));
+  const bc = input("bc");
+  bc.addEventListener("change", () => onChange({ backchannels: bc.checked }));
+  const words = input("bc-words");
+  words.addEventListener("change", () => {
+    onChange({ backchannel_words: words.value.split(",").map((w) => w.trim()).filter(Boolean) });
+  });
 }
 
 /** @returns {boolean} whether the user wants cue tones */
