@@ -21,6 +21,7 @@ from rvchat_common.protocol import page
 from rvchat_common.streaming import Drain
 
 from .clients import LlmStream, Replicas, SttStream, TtsStream, VadStream
+from .realtime import router as realtime_router
 from .routes import router
 from .settings import Settings
 from .status import StatusMonitor, probe
@@ -170,5 +171,6 @@ def create_app(settings: Settings | None = None, factories: dict | None = None,
         buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2, 3, 5, 10))
     app.include_router(router)
     app.include_router(ws_router)
+    app.include_router(realtime_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

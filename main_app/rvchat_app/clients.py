@@ -305,6 +305,11 @@ class TtsStream(ServiceStream):
         if self.config:
             await self.send_event(tts.Config(**self.config))
 
+    async def configure(self, **config: Any) -> None:
+        """Voice or speed for what is said from now on (kept for the next connection too)."""
+        self.config.update({k: v for k, v in config.items() if v is not None})
+        await self.send_event(tts.Config(**config))
+
     async def text(self, text: str) -> None:
         await self.send_event(tts.Text(text=text))
 

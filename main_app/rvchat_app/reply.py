@@ -92,6 +92,7 @@ class ReplyStream:
         self.text = ""
         self.llm_id: str | None = None  # the generation's id, from the LLM's start event
         self.llm_done = False
+        self.usage: llm.Usage | None = None  # the LLM's token counts, once it is done
         self.tts_used = False
         self.tts_done = False
         self.capped = False  # the reply reached max_sentences and the LLM was stopped
@@ -169,6 +170,7 @@ class ReplyStream:
                 await self.llm.call("cancel")
         elif isinstance(event, llm.Done):
             self.llm_done = True
+            self.usage = event.usage
             final = event.message.content
             if final.strip() and not self.text.strip():
                 await self._say(final)  # a provider that answered without streaming

@@ -337,8 +337,13 @@ class Session:
         if event.done:
             self._spawn(self._sync_state(), "playback-done")
 
+    async def respond(self, voice: bool | None = None) -> None:
+        """A reply to the conversation as it stands, with no new user message (the Realtime API's
+        ``response.create`` after its own ``conversation.item.create``)."""
+        await self._start_reply(None, source="api", timings={"transcript": time.perf_counter()}, voice=voice)
+
     # ----------------------------------------------------------------- replies
-    async def _start_reply(self, text: str, *, source: str, timings: dict[str, float],
+    async def _start_reply(self, text: str | None, *, source: str, timings: dict[str, float],
                            voice: bool | None = None, commit_at: float | None = None,
                            replaces: int | None = None) -> None:
         old = self.reply
@@ -347,14 +352,14 @@ class Session:
         cid, created = await self.history.ensure()
         if created:
             await self.send(page.ConversationCreated(id=cid))
-        user_mid = await self.history.add_user(text, source, replaces=replaces)
+        user_mid = await self.history.add_user(text, source, replaces=replaces) if text is not None else None
         self._turn_ids += 1
         turn = self._turn_ids
         llm, tts = self.links.get("llm"), self.links.get("tts")
         want_voice = self.voice_out if voice is None else voice
         playout = Playout(turn, self.send, self._send_audio, on_first_audio=self._first_audio_cb(turn),
                           on_chunk_sent=lambda: self._save_progress(turn))
-        reply = Reply(id=turn, user_text=text, source=source, voice=bool(want_voice and tts is not None and tts.up),
+        reply = Reply(id=turn, user_text=text or "", source=source, voice=bool(want_voice and tts is not None and tts.up),
                       user_message_id=user_mid, playout=playout, t=dict(timings))
         if llm is not None:
             reply.stream = ReplyStream(llm, tts, _PageSink(self, reply), voice=reply.voice,
@@ -372,7 +377,8 @@ class Session:
             self._spawn(self._commit_after(reply, delay), f"commit-{turn}")
         else:
             reply.committed.set()
-        await playout.emit(page.Transcript(turn=turn, text=text, source=source, message_id=user_mid))
+        if text is not None:
+            await playout.emit(page.Transcript(turn=turn, text=text, source=source, message_id=user_mid))
         await self._sync_state()
         reply.task = self._spawn(self._run_reply(reply), f"turn-{turn}")
 

@@ -178,6 +178,10 @@ class FakeTts(FakeStream):
         self.emit(tts.Audio(index=self.index, text=sentence, sample_rate=self.rate, bytes=len(pcm), pcm=pcm))
         self.index += 1
 
+    async def configure(self, **config: Any) -> None:
+        self._check()
+        self.sent.append(tts.Config(**config).model_dump())
+
     async def text(self, text: str) -> None:
         self._check()
         self.sent.append(tts.Text(text=text).model_dump())

@@ -1,0 +1,333 @@
+"""``WS /v1/realtime`` driven by the official ``openai`` client (GA ``client.realtime`` and
+``client.beta.realtime``).
+
+The first part runs main_app in-process under uvicorn with fake service streams: the protocol's
+shapes, the text conversation, the error events. The second part runs main_app as a process over the
+four real services and holds a voice conversation with a real recording: server VAD, transcription,
+audio out, barge-in and truncate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Annotated, Any, get_args, get_origin
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+from openai import AsyncOpenAI
+from openai.types import realtime as openai_rt
+from openai.types.beta import realtime as openai_beta_rt
+
+from rvchat_app.app import create_app
+from rvchat_app.settings import Settings
+from rvchat_app.testing import FakeHub, app_env, load_pcm16
+from rvchat_common.audio import Resampler, float_to_pcm16, pcm16_to_float
+from rvchat_common.protocol import realtime as rt
+from rvchat_common.testing import ServiceProcess, ThreadServer, speech_manifest, speech_sample, wer
+
+CLIP = "librispeech_61-70968-0000.wav"
+EVENT_WAIT_S = 60  # the slowest model step on a busy 2-core machine, with a wide margin
+
+
+# --------------------------------------------------------------------------- helpers
+def client_for(url: str) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", websocket_base_url=f"{url.replace('http', 'ws')}/v1")
+
+
+async def collect(conn, until: str, *, seen: list | None = None, timeout: float = EVENT_WAIT_S) -> list:
+    """Events (as dicts) up to and including the first of type ``until``."""
+    events = [] if seen is None else seen
+    while True:
+        raw = await asyncio.wait_for(conn.recv_bytes(), timeout)
+        event = json.loads(raw)
+        events.append(event)
+        if event["type"] == until:
+            return events
+
+
+def types(events: list[dict]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def of(events: list[dict], kind: str) -> list[dict]:
+    return [e for e in events if e["type"] == kind]
+
+
+def to_24k(pcm16_16k: bytes) -> bytes:
+    return float_to_pcm16(Resampler(16000, rt.SAMPLE_RATE)(pcm16_to_float(pcm16_16k)))
+
+
+async def stream_audio(conn, pcm24: bytes, *, frame_ms: int = 40, realtime: bool = True) -> None:
+    """Append audio as a microphone would: ``frame_ms`` frames, at real time."""
+    step = rt.SAMPLE_RATE * 2 * frame_ms // 1000
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for n, i in enumerate(range(0, len(pcm24), step)):
+        await conn.send({"type": "input_audio_buffer.append",
+                         "audio": base64.b64encode(pcm24[i:i + step]).decode()})
+        if realtime:
+            await asyncio.sleep(max(0.0, t0 + (n + 1) * frame_ms / 1000 - loop.time()))
+
+
+def _models_by_type(union: Any) -> dict[str, type]:
+    members = get_args(get_args(union)[0]) if get_origin(union) is Annotated else get_args(union)
+    return {t: m for m in members for t in get_args(m.model_fields["type"].annotation)}
+
+
+GA_MODELS = _models_by_type(openai_rt.RealtimeServerEvent)
+BETA_MODELS = _models_by_type(openai_beta_rt.RealtimeServerEvent)
+
+
+def check_shapes(events: list[dict], beta: bool = False) -> None:
+    """Every event validates against the openai package's own model for its type (strictly: the client
+    itself only constructs them, so a wrong shape would surface in the application, not in the client)."""
+    models = BETA_MODELS if beta else GA_MODELS
+    for event in events:
+        assert event["type"] in models, f"the openai package has no server event {event['type']!r}"
+        models[event["type"]].model_validate(event)
+
+
+# --------------------------------------------------------------------------- in-process, fake services
+@pytest.fixture
+def hub():
+    return FakeHub(reply="The capital of France is Paris. It is a lovely city.")
+
+
+@pytest.fixture
+def fake_app(tmp_path, hub):
+    settings = Settings(db_path=str(tmp_path / "rt.sqlite3"), vad_url="http://127.0.0.1:9",
+                        stt_url="http://127.0.0.1:9", tts_url="http://127.0.0.1:9", llm_url="http://127.0.0.1:9",
+                        status_interval_s=60)
+    with ThreadServer(create_app(settings, factories=hub.factories())) as server:
+        yield server
+
+
+async def test_text_conversation_with_the_openai_client(fake_app):
+    async with client_for(fake_app.url).realtime.connect(model="gpt-realtime") as conn:
+        created = await collect(conn, "session.created")
+        await conn.send({"type": "session.update", "session": {
+            "type": "realtime", "output_modalities": ["text"], "instructions": "Answer in one sentence."}})
+        updated = (await collect(conn, "session.updated"))[-1]
+        assert updated["session"]["output_modalities"] == ["text"]
+        assert updated["session"]["instructions"] == "Answer in one sentence."
+        await conn.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Capital of France?"}]}})
+        await conn.send({"type": "response.create"})
+        events = await collect(conn, "response.done")
+    check_shapes(created + [updated] + events)
+    order = types(events)
+    assert order.index("conversation.item.added") < order.index("response.created") \
+        < order.index("response.output_item.added") < order.index("response.output_text.delta") \
+        < order.index("response.output_text.done") < order.index("response.done")
+    text = "".join(e["delta"] for e in of(events, "response.output_text.delta"))
+    assert text.strip() == "The capital of France is Paris. It is a lovely city."
+    assert of(events, "response.output_text.done")[0]["text"].strip() == text.strip()
+    done = of(events, "response.done")[0]["response"]
+    assert done["status"] == "completed" and done["usage"]["output_tokens"] > 0
+    assert done["output"][0]["content"][0] == {"type": "output_text", "text": text.strip()}
+    # The conversation is the page's: the same history.
+    cid = done["conversation_id"]
+    conv = httpx.get(f"{fake_app.url}/api/conversations/{cid}").json()
+    assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+        ("user", "Capital of France?"), ("assistant", text.strip())]
+
+
+async def test_bad_events_get_error_events_and_the_connection_lives(fake_app):
+    bad = [
+        ("not json", "invalid_json", None),
+        (json.dumps({"type": "session.nope"}), "unknown_event", "type"),
+        (json.dumps({"type": "session.update", "event_id": "e1", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}}}),
+         "invalid_event", "session"),
+        (json.dumps({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}}), "invalid_event", "session"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": "***"}), "invalid_event", "audio"),
+        (json.dumps({"type": "input_audio_buffer.commit"}), "commit_with_server_vad", None),
+        (json.dumps({"type": "conversation.item.truncate", "item_id": "item_x", "content_index": 0,
+                     "audio_end_ms": 10}), "item_not_found", "item_id"),
+        (json.dumps({"type": "response.cancel"}), "response_cancel_not_active", None),
+        (json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                                                                  "content": []}}), "invalid_event", "item"),
+    ]
+    async with client_for(fake_app.url).realtime.connect(model="gpt-realtime") as conn:
+        await collect(conn, "session.created")
+        for raw, code, param in bad:
+            await conn.send_raw(raw)
+            error = (await collect(conn, "error"))[-1]
+            check_shapes([error])
+            assert error["error"]["code"] == code, (raw, error)
+            assert error["error"]["type"] == "invalid_request_error"
+            if param:
+                assert error["error"]["param"] == param, error
+        assert error["error"]["event_id"] is None
+        await conn.send_raw(bad[2][0])
+        assert (await collect(conn, "error"))[-1]["error"]["event_id"] == "e1"  # names the client's event
+        # Still serving: a good event is answered.
+        await conn.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Hi"}})
+        assert (await collect(conn, "session.updated"))[-1]["session"]["instructions"] == "Hi"
+    # A binary frame (not part of the protocol) too.
+    async with websockets.connect(f"{fake_app.url.replace('http', 'ws')}/v1/realtime") as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await ws.send(b"\x00\x01")
+        error = json.loads(await ws.recv())
+        assert error["type"] == "error" and error["error"]["code"] == "unexpected_binary"
+        await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+        assert json.loads(await ws.recv())["type"] == "input_audio_buffer.cleared"
+
+
+async def test_beta_client_gets_the_beta_dialect(fake_app):
+    async with client_for(fake_app.url).beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
+        created = await collect(conn, "session.created")
+        assert created[-1]["session"]["input_audio_format"] == "pcm16"
+        await conn.send({"type": "session.update", "session": {
+            "modalities": ["text", "audio"], "voice": "nova", "turn_detection": None,
+            "input_audio_format": "pcm16", "output_audio_format": "pcm16"}})
+        updated = (await collect(conn, "session.updated"))[-1]
+        assert updated["session"]["voice"] == "nova" and updated["session"]["turn_detection"] is None
+        await conn.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Capital of France?"}]}})
+        await conn.send({"type": "response.create"})
+        events = await collect(conn, "response.done")
+    check_shapes(created + [updated] + events, beta=True)
+    kinds = set(types(events))
+    assert {"conversation.item.created", "response.audio.delta", "response.audio_transcript.delta",
+            "response.audio.done", "response.audio_transcript.done"} <= kinds
+    assert not {k for k in kinds if "output_audio" in k}
+    transcript = of(events, "response.audio_transcript.done")[0]["transcript"]
+    assert transcript.strip() == "The capital of France is Paris. It is a lovely city."
+    pcm = b"".join(base64.b64decode(e["delta"]) for e in of(events, "response.audio.delta"))
+    assert len(pcm) > rt.SAMPLE_RATE  # the fake speaks 200 ms a word: over half a second at 24 kHz
+
+
+# --------------------------------------------------------------------------- real services
+def reference(name: str) -> str:
+    return next(m["text"] for m in speech_manifest() if m["file"] == name)
+
+
+@pytest.fixture(scope="module")
+def long_reply_app(services, tmp_path_factory):
+    """main_app whose replies run long (an LLM without the sentence cap or the repetition guard), so a
+    barge-in always finds the reply still being written and spoken."""
+    with ServiceProcess("rvchat_llm", "LLM_", {"LLM_PROVIDER": "local", "LLM_MAX_SENTENCES": "0",
+                                               "LLM_GUARD": "false"}) as llm:
+        env = app_env({**services, "llm": llm}, tmp_path_factory.mktemp("rt") / "rt.sqlite3",
+                      APP_MAX_REPLY_SENTENCES="0", APP_MAX_TOKENS="400")
+        with ServiceProcess("rvchat_app", "APP_", env) as app:
+            yield app
+
+
+async def test_voice_turn_with_server_vad(app_service):
+    """A real recording, at real time, at 24 kHz: speech start and stop, its transcript, and a spoken reply."""
+    speech = to_24k(load_pcm16(speech_sample(CLIP)))
+    silence = bytes(rt.SAMPLE_RATE * 2 * 2)  # 2 s: the turn ends within it
+    async with client_for(app_service.url).realtime.connect(model="gpt-realtime") as conn:
+        events = await collect(conn, "session.created")
+        await conn.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500,
+                               "prefix_padding_ms": 300}}}}})
+        await collect(conn, "session.updated", seen=events)
+        await stream_audio(conn, speech + silence)
+        await collect(conn, "response.done", seen=events)
+    check_shapes(events)
+    order = types(events)
+    for kind in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                 "input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed",
+                 "response.created", "response.output_item.added", "response.content_part.added",
+                 "response.output_audio.delta", "response.output_audio_transcript.delta",
+                 "response.output_audio.done", "response.output_audio_transcript.done",
+                 "response.output_item.done", "rate_limits.updated", "response.done"):
+        assert kind in order, kind
+    assert order.index("input_audio_buffer.speech_started") < order.index("input_audio_buffer.speech_stopped") \
+        < order.index("input_audio_buffer.committed") < order.index("response.output_audio.delta") \
+        < order.index("response.done")
+    started = of(events, "input_audio_buffer.speech_started")[0]
+    stopped = of(events, "input_audio_buffer.speech_stopped")[0]
+    assert started["item_id"] == stopped["item_id"]
+    # The recording's speech runs from about 0.3 s to its end (~4.9 s).
+    assert 0 <= started["audio_start_ms"] < 1500 and stopped["audio_end_ms"] > 3000
+    transcript = of(events, "conversation.item.input_audio_transcription.completed")[0]
+    assert transcript["item_id"] == started["item_id"]
+    assert wer(reference(CLIP), transcript["transcript"]) <= 0.2, transcript["transcript"]
+    pcm = b"".join(base64.b64decode(e["delta"]) for e in of(events, "response.output_audio.delta"))
+    audio = np.frombuffer(pcm, "<i2").astype(np.float32)
+    assert audio.size > rt.SAMPLE_RATE * 0.3 and np.sqrt(np.mean(audio ** 2)) > 300  # speech, not silence
+    said = "".join(e["delta"] for e in of(events, "response.output_audio_transcript.delta")).strip()
+    done = of(events, "response.done")[0]["response"]
+    assert said and done["status"] == "completed"
+    assert done["output"][0]["content"][0]["transcript"].strip() == said
+    assert done["usage"]["input_tokens"] > 0 and done["usage"]["output_tokens"] > 0
+    conv = httpx.get(f"{app_service.url}/api/conversations/{done['conversation_id']}").json()
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    assert conv["messages"][0]["content"] == transcript["transcript"]
+    assert conv["messages"][1]["content"] == said
+
+
+async def test_push_to_talk_and_audio_item(app_service):
+    """turn_detection null: the client commits the buffer itself, and asks for the response."""
+    speech = to_24k(load_pcm16(speech_sample(CLIP)))
+    async with client_for(app_service.url).realtime.connect(model="gpt-realtime") as conn:
+        events = await collect(conn, "session.created")
+        await conn.send({"type": "session.update", "session": {
+            "type": "realtime", "output_modalities": ["text"], "audio": {"input": {"turn_detection": None}}}})
+        await collect(conn, "session.updated", seen=events)
+        await stream_audio(conn, speech, realtime=False)
+        await conn.send({"type": "input_audio_buffer.commit"})
+        await conn.send({"type": "response.create"})
+        await collect(conn, "response.done", seen=events)
+    check_shapes(events)
+    order = types(events)
+    assert "input_audio_buffer.speech_started" not in order  # no VAD in push to talk
+    committed = of(events, "input_audio_buffer.committed")[0]
+    transcript = of(events, "conversation.item.input_audio_transcription.completed")[0]
+    assert transcript["item_id"] == committed["item_id"]
+    assert wer(reference(CLIP), transcript["transcript"]) <= 0.2, transcript["transcript"]
+    done = of(events, "response.done")[0]["response"]
+    assert done["status"] == "completed" and done["output_modalities"] == ["text"]
+    text = of(events, "response.output_text.done")[0]["text"]
+    conv = httpx.get(f"{app_service.url}/api/conversations/{done['conversation_id']}").json()
+    assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+        ("user", transcript["transcript"]), ("assistant", text.strip())]
+
+
+async def test_barge_in_cancels_the_response_and_truncate_trims_the_history(long_reply_app):
+    speech = to_24k(load_pcm16(speech_sample(CLIP)))
+    async with client_for(long_reply_app.url).realtime.connect(model="gpt-realtime") as conn:
+        events = await collect(conn, "session.created")
+        await conn.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "Tell me a long story about a dragon and a knight."}]}})
+        await conn.send({"type": "response.create"})
+        first = await collect(conn, "response.output_audio.delta", seen=events)
+        response_id = first[-1]["response_id"]
+        item_id = first[-1]["item_id"]
+        # The user talks over the reply (a client plays audio as it comes: about 1 s in by now).
+        talk = asyncio.create_task(stream_audio(conn, bytes(rt.SAMPLE_RATE * 2) + speech))
+        await collect(conn, "input_audio_buffer.speech_started", seen=events)
+        mine = [e for e in events if e.get("response_id") == response_id or
+                (e["type"] == "response.done" and e["response"]["id"] == response_id)]
+        audio_ms = sum(len(base64.b64decode(e["delta"])) for e in of(mine, "response.output_audio.delta")) \
+            // (rt.SAMPLE_RATE * 2 // 1000)
+        played = min(audio_ms, 1200)
+        await conn.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                         "audio_end_ms": played})
+        while not any(e["type"] == "response.done" and e["response"]["id"] == response_id for e in events):
+            await collect(conn, "response.done", seen=events)
+        await collect(conn, "conversation.item.truncated", seen=events)
+        await talk
+    check_shapes(events)
+    done = next(e for e in events if e["type"] == "response.done" and e["response"]["id"] == response_id)
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] in ("turn_detected", "client_cancelled")
+    full = done["response"]["output"][0]["content"][0]["transcript"].strip()
+    truncated = of(events, "conversation.item.truncated")[0]
+    assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == played
+    conv = httpx.get(f"{long_reply_app.url}/api/conversations/{done['response']['conversation_id']}").json()
+    assistant = [m for m in conv["messages"] if m["role"] == "assistant"][0]
+    # What was heard of the first 1.2 s: a few words, a strict beginning of what had been written.
+    assert assistant["interrupted"] and assistant["content"]
+    assert full.startswith(assistant["content"].rstrip(".,")) and len(assistant["content"]) < len(full)
+    assert len(assistant["content"].split()) <= 8
