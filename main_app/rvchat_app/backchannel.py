@@ -18,7 +18,7 @@ from collections.abc import Iterable
 # Short acknowledgements people make while listening; none of them asks or tells the assistant
 # anything. "no", "wait", "stop", "what" are deliberately absent: they are interruptions.
 DEFAULT_WORDS = ("mm-hm", "uh-huh", "hmm", "yeah", "yes", "yep", "yup", "okay", "ok", "right", "sure",
-                 "i see", "got it", "alright", "all right", "oh", "ah", "cool", "nice", "wow", "great",
+                 "i see", "got it", "that's right", "alright", "all right", "oh", "ah", "cool", "nice", "wow", "great",
                  "true", "exactly", "indeed", "of course", "makes sense", "uh", "um")
 # A longer utterance is a turn of its own even if every word is in the list ("yeah yeah yeah okay sure").
 MAX_WORDS = 4

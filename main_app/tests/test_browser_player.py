@@ -64,7 +64,7 @@ SCRIPT = """async () => {
 }"""
 
 
-def test_pause_keeps_the_rest_and_resume_plays_it_from_there(static_url, page):
+def test_pause_keeps_the_rest_and_resume_plays_it_from_there(static_url, page):  # noqa: F811
     page.goto(f"{static_url}/")  # a directory listing: the same origin, without the app connecting
     out = page.evaluate(SCRIPT)
     assert 400 < out["atPause"] < 800, out  # paused inside the second chunk
