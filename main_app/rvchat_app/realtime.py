@@ -36,6 +36,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from .clients import ServiceClosed
 from .recognition import is_meaningful
+from .reply import Phase
 from .session import Session
 
 log = logging.getLogger("rvchat.app.realtime")
@@ -88,7 +89,9 @@ class RealtimeSocket(EventSocket):
 
     async def send(self, event: Any) -> None:
         if isinstance(event, ErrorEvent):  # from the shared loop (a frame it refused)
-            event = rt.Error.of(event.error.code or "invalid_event", event.error.message, param=event.error.param)
+            event = rt.Error.of(
+                event.error.code or "invalid_event", event.error.message, param=event.error.param
+            )
         data = self.dialect.out(event)
         if data is None:
             return
@@ -102,12 +105,17 @@ class RealtimeSocket(EventSocket):
 
     async def _dispatch(self, message: dict, on_event: Any, on_pcm: Any) -> None:
         if message.get("bytes") is not None:
-            raise ProtocolError("unexpected_binary", "binary frames are not part of the Realtime API: send "
-                                "audio as input_audio_buffer.append events (base64 PCM16, 24 kHz)")
+            raise ProtocolError(
+                "unexpected_binary",
+                "binary frames are not part of the Realtime API: send "
+                "audio as input_audio_buffer.append events (base64 PCM16, 24 kHz)",
+            )
         text = message.get("text") or ""
         if len(text) > self.limits.max_text_bytes:
-            raise ProtocolError("frame_too_large", f"text frame is over the {self.limits.max_text_bytes}-byte "
-                                "limit; event dropped")
+            raise ProtocolError(
+                "frame_too_large",
+                f"text frame is over the {self.limits.max_text_bytes}-byte limit; event dropped",
+            )
         try:
             data = parse_json(text)
         except (ValueError, UnicodeDecodeError):
@@ -122,9 +130,15 @@ class RealtimeSocket(EventSocket):
                 raise
             await self.send(rt.Error.of(exc.code, exc.message, param=exc.param, event_id=event_id))
         except APIError as exc:
-            await self.send(rt.Error.of(exc.code or "invalid_request", exc.message, param=exc.param,
-                                        event_id=event_id,
-                                        type="server_error" if exc.status >= 500 else "invalid_request_error"))
+            await self.send(
+                rt.Error.of(
+                    exc.code or "invalid_request",
+                    exc.message,
+                    param=exc.param,
+                    event_id=event_id,
+                    type="server_error" if exc.status >= 500 else "invalid_request_error",
+                )
+            )
 
 
 def refuse(code: str, message: str, param: str | None = None) -> ProtocolError:
@@ -140,22 +154,35 @@ class RealtimeConnection:
         base = app.state.settings
         # A copy per connection: session.update changes instructions, preroll and max tokens for it alone.
         self.settings = base.model_copy()
+        # A Realtime client stops its playback at speech_started (interrupt_response): the reply cannot be
+        # paused and resumed after an "mm-hm" as the page's is, so speech over it is a barge-in at once.
+        self.settings.backchannels = False
         self.config = rt.SessionConfig(
             # The model the client named (the stack's own models answer whatever it is).
             model=(sock.ws.query_params.get("model") or "gpt-realtime")[:200],
             instructions=base.system_prompt or "",
             audio=rt.AudioConfig(
-                input=rt.AudioInput(turn_detection=rt.ServerVad(
-                    threshold=base.vad_threshold, silence_duration_ms=base.vad_min_silence_ms,
-                    prefix_padding_ms=base.preroll_ms)),
-                output=rt.AudioOutput(voice=base.tts_voice or "alloy")),
-            max_output_tokens=base.max_tokens)
+                input=rt.AudioInput(
+                    turn_detection=rt.ServerVad(
+                        threshold=base.vad_threshold,
+                        silence_duration_ms=base.vad_min_silence_ms,
+                        prefix_padding_ms=base.preroll_ms,
+                    )
+                ),
+                output=rt.AudioOutput(voice=base.tts_voice or "alloy"),
+            ),
+            max_output_tokens=base.max_tokens,
+        )
         self._voice_set: str | None = None  # a voice the client chose (else the TTS service's default)
         self._factories = {**app.state.factories, "tts": self._tts_stream}
         turn_latency = app.state.turn_latency
-        self.session = Session(send=self._from_session, store=app.state.store, settings=self.settings,
-                               factories=self._factories,
-                               observe=lambda stage, s: turn_latency.labels(stage).observe(s))
+        self.session = Session(
+            send=self._from_session,
+            store=app.state.store,
+            settings=self.settings,
+            factories=self._factories,
+            observe=lambda stage, s: turn_latency.labels(stage).observe(s),
+        )
         self._mic = Resampler(rt.SAMPLE_RATE, MIC_RATE)
         self._samples_in = 0  # 24 kHz samples appended since the start (audio_start_ms / audio_end_ms)
         self._buffer = bytearray()  # push to talk: 16 kHz PCM16 since the last commit or clear
@@ -260,27 +287,37 @@ class RealtimeConnection:
                 cfg.audio.output.speed = out.speed
             if out.voice is not None and out.voice != cfg.audio.output.voice:
                 if self._audio_out:
-                    raise refuse("cannot_update_voice", "the voice cannot change once the assistant has "
-                                 "spoken in this session", "session.audio.output.voice")
+                    raise refuse(
+                        "cannot_update_voice",
+                        "the voice cannot change once the assistant has spoken in this session",
+                        "session.audio.output.voice",
+                    )
                 cfg.audio.output.voice = out.voice
                 voice_changed = True
-        await self._apply(cfg, voice_changed, speed_changed=audio is not None and audio.output is not None
-                          and audio.output.speed is not None)
+        await self._apply(
+            cfg,
+            voice_changed,
+            speed_changed=audio is not None and audio.output is not None and audio.output.speed is not None,
+        )
         await self.emit(rt.SessionUpdated(session=self.config))
 
     async def _apply(self, cfg: rt.SessionConfig, voice_changed: bool, speed_changed: bool) -> None:
         s = self.settings
         s.system_prompt = cfg.instructions or self.app.state.settings.system_prompt
-        s.max_tokens = (self.app.state.settings.max_tokens if cfg.max_output_tokens == "inf"
-                        else int(cfg.max_output_tokens))
+        s.max_tokens = (
+            self.app.state.settings.max_tokens
+            if cfg.max_output_tokens == "inf"
+            else int(cfg.max_output_tokens)
+        )
         self.session.voice_out = "audio" in cfg.output_modalities
         vad = cfg.audio.input.turn_detection
         was_manual = self.manual
         self.config = cfg
         if vad is not None:
             s.preroll_ms = vad.prefix_padding_ms
-            await self.session.detector.configure({"threshold": vad.threshold,
-                                                   "min_silence_ms": vad.silence_duration_ms})
+            await self.session.detector.configure(
+                {"threshold": vad.threshold, "min_silence_ms": vad.silence_duration_ms}
+            )
             if was_manual:
                 self._buffer.clear()
         if voice_changed or speed_changed:
@@ -302,24 +339,36 @@ class RealtimeConnection:
             await self.session.on_audio(pcm16)
             return
         if len(self._buffer) + len(pcm16) > MAX_BUFFER_S * MIC_RATE * 2:
-            raise refuse("input_audio_buffer_full", f"the input audio buffer holds at most {MAX_BUFFER_S} s: "
-                         "commit or clear it", "audio")
+            raise refuse(
+                "input_audio_buffer_full",
+                f"the input audio buffer holds at most {MAX_BUFFER_S} s: commit or clear it",
+                "audio",
+            )
         self._buffer.extend(pcm16)
 
     async def _commit(self, event: rt.InputAudioBufferCommit) -> None:
         if not self.manual:
-            raise refuse("commit_with_server_vad", "with server_vad turn detection the server commits the audio "
-                         "at each turn's end; set turn_detection to null to commit yourself")
+            raise refuse(
+                "commit_with_server_vad",
+                "with server_vad turn detection the server commits the audio "
+                "at each turn's end; set turn_detection to null to commit yourself",
+            )
         ms = _ms(len(self._buffer) // 2, MIC_RATE)
         if ms < MIN_COMMIT_MS:
-            raise refuse("input_audio_buffer_commit_empty", f"buffer too small: expected at least "
-                         f"{MIN_COMMIT_MS} ms of audio, but the buffer only has {ms} ms")
+            raise refuse(
+                "input_audio_buffer_commit_empty",
+                f"buffer too small: expected at least "
+                f"{MIN_COMMIT_MS} ms of audio, but the buffer only has {ms} ms",
+            )
         pcm, self._buffer = bytes(self._buffer), bytearray()
-        item = rt.MessageItem(role="user", content=[rt.ContentPart(type="input_audio", transcript=None)],
-                              status="completed")
+        item = rt.MessageItem(
+            role="user", content=[rt.ContentPart(type="input_audio", transcript=None)], status="completed"
+        )
         previous = self._add_item(item.id, _Item("user"))
-        await self.emit(rt.BufferCommitted(item_id=item.id, previous_item_id=previous),
-                        rt.ItemAdded(item=item, previous_item_id=previous))
+        await self.emit(
+            rt.BufferCommitted(item_id=item.id, previous_item_id=previous),
+            rt.ItemAdded(item=item, previous_item_id=previous),
+        )
         self._queue_item(self._transcribed(item, previous, pcm))
 
     async def _clear(self, event: rt.InputAudioBufferClear) -> None:
@@ -331,19 +380,30 @@ class RealtimeConnection:
         if item.id in self._items:
             raise refuse("item_already_exists", f"an item with id {item.id!r} already exists", "item.id")
         if event.previous_item_id not in (None, self._last_item):
-            raise refuse("invalid_previous_item", "items are added at the end of the conversation: "
-                         "previous_item_id must be the last item's id (or absent)", "previous_item_id")
+            raise refuse(
+                "invalid_previous_item",
+                "items are added at the end of the conversation: "
+                "previous_item_id must be the last item's id (or absent)",
+                "previous_item_id",
+            )
         if isinstance(item, rt.FunctionCallOutputItem):
             # Kept with the connection; tool calls themselves are not made by this server yet.
             previous = self._add_item(item.id, _Item("tool"))
-            await self.emit(rt.ItemAdded(item=item, previous_item_id=previous),
-                            rt.ItemDone(item=item, previous_item_id=previous))
+            await self.emit(
+                rt.ItemAdded(item=item, previous_item_id=previous),
+                rt.ItemDone(item=item, previous_item_id=previous),
+            )
             return
         if item.role == "system":
-            raise refuse("system_message_unsupported", "system messages are not kept in the history: set "
-                         "the instructions with session.update", "item.role")
+            raise refuse(
+                "system_message_unsupported",
+                "system messages are not kept in the history: set the instructions with session.update",
+                "item.role",
+            )
         audio = [p for p in item.content if p.type == "input_audio"]
-        echo = item.model_copy(update={"content": [p.model_copy(update={"audio": None}) for p in item.content]})
+        echo = item.model_copy(
+            update={"content": [p.model_copy(update={"audio": None}) for p in item.content]}
+        )
         previous = self._add_item(item.id, _Item(item.role))
         await self.emit(rt.ItemAdded(item=echo, previous_item_id=previous))
         if audio:
@@ -374,18 +434,32 @@ class RealtimeConnection:
         self._items[item.id].message_id = mid
         await self.emit(rt.ItemDone(item=item, previous_item_id=previous))
 
-    async def _transcribed(self, item: rt.MessageItem, previous: str | None, pcm: bytes,
-                           text_parts: bool = False) -> None:
+    async def _transcribed(
+        self, item: rt.MessageItem, previous: str | None, pcm: bytes, text_parts: bool = False
+    ) -> None:
         """Transcribe a committed buffer (or an audio item) and write the user's message."""
         try:
             text = (await asyncio.wait_for(self._transcribe(pcm), self.settings.turn_timeout_s)).strip()
         except (ServiceClosed, TimeoutError, RuntimeError) as exc:
-            await self.emit(rt.TranscriptionFailed(item_id=item.id, error=rt.RealtimeErrorBody(
-                type="server_error", code="stt_failed", message=f"speech recognition failed: {exc}")))
+            await self.emit(
+                rt.TranscriptionFailed(
+                    item_id=item.id,
+                    error=rt.RealtimeErrorBody(
+                        type="server_error", code="stt_failed", message=f"speech recognition failed: {exc}"
+                    ),
+                )
+            )
             return
-        await self.emit(rt.TranscriptionCompleted(item_id=item.id, transcript=text,
-                                                  usage=rt.DurationUsage(seconds=round(len(pcm) / 2 / MIC_RATE, 3))))
-        parts = [p.model_copy(update={"transcript": text}) if p.type == "input_audio" else p for p in item.content]
+        await self.emit(
+            rt.TranscriptionCompleted(
+                item_id=item.id,
+                transcript=text,
+                usage=rt.DurationUsage(seconds=round(len(pcm) / 2 / MIC_RATE, 3)),
+            )
+        )
+        parts = [
+            p.model_copy(update={"transcript": text}) if p.type == "input_audio" else p for p in item.content
+        ]
         item = item.model_copy(update={"content": parts})
         words = " ".join([(p.text or "") for p in parts if p.type == "input_text"] + [text]).strip()
         if is_meaningful(words):
@@ -397,7 +471,7 @@ class RealtimeConnection:
         try:
             await stream.connect()
             for i in range(0, len(pcm), MIC_RATE * 2):  # one-second frames
-                await stream.audio(pcm[i:i + MIC_RATE * 2])
+                await stream.audio(pcm[i : i + MIC_RATE * 2])
             await stream.end()
             async for event in stream.events():
                 if isinstance(event, stt.Final):
@@ -416,47 +490,70 @@ class RealtimeConnection:
         if info.role != "assistant" or resp is None or not resp.voice:
             raise refuse("invalid_item", "only an assistant message with audio can be truncated", "item_id")
         if event.content_index != 0:
-            raise refuse("invalid_content_index", "an assistant message has one content part (index 0)",
-                         "content_index")
+            raise refuse(
+                "invalid_content_index",
+                "an assistant message has one content part (index 0)",
+                "content_index",
+            )
         sent_ms = _ms(resp.audio_samples, rt.SAMPLE_RATE)
         if event.audio_end_ms > sent_ms:
-            raise refuse("invalid_audio_end_ms", f"audio_end_ms ({event.audio_end_ms}) is longer than the "
-                         f"item's audio ({sent_ms} ms)", "audio_end_ms")
+            raise refuse(
+                "invalid_audio_end_ms",
+                f"audio_end_ms ({event.audio_end_ms}) is longer than the item's audio ({sent_ms} ms)",
+                "audio_end_ms",
+            )
         reply = resp.reply
         session = self.session
-        # The played position is the page's playback report: an interruption waiting for it takes it.
-        await session.on_event(page.Playback(turn=reply.id, played_ms=float(event.audio_end_ms)))
-        if session.reply is reply and (not reply.ended or reply.playout.playing(time.perf_counter())):
+        waiter = None
+        if (
+            session.reply is reply
+            and reply.phase is not Phase.INTERRUPTED
+            and (not reply.ended or reply.playout.playing(time.perf_counter()))
+        ):
             # The client stopped playing it: the reply is over (and cancelled upstream if still running).
             waiter = self._interrupted.setdefault(reply.id, asyncio.get_running_loop().create_future())
             await session.on_event(page.Interrupt())
+        # The played position is the page's playback report: the interruption waiting for it takes it.
+        await session.on_event(page.Playback(turn=reply.id, played_ms=float(event.audio_end_ms)))
+        if waiter is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(waiter), INTERRUPTED_WAIT_S)
             except TimeoutError:
                 pass
         heard = reply.playout.heard(float(event.audio_end_ms), reply.text, reply.voice)
-        meta = {"full_text": reply.text.strip(), "played_ms": float(event.audio_end_ms), "reason": "truncated"}
+        meta = {
+            "full_text": reply.text.strip(),
+            "played_ms": float(event.audio_end_ms),
+            "reason": "truncated",
+        }
         async with reply.save_lock:
             if reply.message_id is not None:
                 await session.history.mark_interrupted(reply.message_id, heard, meta)
             elif heard:
-                reply.message_id = await session.history.add_assistant(heard, interrupted=True, source="voice",
-                                                                       meta=meta)
+                reply.message_id = await session.history.add_assistant(
+                    heard, interrupted=True, source="voice", meta=meta
+                )
         info.message_id = reply.message_id
-        await self.emit(rt.ItemTruncated(item_id=event.item_id, content_index=0,
-                                         audio_end_ms=event.audio_end_ms))
+        await self.emit(
+            rt.ItemTruncated(item_id=event.item_id, content_index=0, audio_end_ms=event.audio_end_ms)
+        )
 
     async def _response_create(self, event: rt.ResponseCreate) -> None:
         if self._resp is not None and not self._resp.done:
-            raise refuse("conversation_already_has_active_response", "a response is in progress: cancel it "
-                         f"({self._resp.model.id}) or wait for its response.done")
+            raise refuse(
+                "conversation_already_has_active_response",
+                f"a response is in progress: cancel it ({self._resp.model.id}) or wait for its response.done",
+            )
         params = event.response or rt.ResponseParams()
         modalities = params.output_modalities or self.config.output_modalities
         voice = "audio" in modalities
         out = params.audio.output if params.audio and params.audio.output else None
         if out is not None and out.voice is not None and out.voice != self.config.audio.output.voice:
-            raise refuse("per_response_voice_unsupported", "a response speaks with the session's voice: "
-                         "change it with session.update", "response.audio.output.voice")
+            raise refuse(
+                "per_response_voice_unsupported",
+                "a response speaks with the session's voice: change it with session.update",
+                "response.audio.output.voice",
+            )
         resp = self._new_response(voice, metadata=params.metadata)
         s = self.settings
         if params.instructions is not None:
@@ -464,7 +561,9 @@ class RealtimeConnection:
             s.system_prompt = params.instructions or self.app.state.settings.system_prompt
         if params.max_output_tokens is not None:
             resp.restore["max_tokens"] = s.max_tokens
-            s.max_tokens = s.max_tokens if params.max_output_tokens == "inf" else int(params.max_output_tokens)
+            s.max_tokens = (
+                s.max_tokens if params.max_output_tokens == "inf" else int(params.max_output_tokens)
+            )
         await self._announce(resp)
         self._spawn(self._respond_after_items(resp))
 
@@ -481,8 +580,11 @@ class RealtimeConnection:
     async def _response_cancel(self, event: rt.ResponseCancel) -> None:
         resp = self._resp
         if resp is None or resp.done or (event.response_id and event.response_id != resp.model.id):
-            raise refuse("response_cancel_not_active", "there is no response in progress to cancel",
-                         "response_id" if event.response_id else None)
+            raise refuse(
+                "response_cancel_not_active",
+                "there is no response in progress to cancel",
+                "response_id" if event.response_id else None,
+            )
         if resp.turn is None:
             await self._finish(resp, "cancelled", reason="client_cancelled")
             return
@@ -493,10 +595,13 @@ class RealtimeConnection:
     # ------------------------------------------------------------------ responses
     def _new_response(self, voice: bool, metadata: dict | None = None) -> _Response:
         out = self.config.audio.output
-        model = rt.Response(output_modalities=["audio" if voice else "text"], metadata=metadata,
-                            conversation_id=self.session.conversation_id,
-                            max_output_tokens=self.config.max_output_tokens,
-                            audio=rt.ResponseAudio(output=rt.ResponseAudioOutput(format=out.format, voice=out.voice)))
+        model = rt.Response(
+            output_modalities=["audio" if voice else "text"],
+            metadata=metadata,
+            conversation_id=self.session.conversation_id,
+            max_output_tokens=self.config.max_output_tokens,
+            audio=rt.ResponseAudio(output=rt.ResponseAudioOutput(format=out.format, voice=out.voice)),
+        )
         resp = _Response(model=model, voice=voice)
         self._resp = resp
         return resp
@@ -504,10 +609,25 @@ class RealtimeConnection:
     async def _announce(self, resp: _Response) -> None:
         capacity = self.app.state.capacity
         limit = capacity.limit or 0
-        await self.emit(rt.ResponseCreated(response=resp.model), rt.RateLimitsUpdated(rate_limits=[
-            rt.RateLimit(name="requests", limit=limit, remaining=max(0, limit - capacity.active), reset_seconds=0),
-            rt.RateLimit(name="tokens", limit=self.settings.max_tokens, remaining=self.settings.max_tokens,
-                         reset_seconds=0)]))
+        await self.emit(
+            rt.ResponseCreated(response=resp.model),
+            rt.RateLimitsUpdated(
+                rate_limits=[
+                    rt.RateLimit(
+                        name="requests",
+                        limit=limit,
+                        remaining=max(0, limit - capacity.active),
+                        reset_seconds=0,
+                    ),
+                    rt.RateLimit(
+                        name="tokens",
+                        limit=self.settings.max_tokens,
+                        remaining=self.settings.max_tokens,
+                        reset_seconds=0,
+                    ),
+                ]
+            ),
+        )
 
     def _bind(self, resp: _Response, turn: int, reply: Any) -> None:
         resp.turn, resp.reply = turn, reply
@@ -520,7 +640,9 @@ class RealtimeConnection:
         resp = self._by_turn.get(turn)
         if resp is not None:
             return resp
-        reply = self.session.reply if self.session.reply is not None and self.session.reply.id == turn else None
+        reply = (
+            self.session.reply if self.session.reply is not None and self.session.reply.id == turn else None
+        )
         resp = self._resp
         if resp is None or resp.done or resp.turn is not None:
             resp = self._new_response(voice)
@@ -538,12 +660,15 @@ class RealtimeConnection:
         previous = self._add_item(item.id, _Item("assistant", response=resp))
         part = rt.Part(type="audio", transcript="") if voice else rt.Part(type="text", text="")
         ids = {"response_id": resp.model.id, "item_id": item.id}
-        await self.emit(rt.OutputItemAdded(response_id=resp.model.id, item=item),
-                        rt.ItemAdded(item=item, previous_item_id=previous),
-                        rt.ContentPartAdded(**ids, part=part))
+        await self.emit(
+            rt.OutputItemAdded(response_id=resp.model.id, item=item),
+            rt.ItemAdded(item=item, previous_item_id=previous),
+            rt.ContentPartAdded(**ids, part=part),
+        )
 
-    async def _finish(self, resp: _Response, status: str, *, reason: str | None = None,
-                      error: dict | None = None) -> None:
+    async def _finish(
+        self, resp: _Response, status: str, *, reason: str | None = None, error: dict | None = None
+    ) -> None:
         if resp.done:
             return
         resp.done = True
@@ -564,9 +689,11 @@ class RealtimeConnection:
                 await self.emit(rt.TextDone(**ids, text=resp.text))
             item.content = [content]
             item.status = "completed" if status == "completed" else "incomplete"
-            await self.emit(rt.ContentPartDone(**ids, part=part),
-                            rt.OutputItemDone(response_id=resp.model.id, item=item),
-                            rt.ItemDone(item=item, previous_item_id=None))
+            await self.emit(
+                rt.ContentPartDone(**ids, part=part),
+                rt.OutputItemDone(response_id=resp.model.id, item=item),
+                rt.ItemDone(item=item, previous_item_id=None),
+            )
             resp.model.output = [item]
         resp.model.status = status
         resp.model.conversation_id = self.session.conversation_id
@@ -576,10 +703,13 @@ class RealtimeConnection:
             resp.model.status_details = rt.StatusDetails(type="completed")
         usage = getattr(getattr(resp.reply, "stream", None), "usage", None)
         if usage is not None:
-            resp.model.usage = rt.Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
-                                        total_tokens=usage.total_tokens,
-                                        input_token_details={"text_tokens": usage.prompt_tokens},
-                                        output_token_details={"text_tokens": usage.completion_tokens})
+            resp.model.usage = rt.Usage(
+                input_tokens=usage.prompt_tokens,
+                output_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+                input_token_details={"text_tokens": usage.prompt_tokens},
+                output_token_details={"text_tokens": usage.completion_tokens},
+            )
         await self.emit(rt.ResponseDone(response=resp.model))
 
     async def _send_audio(self, resp: _Response, audio: np.ndarray) -> None:
@@ -589,7 +719,7 @@ class RealtimeConnection:
         step = int(rt.SAMPLE_RATE * DELTA_S) * 2
         ids = {"response_id": resp.model.id, "item_id": resp.item.id}
         for i in range(0, len(pcm), step):
-            chunk = pcm[i:i + step]
+            chunk = pcm[i : i + step]
             resp.audio_samples += len(chunk) // 2
             await self.emit(rt.AudioDelta(**ids, delta=base64.b64encode(chunk).decode("ascii")))
         self._audio_out = True
@@ -631,9 +761,12 @@ class RealtimeConnection:
         elif isinstance(event, page.NoSpeech):
             awaiting, self._awaiting = self._awaiting, []
             for item_id, _ in awaiting:
-                await self.emit(rt.TranscriptionCompleted(item_id=item_id, transcript="",
-                                                          usage=rt.DurationUsage(seconds=0.0)),
-                                rt.ItemDeleted(item_id=item_id))
+                await self.emit(
+                    rt.TranscriptionCompleted(
+                        item_id=item_id, transcript="", usage=rt.DurationUsage(seconds=0.0)
+                    ),
+                    rt.ItemDeleted(item_id=item_id),
+                )
                 self._items.pop(item_id, None)
         elif isinstance(event, page.ReplyStart):
             resp = await self._response_for(event.turn, event.voice)
@@ -645,21 +778,31 @@ class RealtimeConnection:
             await self._start_item(resp, resp.voice)
             resp.text += event.text
             ids = {"response_id": resp.model.id, "item_id": resp.item.id}
-            await self.emit(rt.AudioTranscriptDelta(**ids, delta=event.text) if resp.voice
-                            else rt.TextDelta(**ids, delta=event.text))
+            await self.emit(
+                rt.AudioTranscriptDelta(**ids, delta=event.text)
+                if resp.voice
+                else rt.TextDelta(**ids, delta=event.text)
+            )
         elif isinstance(event, page.ReplyEnd):
             resp = self._by_turn.get(event.turn) or await self._response_for(event.turn, False)
             if event.error:
-                await self._finish(resp, "failed", error=resp.error or {
-                    "type": "server_error", "code": "reply_failed", "message": "the reply failed"})
+                await self._finish(
+                    resp,
+                    "failed",
+                    error=resp.error
+                    or {"type": "server_error", "code": "reply_failed", "message": "the reply failed"},
+                )
             else:
                 resp.text = event.text or resp.text
                 await self._finish(resp, "completed")
         elif isinstance(event, page.StopPlayback):
             resp = self._by_turn.get(event.turn)
             if resp is not None and not resp.done:
-                await self._finish(resp, "cancelled",
-                                   reason="turn_detected" if event.reason == "barge-in" else "client_cancelled")
+                await self._finish(
+                    resp,
+                    "cancelled",
+                    reason="turn_detected" if event.reason == "barge-in" else "client_cancelled",
+                )
         elif isinstance(event, page.Interrupted):
             waiter = self._interrupted.pop(event.turn, None)
             if waiter is not None and not waiter.done():
@@ -678,9 +821,11 @@ class RealtimeConnection:
         previous = self._add_item(item_id, _Item("user"))
         item.id = item_id
         self._awaiting.append((item_id, max(0, end - start)))
-        await self.emit(rt.SpeechStopped(audio_end_ms=end, item_id=item_id),
-                        rt.BufferCommitted(item_id=item_id, previous_item_id=previous),
-                        rt.ItemAdded(item=item, previous_item_id=previous))
+        await self.emit(
+            rt.SpeechStopped(audio_end_ms=end, item_id=item_id),
+            rt.BufferCommitted(item_id=item_id, previous_item_id=previous),
+            rt.ItemAdded(item=item, previous_item_id=previous),
+        )
 
     async def _transcript(self, event: page.Transcript) -> None:
         if event.source != "voice":
@@ -689,6 +834,14 @@ class RealtimeConnection:
         if not awaiting:  # no speech_stopped seen for it (cannot happen with the VAD; kept safe)
             item_id = rt.new_id("item")
             previous = self._add_item(item_id, _Item("user"))
+            await self.emit(
+                rt.ItemAdded(
+                    item=rt.MessageItem(
+                        id=item_id, role="user", content=[rt.ContentPart(type="input_audio")]
+                    ),
+                    previous_item_id=previous,
+                )
+            )
             awaiting = [(item_id, 0)]
         # Words the user went on with after a pause are one utterance: the earlier items merge into the last.
         for item_id, _ in awaiting[:-1]:
@@ -697,11 +850,15 @@ class RealtimeConnection:
         item_id, ms = awaiting[-1]
         info = self._items.setdefault(item_id, _Item("user"))
         info.message_id = event.message_id
-        item = rt.MessageItem(id=item_id, role="user",
-                              content=[rt.ContentPart(type="input_audio", transcript=event.text)])
-        await self.emit(rt.TranscriptionCompleted(item_id=item_id, transcript=event.text,
-                                                  usage=rt.DurationUsage(seconds=round(ms / 1000, 3))),
-                        rt.ItemDone(item=item))
+        item = rt.MessageItem(
+            id=item_id, role="user", content=[rt.ContentPart(type="input_audio", transcript=event.text)]
+        )
+        await self.emit(
+            rt.TranscriptionCompleted(
+                item_id=item_id, transcript=event.text, usage=rt.DurationUsage(seconds=round(ms / 1000, 3))
+            ),
+            rt.ItemDone(item=item),
+        )
 
     async def _session_error(self, event: page.SessionError) -> None:
         body = {"type": event.error.type, "code": event.error.code, "message": event.error.message}
@@ -711,8 +868,13 @@ class RealtimeConnection:
         if resp is not None and not resp.done:
             resp.error = body
             return
-        await self.emit(rt.Error.of(event.error.code or "session_error", event.error.message,
-                                    type=event.error.type or "server_error"))
+        await self.emit(
+            rt.Error.of(
+                event.error.code or "session_error",
+                event.error.message,
+                type=event.error.type or "server_error",
+            )
+        )
 
 
 @router.websocket("/v1/realtime")
@@ -725,12 +887,16 @@ async def realtime_ws(ws: WebSocket) -> None:
     if app.state.drain.draining or capacity.full():
         reason = "restarting" if app.state.drain.draining else "busy"
         capacity.refused.labels("realtime", reason).inc()
-        message = ("this server is restarting: connect again (another replica will answer)"
-                   if reason == "restarting" else capacity.busy_message())
+        message = (
+            "this server is restarting: connect again (another replica will answer)"
+            if reason == "restarting"
+            else capacity.busy_message()
+        )
         await sock.accept()
         try:
-            await sock.send(rt.Error.of("server_busy" if reason == "busy" else "restarting", message,
-                                        type="server_error"))
+            await sock.send(
+                rt.Error.of("server_busy" if reason == "busy" else "restarting", message, type="server_error")
+            )
             await ws.close(code=WS_TRY_AGAIN_LATER, reason=message[:120])
         except (WebSocketDisconnect, RuntimeError):
             pass

@@ -21,7 +21,6 @@ import websockets
 from openai import AsyncOpenAI
 from openai.types import realtime as openai_rt
 from openai.types.beta import realtime as openai_beta_rt
-
 from rvchat_app.app import create_app
 from rvchat_app.settings import Settings
 from rvchat_app.testing import FakeHub, app_env, load_pcm16
@@ -35,7 +34,9 @@ EVENT_WAIT_S = 60  # the slowest model step on a busy 2-core machine, with a wid
 
 # --------------------------------------------------------------------------- helpers
 def client_for(url: str) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", websocket_base_url=f"{url.replace('http', 'ws')}/v1")
+    return AsyncOpenAI(
+        base_url=f"{url}/v1", api_key="unused", websocket_base_url=f"{url.replace('http', 'ws')}/v1"
+    )
 
 
 async def collect(conn, until: str, *, seen: list | None = None, timeout: float = EVENT_WAIT_S) -> list:
@@ -67,8 +68,9 @@ async def stream_audio(conn, pcm24: bytes, *, frame_ms: int = 40, realtime: bool
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     for n, i in enumerate(range(0, len(pcm24), step)):
-        await conn.send({"type": "input_audio_buffer.append",
-                         "audio": base64.b64encode(pcm24[i:i + step]).decode()})
+        await conn.send(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm24[i : i + step]).decode()}
+        )
         if realtime:
             await asyncio.sleep(max(0.0, t0 + (n + 1) * frame_ms / 1000 - loop.time()))
 
@@ -99,9 +101,14 @@ def hub():
 
 @pytest.fixture
 def fake_app(tmp_path, hub):
-    settings = Settings(db_path=str(tmp_path / "rt.sqlite3"), vad_url="http://127.0.0.1:9",
-                        stt_url="http://127.0.0.1:9", tts_url="http://127.0.0.1:9", llm_url="http://127.0.0.1:9",
-                        status_interval_s=60)
+    settings = Settings(
+        db_path=str(tmp_path / "rt.sqlite3"),
+        vad_url="http://127.0.0.1:9",
+        stt_url="http://127.0.0.1:9",
+        tts_url="http://127.0.0.1:9",
+        llm_url="http://127.0.0.1:9",
+        status_interval_s=60,
+    )
     with ThreadServer(create_app(settings, factories=hub.factories())) as server:
         yield server
 
@@ -109,20 +116,41 @@ def fake_app(tmp_path, hub):
 async def test_text_conversation_with_the_openai_client(fake_app):
     async with client_for(fake_app.url).realtime.connect(model="gpt-realtime") as conn:
         created = await collect(conn, "session.created")
-        await conn.send({"type": "session.update", "session": {
-            "type": "realtime", "output_modalities": ["text"], "instructions": "Answer in one sentence."}})
+        await conn.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "output_modalities": ["text"],
+                    "instructions": "Answer in one sentence.",
+                },
+            }
+        )
         updated = (await collect(conn, "session.updated"))[-1]
         assert updated["session"]["output_modalities"] == ["text"]
         assert updated["session"]["instructions"] == "Answer in one sentence."
-        await conn.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Capital of France?"}]}})
+        await conn.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Capital of France?"}],
+                },
+            }
+        )
         await conn.send({"type": "response.create"})
         events = await collect(conn, "response.done")
     check_shapes(created + [updated] + events)
     order = types(events)
-    assert order.index("conversation.item.added") < order.index("response.created") \
-        < order.index("response.output_item.added") < order.index("response.output_text.delta") \
-        < order.index("response.output_text.done") < order.index("response.done")
+    assert (
+        order.index("conversation.item.added")
+        < order.index("response.created")
+        < order.index("response.output_item.added")
+        < order.index("response.output_text.delta")
+        < order.index("response.output_text.done")
+        < order.index("response.done")
+    )
     text = "".join(e["delta"] for e in of(events, "response.output_text.delta"))
     assert text.strip() == "The capital of France is Paris. It is a lovely city."
     assert of(events, "response.output_text.done")[0]["text"].strip() == text.strip()
@@ -133,25 +161,64 @@ async def test_text_conversation_with_the_openai_client(fake_app):
     cid = done["conversation_id"]
     conv = httpx.get(f"{fake_app.url}/api/conversations/{cid}").json()
     assert [(m["role"], m["content"]) for m in conv["messages"]] == [
-        ("user", "Capital of France?"), ("assistant", text.strip())]
+        ("user", "Capital of France?"),
+        ("assistant", text.strip()),
+    ]
 
 
 async def test_bad_events_get_error_events_and_the_connection_lives(fake_app):
     bad = [
         ("not json", "invalid_json", None),
         (json.dumps({"type": "session.nope"}), "unknown_event", "type"),
-        (json.dumps({"type": "session.update", "event_id": "e1", "session": {
-            "type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}}}),
-         "invalid_event", "session"),
-        (json.dumps({"type": "session.update", "session": {
-            "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}}), "invalid_event", "session"),
+        (
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "event_id": "e1",
+                    "session": {
+                        "type": "realtime",
+                        "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}},
+                    },
+                }
+            ),
+            "invalid_event",
+            "session",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
+                }
+            ),
+            "invalid_event",
+            "session",
+        ),
         (json.dumps({"type": "input_audio_buffer.append", "audio": "***"}), "invalid_event", "audio"),
         (json.dumps({"type": "input_audio_buffer.commit"}), "commit_with_server_vad", None),
-        (json.dumps({"type": "conversation.item.truncate", "item_id": "item_x", "content_index": 0,
-                     "audio_end_ms": 10}), "item_not_found", "item_id"),
+        (
+            json.dumps(
+                {
+                    "type": "conversation.item.truncate",
+                    "item_id": "item_x",
+                    "content_index": 0,
+                    "audio_end_ms": 10,
+                }
+            ),
+            "item_not_found",
+            "item_id",
+        ),
         (json.dumps({"type": "response.cancel"}), "response_cancel_not_active", None),
-        (json.dumps({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
-                                                                  "content": []}}), "invalid_event", "item"),
+        (
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": "user", "content": []},
+                }
+            ),
+            "invalid_event",
+            "item",
+        ),
     ]
     async with client_for(fake_app.url).realtime.connect(model="gpt-realtime") as conn:
         await collect(conn, "session.created")
@@ -183,19 +250,41 @@ async def test_beta_client_gets_the_beta_dialect(fake_app):
     async with client_for(fake_app.url).beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
         created = await collect(conn, "session.created")
         assert created[-1]["session"]["input_audio_format"] == "pcm16"
-        await conn.send({"type": "session.update", "session": {
-            "modalities": ["text", "audio"], "voice": "nova", "turn_detection": None,
-            "input_audio_format": "pcm16", "output_audio_format": "pcm16"}})
+        await conn.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "modalities": ["text", "audio"],
+                    "voice": "nova",
+                    "turn_detection": None,
+                    "input_audio_format": "pcm16",
+                    "output_audio_format": "pcm16",
+                },
+            }
+        )
         updated = (await collect(conn, "session.updated"))[-1]
         assert updated["session"]["voice"] == "nova" and updated["session"]["turn_detection"] is None
-        await conn.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Capital of France?"}]}})
+        await conn.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Capital of France?"}],
+                },
+            }
+        )
         await conn.send({"type": "response.create"})
         events = await collect(conn, "response.done")
     check_shapes(created + [updated] + events, beta=True)
     kinds = set(types(events))
-    assert {"conversation.item.created", "response.audio.delta", "response.audio_transcript.delta",
-            "response.audio.done", "response.audio_transcript.done"} <= kinds
+    assert {
+        "conversation.item.created",
+        "response.audio.delta",
+        "response.audio_transcript.delta",
+        "response.audio.done",
+        "response.audio_transcript.done",
+    } <= kinds
     assert not {k for k in kinds if "output_audio" in k}
     transcript = of(events, "response.audio_transcript.done")[0]["transcript"]
     assert transcript.strip() == "The capital of France is Paris. It is a lovely city."
@@ -212,38 +301,75 @@ def reference(name: str) -> str:
 def long_reply_app(services, tmp_path_factory):
     """main_app whose replies run long (an LLM without the sentence cap or the repetition guard), so a
     barge-in always finds the reply still being written and spoken."""
-    with ServiceProcess("rvchat_llm", "LLM_", {"LLM_PROVIDER": "local", "LLM_MAX_SENTENCES": "0",
-                                               "LLM_GUARD": "false"}) as llm:
-        env = app_env({**services, "llm": llm}, tmp_path_factory.mktemp("rt") / "rt.sqlite3",
-                      APP_MAX_REPLY_SENTENCES="0", APP_MAX_TOKENS="400")
+    with ServiceProcess(
+        "rvchat_llm", "LLM_", {"LLM_PROVIDER": "local", "LLM_MAX_SENTENCES": "0", "LLM_GUARD": "false"}
+    ) as llm:
+        env = app_env(
+            {**services, "llm": llm},
+            tmp_path_factory.mktemp("rt") / "rt.sqlite3",
+            APP_MAX_REPLY_SENTENCES="0",
+            APP_MAX_TOKENS="400",
+        )
         with ServiceProcess("rvchat_app", "APP_", env) as app:
             yield app
 
 
 async def test_voice_turn_with_server_vad(app_service):
-    """A real recording, at real time, at 24 kHz: speech start and stop, its transcript, and a spoken reply."""
+    """A real recording at real time, at 24 kHz: speech start and stop, its transcript, a spoken reply."""
     speech = to_24k(load_pcm16(speech_sample(CLIP)))
     silence = bytes(rt.SAMPLE_RATE * 2 * 2)  # 2 s: the turn ends within it
     async with client_for(app_service.url).realtime.connect(model="gpt-realtime") as conn:
         events = await collect(conn, "session.created")
-        await conn.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
-            "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500,
-                               "prefix_padding_ms": 300}}}}})
+        await conn.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {
+                        "input": {
+                            "turn_detection": {
+                                "type": "server_vad",
+                                "threshold": 0.5,
+                                "silence_duration_ms": 500,
+                                "prefix_padding_ms": 300,
+                            }
+                        }
+                    },
+                },
+            }
+        )
         await collect(conn, "session.updated", seen=events)
         await stream_audio(conn, speech + silence)
         await collect(conn, "response.done", seen=events)
+        # While the client is there: one that leaves before the audio has played keeps only what it heard.
+        done = of(events, "response.done")[0]["response"]
+        conv = httpx.get(f"{app_service.url}/api/conversations/{done['conversation_id']}").json()
     check_shapes(events)
     order = types(events)
-    for kind in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-                 "input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed",
-                 "response.created", "response.output_item.added", "response.content_part.added",
-                 "response.output_audio.delta", "response.output_audio_transcript.delta",
-                 "response.output_audio.done", "response.output_audio_transcript.done",
-                 "response.output_item.done", "rate_limits.updated", "response.done"):
+    for kind in (
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.input_audio_transcription.completed",
+        "response.created",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_audio.delta",
+        "response.output_audio_transcript.delta",
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.output_item.done",
+        "rate_limits.updated",
+        "response.done",
+    ):
         assert kind in order, kind
-    assert order.index("input_audio_buffer.speech_started") < order.index("input_audio_buffer.speech_stopped") \
-        < order.index("input_audio_buffer.committed") < order.index("response.output_audio.delta") \
+    assert (
+        order.index("input_audio_buffer.speech_started")
+        < order.index("input_audio_buffer.speech_stopped")
+        < order.index("input_audio_buffer.committed")
+        < order.index("response.output_audio.delta")
         < order.index("response.done")
+    )
     started = of(events, "input_audio_buffer.speech_started")[0]
     stopped = of(events, "input_audio_buffer.speech_stopped")[0]
     assert started["item_id"] == stopped["item_id"]
@@ -254,13 +380,11 @@ async def test_voice_turn_with_server_vad(app_service):
     assert wer(reference(CLIP), transcript["transcript"]) <= 0.2, transcript["transcript"]
     pcm = b"".join(base64.b64decode(e["delta"]) for e in of(events, "response.output_audio.delta"))
     audio = np.frombuffer(pcm, "<i2").astype(np.float32)
-    assert audio.size > rt.SAMPLE_RATE * 0.3 and np.sqrt(np.mean(audio ** 2)) > 300  # speech, not silence
+    assert audio.size > rt.SAMPLE_RATE * 0.3 and np.sqrt(np.mean(audio**2)) > 300  # speech, not silence
     said = "".join(e["delta"] for e in of(events, "response.output_audio_transcript.delta")).strip()
-    done = of(events, "response.done")[0]["response"]
     assert said and done["status"] == "completed"
     assert done["output"][0]["content"][0]["transcript"].strip() == said
     assert done["usage"]["input_tokens"] > 0 and done["usage"]["output_tokens"] > 0
-    conv = httpx.get(f"{app_service.url}/api/conversations/{done['conversation_id']}").json()
     assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
     assert conv["messages"][0]["content"] == transcript["transcript"]
     assert conv["messages"][1]["content"] == said
@@ -271,8 +395,16 @@ async def test_push_to_talk_and_audio_item(app_service):
     speech = to_24k(load_pcm16(speech_sample(CLIP)))
     async with client_for(app_service.url).realtime.connect(model="gpt-realtime") as conn:
         events = await collect(conn, "session.created")
-        await conn.send({"type": "session.update", "session": {
-            "type": "realtime", "output_modalities": ["text"], "audio": {"input": {"turn_detection": None}}}})
+        await conn.send(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "output_modalities": ["text"],
+                    "audio": {"input": {"turn_detection": None}},
+                },
+            }
+        )
         await collect(conn, "session.updated", seen=events)
         await stream_audio(conn, speech, realtime=False)
         await conn.send({"type": "input_audio_buffer.commit"})
@@ -290,16 +422,27 @@ async def test_push_to_talk_and_audio_item(app_service):
     text = of(events, "response.output_text.done")[0]["text"]
     conv = httpx.get(f"{app_service.url}/api/conversations/{done['conversation_id']}").json()
     assert [(m["role"], m["content"]) for m in conv["messages"]] == [
-        ("user", transcript["transcript"]), ("assistant", text.strip())]
+        ("user", transcript["transcript"]),
+        ("assistant", text.strip()),
+    ]
 
 
 async def test_barge_in_cancels_the_response_and_truncate_trims_the_history(long_reply_app):
     speech = to_24k(load_pcm16(speech_sample(CLIP)))
     async with client_for(long_reply_app.url).realtime.connect(model="gpt-realtime") as conn:
         events = await collect(conn, "session.created")
-        await conn.send({"type": "conversation.item.create", "item": {
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "Tell me a long story about a dragon and a knight."}]}})
+        await conn.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "Tell me a long story about a dragon and a knight."}
+                    ],
+                },
+            }
+        )
         await conn.send({"type": "response.create"})
         first = await collect(conn, "response.output_audio.delta", seen=events)
         response_id = first[-1]["response_id"]
@@ -307,13 +450,24 @@ async def test_barge_in_cancels_the_response_and_truncate_trims_the_history(long
         # The user talks over the reply (a client plays audio as it comes: about 1 s in by now).
         talk = asyncio.create_task(stream_audio(conn, bytes(rt.SAMPLE_RATE * 2) + speech))
         await collect(conn, "input_audio_buffer.speech_started", seen=events)
-        mine = [e for e in events if e.get("response_id") == response_id or
-                (e["type"] == "response.done" and e["response"]["id"] == response_id)]
-        audio_ms = sum(len(base64.b64decode(e["delta"])) for e in of(mine, "response.output_audio.delta")) \
-            // (rt.SAMPLE_RATE * 2 // 1000)
+        mine = [
+            e
+            for e in events
+            if e.get("response_id") == response_id
+            or (e["type"] == "response.done" and e["response"]["id"] == response_id)
+        ]
+        audio_ms = sum(
+            len(base64.b64decode(e["delta"])) for e in of(mine, "response.output_audio.delta")
+        ) // (rt.SAMPLE_RATE * 2 // 1000)
         played = min(audio_ms, 1200)
-        await conn.send({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
-                         "audio_end_ms": played})
+        await conn.send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": played,
+            }
+        )
         while not any(e["type"] == "response.done" and e["response"]["id"] == response_id for e in events):
             await collect(conn, "response.done", seen=events)
         await collect(conn, "conversation.item.truncated", seen=events)

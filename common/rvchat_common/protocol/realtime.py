@@ -66,8 +66,9 @@ class ServerVad(WireModel):
 
     type: Literal["server_vad"] = "server_vad"
     threshold: float = Field(0.5, ge=_LIMITS["threshold"]["min"], le=_LIMITS["threshold"]["max"])
-    silence_duration_ms: int = Field(500, ge=int(_LIMITS["min_silence_ms"]["min"]),
-                                     le=int(_LIMITS["min_silence_ms"]["max"]))
+    silence_duration_ms: int = Field(
+        500, ge=int(_LIMITS["min_silence_ms"]["min"]), le=int(_LIMITS["min_silence_ms"]["max"])
+    )
     prefix_padding_ms: int = Field(300, ge=0, le=2000)
     create_response: Literal[True] = Field(True, description="A turn always gets a reply.")
     interrupt_response: Literal[True] = Field(True, description="Speech always interrupts a reply.")
@@ -260,8 +261,11 @@ class ConversationItemCreate(ClientEvent):
     def _parts(cls, item: Any) -> Any:
         if not isinstance(item, MessageItem):
             return item
-        allowed = {"user": ("input_text", "input_audio"), "system": ("input_text",),
-                   "assistant": ("output_text",)}[item.role]
+        allowed = {
+            "user": ("input_text", "input_audio"),
+            "system": ("input_text",),
+            "assistant": ("output_text",),
+        }[item.role]
         if not item.content:
             raise ValueError("a message needs at least one content part")
         for part in item.content:
@@ -292,9 +296,16 @@ class ResponseCancel(ClientEvent):
 
 
 AnyClientEvent = Annotated[
-    SessionUpdate | InputAudioBufferAppend | InputAudioBufferCommit | InputAudioBufferClear
-    | ConversationItemCreate | ConversationItemTruncate | ResponseCreate | ResponseCancel,
-    Field(discriminator="type")]
+    SessionUpdate
+    | InputAudioBufferAppend
+    | InputAudioBufferCommit
+    | InputAudioBufferClear
+    | ConversationItemCreate
+    | ConversationItemTruncate
+    | ResponseCreate
+    | ResponseCancel,
+    Field(discriminator="type"),
+]
 client_events: TypeAdapter[AnyClientEvent] = TypeAdapter(AnyClientEvent)
 
 
@@ -318,10 +329,18 @@ class Error(ServerEvent):
     error: RealtimeErrorBody
 
     @classmethod
-    def of(cls, code: str, message: str, *, param: str | None = None, event_id: str | None = None,
-           type: str = "invalid_request_error") -> Error:
-        return cls(error=RealtimeErrorBody(type=type, code=code, message=message, param=param,
-                                           event_id=event_id))
+    def of(
+        cls,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        event_id: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> Error:
+        return cls(
+            error=RealtimeErrorBody(type=type, code=code, message=message, param=param, event_id=event_id)
+        )
 
 
 class SessionCreated(ServerEvent):
@@ -388,8 +407,9 @@ class DurationUsage(WireModel):
 
 
 class TranscriptionCompleted(ServerEvent):
-    type: Literal["conversation.item.input_audio_transcription.completed"] = \
+    type: Literal["conversation.item.input_audio_transcription.completed"] = (
         "conversation.item.input_audio_transcription.completed"
+    )
     item_id: str
     content_index: int = 0
     transcript: str
@@ -397,8 +417,9 @@ class TranscriptionCompleted(ServerEvent):
 
 
 class TranscriptionFailed(ServerEvent):
-    type: Literal["conversation.item.input_audio_transcription.failed"] = \
+    type: Literal["conversation.item.input_audio_transcription.failed"] = (
         "conversation.item.input_audio_transcription.failed"
+    )
     item_id: str
     content_index: int = 0
     error: RealtimeErrorBody
@@ -526,12 +547,34 @@ class RateLimitsUpdated(ServerEvent):
 
 
 AnyServerEvent = Annotated[
-    Error | SessionCreated | SessionUpdated | SpeechStarted | SpeechStopped | BufferCommitted | BufferCleared
-    | ItemAdded | ItemDone | ItemDeleted | ItemTruncated | TranscriptionCompleted | TranscriptionFailed
-    | ResponseCreated | ResponseDone | OutputItemAdded | OutputItemDone | ContentPartAdded | ContentPartDone
-    | AudioDelta | AudioDone | AudioTranscriptDelta | AudioTranscriptDone | TextDelta | TextDone
+    Error
+    | SessionCreated
+    | SessionUpdated
+    | SpeechStarted
+    | SpeechStopped
+    | BufferCommitted
+    | BufferCleared
+    | ItemAdded
+    | ItemDone
+    | ItemDeleted
+    | ItemTruncated
+    | TranscriptionCompleted
+    | TranscriptionFailed
+    | ResponseCreated
+    | ResponseDone
+    | OutputItemAdded
+    | OutputItemDone
+    | ContentPartAdded
+    | ContentPartDone
+    | AudioDelta
+    | AudioDone
+    | AudioTranscriptDelta
+    | AudioTranscriptDone
+    | TextDelta
+    | TextDone
     | RateLimitsUpdated,
-    Field(discriminator="type")]
+    Field(discriminator="type"),
+]
 server_events: TypeAdapter[AnyServerEvent] = TypeAdapter(AnyServerEvent)
 
 
@@ -595,8 +638,10 @@ class Dialect:
         elif kind == "conversation.item.create" and isinstance(data.get("item"), dict):
             item = dict(data["item"])
             if isinstance(item.get("content"), list):
-                item["content"] = [{**p, "type": _GA_PARTS.get(p.get("type"), p.get("type"))}
-                                   if isinstance(p, dict) else p for p in item["content"]]
+                item["content"] = [
+                    {**p, "type": _GA_PARTS.get(p.get("type"), p.get("type"))} if isinstance(p, dict) else p
+                    for p in item["content"]
+                ]
             data = {**data, "item": item}
         return data
 
@@ -615,15 +660,22 @@ def _beta_format(fmt: dict | None) -> str:
 def _beta_session(s: dict) -> dict:
     audio = s.get("audio") or {}
     inp, out = audio.get("input") or {}, audio.get("output") or {}
-    return {"id": s.get("id"), "object": "realtime.session", "model": s.get("model"),
-            "modalities": ["text", "audio"] if "audio" in s.get("output_modalities", []) else ["text"],
-            "instructions": s.get("instructions"), "voice": out.get("voice"),
-            "input_audio_format": _beta_format(inp.get("format")),
-            "output_audio_format": _beta_format(out.get("format")),
-            "input_audio_transcription": inp.get("transcription"),
-            "turn_detection": inp.get("turn_detection"), "tools": s.get("tools", []),
-            "tool_choice": s.get("tool_choice", "auto"), "temperature": 0.8,
-            "max_response_output_tokens": s.get("max_output_tokens")}
+    return {
+        "id": s.get("id"),
+        "object": "realtime.session",
+        "model": s.get("model"),
+        "modalities": ["text", "audio"] if "audio" in s.get("output_modalities", []) else ["text"],
+        "instructions": s.get("instructions"),
+        "voice": out.get("voice"),
+        "input_audio_format": _beta_format(inp.get("format")),
+        "output_audio_format": _beta_format(out.get("format")),
+        "input_audio_transcription": inp.get("transcription"),
+        "turn_detection": inp.get("turn_detection"),
+        "tools": s.get("tools", []),
+        "tool_choice": s.get("tool_choice", "auto"),
+        "temperature": 0.8,
+        "max_response_output_tokens": s.get("max_output_tokens"),
+    }
 
 
 def _beta_response(r: dict) -> dict:
@@ -640,7 +692,10 @@ def _beta_response(r: dict) -> dict:
 def _beta_item(item: dict) -> dict:
     if "content" not in item:
         return item
-    return {**item, "content": [{**p, "type": _BETA_PARTS.get(p["type"], p["type"])} for p in item["content"]]}
+    return {
+        **item,
+        "content": [{**p, "type": _BETA_PARTS.get(p["type"], p["type"])} for p in item["content"]],
+    }
 
 
 def _ga_session_update(s: dict) -> dict:
@@ -665,7 +720,9 @@ def _ga_session_update(s: dict) -> dict:
     for key in ("temperature", "input_audio_noise_reduction", "speed", "tracing"):
         s.pop(key, None)
     if audio_in or audio_out:
-        s["audio"] = {**({"input": audio_in} if audio_in else {}), **({"output": audio_out} if audio_out else {})}
+        s["audio"] = {
+            **({"input": audio_in} if audio_in else {}),
+            **({"output": audio_out} if audio_out else {}),
+        }
     s.setdefault("type", "realtime")
     return s
-
