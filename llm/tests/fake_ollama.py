@@ -6,6 +6,11 @@
   ``stream: false`` gives the final object with the whole message; an empty ``messages`` list loads
   the model (``done_reason: "load"``); an unknown model gets 404 ``{"error": "model \"x\" not found,
   try pulling it first"}``.
+- Tools (docs/capabilities/tool-calling.mdx): with ``tools`` and a user message last, the reply is a
+  call of the first tool, sent whole in one chunk (``message.tool_calls: [{"function": {"index",
+  "name", "arguments": {...}}}]``, arguments an object built from the schema: strings are the user's
+  text) and ``done_reason: "stop"``; after a ``tool`` message (``tool_name``, ``content``) the reply is
+  text: "<tool_name> said: <content>".
 - ``GET /api/tags``, ``POST /api/show``, ``POST /api/pull`` (streamed status lines), ``GET /api/version``.
 
 Test-only controls: ``POST /_control {"mode": ..., "fail_next": n}`` and ``GET /_requests``.
@@ -44,8 +49,27 @@ def _not_found(model: str) -> JSONResponse:
 
 
 def reply_for(messages: list[dict]) -> str:
+    if messages[-1].get("role") == "tool":
+        return f"{messages[-1].get('tool_name')} said: {messages[-1].get('content')}"
     last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
     return f"You said: {last}"
+
+
+def value_for(schema: dict, text: str):
+    """A value of the schema's type: the user's text for strings."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: value_for(v, text) for k, v in (schema.get("properties") or {}).items()
+                if k in (schema.get("required") or [])}
+    return {"integer": 1, "number": 1.5, "boolean": True, "array": []}.get(kind, text)
+
+
+def call_for(tools: list[dict], messages: list[dict]) -> dict:
+    fn = tools[0]["function"]
+    return {"function": {"index": 0, "name": fn["name"],
+                         "arguments": value_for(fn.get("parameters") or {}, messages[-1].get("content", ""))}}
 
 
 app = FastAPI()
@@ -106,7 +130,9 @@ async def chat(request: Request):
         return JSONResponse({"model": model, "created_at": _now(),
                              "message": {"role": "assistant", "content": ""},
                              "done_reason": "load", "done": True})
-    words = reply_for(messages).split(" ")
+    tool_calls = [call_for(body["tools"], messages)] \
+        if body.get("tools") and messages[-1].get("role") == "user" else []
+    words = [] if tool_calls else reply_for(messages).split(" ")
     if STATE["mode"] == "slow":
         words = ["word"] * 500
     limit = (body.get("options") or {}).get("num_predict") or 10_000
@@ -115,15 +141,16 @@ async def chat(request: Request):
     prompt_count = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
     t0 = time.perf_counter_ns()
 
-    def final(content: str) -> dict:
+    def final(content: str, calls: list | None = None) -> dict:
         total = time.perf_counter_ns() - t0
-        return {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": content},
+        message = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+        return {"model": model, "created_at": _now(), "message": message,
                 "done": True, "done_reason": done_reason, "total_duration": total + 1_000_000,
                 "load_duration": 1_000_000, "prompt_eval_count": prompt_count,
                 "prompt_eval_duration": 500_000, "eval_count": len(tokens), "eval_duration": max(total, 1)}
 
     if body.get("stream") is False:
-        return JSONResponse(final("".join(tokens)))
+        return JSONResponse(final("".join(tokens), tool_calls))
     mode = STATE["mode"]
 
     async def chunks():
@@ -139,6 +166,10 @@ async def chat(request: Request):
                 await asyncio.sleep(0.1 if mode == "slow" else 0.01)
                 yield json.dumps({"model": model, "created_at": _now(),
                                   "message": {"role": "assistant", "content": tok}, "done": False}) + "\n"
+            if tool_calls:  # Ollama streams a call whole, in a chunk of its own
+                message = {"role": "assistant", "content": "", "tool_calls": tool_calls}
+                yield json.dumps({"model": model, "created_at": _now(), "message": message,
+                                  "done": False}) + "\n"
             yield json.dumps(final("")) + "\n"
         finally:
             STATE["active"] -= 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, field_validator
 
 from .base import ErrorEvent, Event, UnicodeStr, WireModel
 
@@ -59,6 +59,11 @@ class Message(WireModel):
                                 "message that calls tools).")
     tool_calls: list[ToolCall] | None = Field(None, description="The calls an assistant message made.")
     tool_call_id: str | None = Field(None, description="In a tool message: the call it answers.")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _null_is_empty(cls, v: Any) -> Any:
+        return "" if v is None else v  # OpenAI's clients send null beside tool_calls
 
 
 # --- client -> server -----------------------------------------------------------------------

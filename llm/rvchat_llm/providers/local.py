@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import threading
 import time
@@ -33,8 +34,10 @@ from rvchat_common.models import gguf_model
 
 from ..guard import HeldPieces, StreamGuard, sentence_spans
 from ..settings import Settings
-from .base import ChatOptions, Delta, Final, StreamItem, UpstreamError
+from ..tools import chosen_name, new_call_id
+from .base import ChatOptions, Delta, Final, StreamItem, ToolCallDelta, UpstreamError
 from .interrupt import Interrupter
+from .local_tools import CALL_OPEN, args_grammar, call_head, decide_grammar, name_grammar, prompt_messages
 
 log = logging.getLogger("rvchat.llm.local")
 
@@ -205,15 +208,15 @@ class LocalProvider:
         # The template already writes any BOS it wants (added_special), as llama-cpp does.
         return self._llm.tokenize(self.render(messages).encode("utf-8"), add_bos=False, special=True)
 
-    def count_tokens(self, messages: list[dict[str, str]]) -> int:
-        return len(self._tokens(messages))
+    def count_tokens(self, messages: list[dict[str, Any]]) -> int:
+        return len(self._tokens(prompt_messages(messages, [])))
 
     def text_tokens(self, text: str) -> int:
         assert self._llm is not None
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     # --- generation --------------------------------------------------------------
-    async def stream_chat(self, messages: list[dict[str, str]],
+    async def stream_chat(self, messages: list[dict[str, Any]],
                           options: ChatOptions) -> AsyncIterator[StreamItem]:
         if self._llm is None:
             raise UpstreamError(503, "local model is not loaded yet", "model_loading", retryable=False)
@@ -235,7 +238,7 @@ class LocalProvider:
         finally:
             stop.set()  # the worker sees it before its next token and lets go of the model
 
-    async def _run(self, slot: Any, messages: list[dict[str, str]], options: ChatOptions,
+    async def _run(self, slot: Any, messages: list[dict[str, Any]], options: ChatOptions,
                    stop: threading.Event, loop: asyncio.AbstractEventLoop, items: asyncio.Queue) -> None:
         try:
             async with slot:
@@ -245,7 +248,7 @@ class LocalProvider:
         except Exception as exc:
             items.put_nowait(exc)
 
-    def _generate(self, messages: list[dict[str, str]], options: ChatOptions, stop: threading.Event,
+    def _generate(self, messages: list[dict[str, Any]], options: ChatOptions, stop: threading.Event,
                   loop: asyncio.AbstractEventLoop, items: asyncio.Queue) -> None:
         def put(item: Any) -> None:
             try:
@@ -258,6 +261,11 @@ class LocalProvider:
         inst: _Instance | None = None
         try:
             try:
+                tools = options.offered_tools()
+                # With auto, a reply to a tool's result is an answer: the model here would call
+                # again (it did, on the first try) and a caller looping on calls would never end.
+                answer = options.tool_choice == "auto" and messages[-1]["role"] == "tool"
+                messages = prompt_messages(messages, tools)  # the tools described, calls as text
                 prompt = self._tokens(messages)
                 room = s.n_ctx - len(prompt)
                 if room < 1:
@@ -270,7 +278,12 @@ class LocalProvider:
                     "seed": options.seed}
                 inst = self._take(prompt, conversation_of(messages), stop)
                 with inst.interrupt.watching(stop):
-                    text, finish, extra = self._reply(prompt, params, stop, put, inst.llm, arrival)
+                    called = self._tool_call(inst.llm, arrival, prompt, tools, options.tool_choice, params,
+                                             stop, put) if tools and not answer else None
+                    if called is None:
+                        text, finish, extra = self._reply(prompt, params, stop, put, inst.llm, arrival)
+                    else:
+                        (text, finish), extra = called, {}
                 completion = self.text_tokens(text) if text else 0
                 put(Final(finish, len(prompt), completion, options.model, extra))
             except UpstreamError as exc:
@@ -311,6 +324,92 @@ class LocalProvider:
                 put(Delta(text))
         log.info("guard: %s in the reply; %s (%d chars said)", problem, action, len(text))
         return text, finish, {"guard": problem, "guard_action": action}
+
+    def _tool_call(self, llm: llama_cpp.Llama, arrival: int, prompt: list[int],
+                   tools: list[dict[str, Any]], choice: Any, params: dict[str, Any], stop: threading.Event,
+                   put: Callable[[Any], None]) -> tuple[str, str] | None:
+        """One tool call written under grammars (local_tools): (arguments text, finish reason), or
+        None when ``auto`` chose a plain answer. Streams the call as ToolCallDeltas."""
+        # A call is a choice, not prose: greedy, and no repeat penalty (JSON repeats its quotes).
+        greedy = {**params, "temperature": 0.0, "repeat_penalty": 1.0, "stop": None}
+        if choice == "auto":
+            said, finish = self._constrained(llm, arrival, prompt, decide_grammar(),
+                                             {**greedy, "max_tokens": 8}, stop)
+            if finish == "cancelled":
+                return "", "cancelled"
+            if not said.startswith(CALL_OPEN):
+                return None
+        names = [t["function"]["name"] for t in tools]
+        name = chosen_name(choice) or (names[0] if len(names) == 1 else None)
+        if name is None:
+            head = self._text_ids(call_head())
+            said, finish = self._constrained(llm, arrival, prompt + head, name_grammar(names),
+                                             {**greedy, "max_tokens": 32}, stop)
+            if finish == "cancelled":
+                return "", "cancelled"
+            name = json.loads(said)
+        put(ToolCallDelta(index=0, id=new_call_id(), name=name))
+        tool = next(t for t in tools if t["function"]["name"] == name)
+        grammar = args_grammar(tool["function"].get("parameters"))
+        if grammar is None:  # a function without arguments
+            put(ToolCallDelta(index=0, arguments="{}"))
+            return "{}", "tool_calls"
+        full = prompt + self._text_ids(call_head(name))
+        room = self.settings.n_ctx - len(full)
+        if room < 1:
+            raise UpstreamError(400, f"the conversation and tools ({len(full)} tokens) do not fit the "
+                                f"model's {self.settings.n_ctx}-token context", "context_length_exceeded")
+        space = ""  # whitespace held back: the grammar lets the object end with a space
+
+        def send(piece: str) -> None:
+            nonlocal space
+            body = piece.rstrip()
+            if body:
+                put(ToolCallDelta(index=0, arguments=space + body))
+                space = ""
+            space += piece[len(body):]
+
+        budget = {**greedy, "max_tokens": min(params["max_tokens"], room)}
+        said, finish = self._constrained(llm, arrival, full, grammar, budget, stop, send)
+        return said.rstrip(), "tool_calls" if finish == "stop" else finish
+
+    def _text_ids(self, text: str) -> list[int]:
+        assert self._llm is not None
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def _constrained(self, llm: llama_cpp.Llama, arrival: int, prompt: list[int], grammar: Any,
+                     params: dict[str, Any], stop: threading.Event,
+                     on_piece: Callable[[str], None] | None = None) -> tuple[str, str]:
+        """A completion under ``grammar``, token by token under the gate (as a reply's first
+        sentence: the listener waits for it): (text, finish reason)."""
+        if not self._gate.acquire((0, arrival), stop):
+            return "", "cancelled"
+        holding = True
+        out: list[str] = []
+        finish = "stop"
+        stream = llm.create_completion(prompt, stream=True, grammar=grammar, **params)
+        try:
+            for chunk in stream:
+                if stop.is_set():
+                    finish = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    out.append(choice["text"])
+                    if on_piece:
+                        on_piece(choice["text"])
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                    break
+                holding = self._gate.step((0, arrival), stop)
+                if not holding:
+                    finish = "cancelled"
+                    break
+        finally:
+            stream.close()
+            if holding:
+                self._gate.release()
+        return "".join(out), finish
 
     def _attempt(self, llm: llama_cpp.Llama, arrival: int, prompt: list[int], params: dict[str, Any],
                  stop: threading.Event, put: Callable[[Any], None]) -> tuple[str, str, str | None]:

@@ -17,6 +17,7 @@ import httpx
 import ollama
 
 from ..settings import Settings
+from ..tools import new_call_id
 from .base import ChatOptions, Delta, EstimatedTokens, Final, StreamItem, ToolCallDelta, UpstreamError
 
 log = logging.getLogger("rvchat.llm.ollama")
@@ -179,9 +180,10 @@ class OllamaProvider(EstimatedTokens):
                 if message.get("content"):
                     yield Delta(message["content"])
                 for call in message.get("tool_calls") or []:
-                    # Ollama sends each call whole, arguments as an object.
+                    # Ollama sends each call whole, arguments as an object, an id only in newer versions.
                     fn = call.get("function") or {}
-                    yield ToolCallDelta(index=calls, id=call.get("id"), name=fn.get("name") or "",
+                    yield ToolCallDelta(index=calls, id=call.get("id") or new_call_id(),
+                                        name=fn.get("name") or "",
                                         arguments=json.dumps(fn.get("arguments") or {}))
                     calls += 1
                 if part.get("done"):

@@ -13,6 +13,7 @@ import httpx
 import openai
 
 from ..settings import Settings
+from ..tools import new_call_id
 from .base import ChatOptions, Delta, EstimatedTokens, Final, StreamItem, ToolCallDelta, UpstreamError
 
 log = logging.getLogger("rvchat.llm.openai")
@@ -108,6 +109,7 @@ class OpenAIProvider(EstimatedTokens):
             kwargs["seed"] = options.seed
         stream = None
         finish, usage, model = None, None, options.model
+        seen: set[int] = set()  # tool call indexes
         try:
             stream = await self.client.chat.completions.create(**kwargs)
             async for chunk in stream:
@@ -119,7 +121,12 @@ class OpenAIProvider(EstimatedTokens):
                         yield Delta(choice.delta.content)
                     for tc in (choice.delta.tool_calls if choice.delta else None) or []:
                         fn = tc.function
-                        yield ToolCallDelta(index=tc.index, id=tc.id, name=fn.name if fn else None,
+                        # Every call's first piece names it, for our clients, even where a lax
+                        # server left the id out.
+                        first = tc.index not in seen
+                        seen.add(tc.index)
+                        yield ToolCallDelta(index=tc.index, id=tc.id or (new_call_id() if first else None),
+                                            name=fn.name if fn else None,
                                             arguments=(fn.arguments if fn else None) or "")
                     if choice.finish_reason:
                         finish = choice.finish_reason
