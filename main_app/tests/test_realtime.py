@@ -292,6 +292,72 @@ async def test_beta_client_gets_the_beta_dialect(fake_app):
     assert len(pcm) > rt.SAMPLE_RATE  # the fake speaks 200 ms a word: over half a second at 24 kHz
 
 
+async def test_truncate_cuts_the_stored_reply_to_what_was_heard(fake_app, hub):
+    """The fake TTS speaks 200 ms a word: "The capital of France is Paris." is 1.2 s, "It is a lovely
+    city." 1 s. Played for 1.6 s, the first sentence and two words of the second were heard."""
+    async with client_for(fake_app.url).realtime.connect(model="gpt-realtime") as conn:
+        await collect(conn, "session.created")
+        await conn.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"voice": "nova"}}},
+            }
+        )
+        await collect(conn, "session.updated")
+        assert {"type": "config", "voice": "nova", "speed": 1.0} in hub.last("tts").sent  # the live TTS link
+        await conn.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Capital of France?"}],
+                },
+            }
+        )
+        await conn.send({"type": "response.create"})
+        events = await collect(conn, "response.done")
+        item_id = of(events, "response.output_item.done")[0]["item"]["id"]
+        pcm = b"".join(base64.b64decode(e["delta"]) for e in of(events, "response.output_audio.delta"))
+        assert abs(len(pcm) / 2 / rt.SAMPLE_RATE - 2.2) < 0.01  # resampled from 22050 Hz, same duration
+        await conn.send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": 1600,
+            }
+        )
+        truncated = (await collect(conn, "conversation.item.truncated"))[-1]
+        assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == 1600
+        # Past the audio's end: refused, and the voice is fixed once the assistant has spoken.
+        await conn.send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": 5000,
+            }
+        )
+        assert (await collect(conn, "error"))[-1]["error"]["code"] == "invalid_audio_end_ms"
+        await conn.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"output": {"voice": "echo"}}},
+            }
+        )
+        assert (await collect(conn, "error"))[-1]["error"]["code"] == "cannot_update_voice"
+        cid = of(events, "response.done")[0]["response"]["conversation_id"]
+        conv = httpx.get(f"{fake_app.url}/api/conversations/{cid}").json()
+    check_shapes(events + [truncated])
+    assistant = conv["messages"][-1]
+    assert assistant["role"] == "assistant" and assistant["interrupted"]
+    assert assistant["content"] == "The capital of France is Paris. It is"
+    # The client leaving later does not undo it.
+    after = httpx.get(f"{fake_app.url}/api/conversations/{cid}").json()["messages"][-1]
+    assert after["content"] == assistant["content"]
+
+
 # --------------------------------------------------------------------------- real services
 def reference(name: str) -> str:
     return next(m["text"] for m in speech_manifest() if m["file"] == name)
