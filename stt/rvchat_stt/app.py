@@ -11,6 +11,7 @@ from .engine import SttEngine, WhisperEngine
 from .routes import router
 from .settings import Settings
 from .ws import router as ws_router
+from .wyoming import on_shutdown, on_startup
 
 
 def create_app(settings: Settings | None = None, engine: SttEngine | None = None) -> FastAPI:
@@ -19,8 +20,9 @@ def create_app(settings: Settings | None = None, engine: SttEngine | None = None
     settings = settings or Settings()
     if engine is None:
         engine = WhisperEngine(settings)
+    # Home Assistant's Wyoming protocol on STT_WYOMING_PORT (if set), on the same engine and queue.
     app = build_app(service="stt", settings=settings, engine=engine,
-                    title="rvchat STT (faster-whisper)")
+                    title="rvchat STT (faster-whisper)", on_startup=on_startup, on_shutdown=on_shutdown)
     app.state.queue = InferenceQueue(settings.max_queue)
     app.state.streams = 0
     app.include_router(router)

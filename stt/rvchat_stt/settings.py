@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from rvchat_common.settings import ServiceSettings
+from rvchat_common.wyoming import Port
 
 
 class Settings(ServiceSettings):
@@ -87,3 +88,8 @@ class Settings(ServiceSettings):
     max_streams: int = Field(
         64, ge=1, description="Concurrent /ws streams allowed (each buffers up to stream_max_seconds of "
         "audio, ~1 MB); more are refused with close code 1013 (try again later), as VAD and TTS do.")
+    # Home Assistant
+    wyoming_port: Port = Field(
+        None, description="TCP port for Home Assistant's Wyoming protocol (speech to text, "
+        "on the same model and queue as HTTP); empty: off. 10300 is the usual one. Wyoming has no "
+        "authentication: the API key does not guard it, so expose it only to a trusted network.")

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from rvchat_common.settings import ServiceSettings
+from rvchat_common.wyoming import Port
 
 
 class Settings(ServiceSettings):
@@ -68,3 +69,8 @@ class Settings(ServiceSettings):
         "error event (the text is dropped, the connection stays open).")
     max_ws_sessions: int = Field(
         64, ge=1, description="Concurrent /ws sessions; more are refused with close code 1013.")
+    # Home Assistant
+    wyoming_port: Port = Field(
+        None, description="TCP port for Home Assistant's Wyoming protocol (text to speech, "
+        "on the same voices and queue as HTTP); empty: off. 10200 is the usual one. Wyoming has no "
+        "authentication: the API key does not guard it, so expose it only to a trusted network.")
