@@ -358,6 +358,60 @@ async def test_truncate_cuts_the_stored_reply_to_what_was_heard(fake_app, hub):
     assert after["content"] == assistant["content"]
 
 
+async def test_audio_and_tool_output_items_and_response_cancel(fake_app, hub):
+    """An input_audio item is transcribed (the fake STT hears the hub's transcript) and written to the
+    history before the response that follows it; a function_call_output is kept; a response can be
+    cancelled while it is written."""
+    hub.token_delay = 0.2  # slow enough to cancel mid-reply
+    tone = float_to_pcm16(0.1 * np.sin(np.arange(rt.SAMPLE_RATE) * 2 * np.pi * 220 / rt.SAMPLE_RATE))
+    async with client_for(fake_app.url).realtime.connect(model="gpt-realtime") as conn:
+        await collect(conn, "session.created")
+        await conn.send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"ok": true}'},
+            }
+        )
+        tool = (await collect(conn, "conversation.item.done"))[-1]
+        assert tool["item"]["type"] == "function_call_output" and tool["item"]["call_id"] == "call_1"
+        await conn.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_audio", "audio": base64.b64encode(tone).decode()}],
+                },
+            }
+        )
+        await conn.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        events = await collect(conn, "response.output_text.delta")
+        await conn.send({"type": "response.cancel"})
+        await collect(conn, "response.done", seen=events)
+        cid = of(events, "response.done")[0]["response"]["conversation_id"]
+        conv = httpx.get(f"{fake_app.url}/api/conversations/{cid}").json()
+    check_shapes([tool] + events)
+    added = of(events, "conversation.item.added")[0]
+    assert added["previous_item_id"] == tool["item"]["id"] and "audio" not in added["item"]["content"][0]
+    transcript = of(events, "conversation.item.input_audio_transcription.completed")[0]
+    assert transcript["item_id"] == added["item"]["id"]
+    assert transcript["transcript"] == "What is the capital of France?"
+    assert types(events).index("conversation.item.input_audio_transcription.completed") < types(events).index(
+        "response.output_text.delta"
+    )
+    assert hub.last("stt").utterances[-1]  # the one-off STT stream got the audio (at 16 kHz)
+    assert abs(len(hub.last("stt").utterances[-1]) / 2 / 16000 - 1.0) < 0.01
+    done = of(events, "response.done")[0]["response"]
+    assert done["status"] == "cancelled" and done["status_details"]["reason"] == "client_cancelled"
+    assert done["output"][0]["status"] == "incomplete"
+    assert conv["messages"][0] == {
+        **conv["messages"][0],
+        "role": "user",
+        "content": "What is the capital of France?",
+    }
+    assert [m["role"] for m in conv["messages"]] in (["user"], ["user", "assistant"])
+
+
 # --------------------------------------------------------------------------- real services
 def reference(name: str) -> str:
     return next(m["text"] for m in speech_manifest() if m["file"] == name)
@@ -541,7 +595,9 @@ async def test_barge_in_cancels_the_response_and_truncate_trims_the_history(long
     check_shapes(events)
     done = next(e for e in events if e["type"] == "response.done" and e["response"]["id"] == response_id)
     assert done["response"]["status"] == "cancelled"
-    assert done["response"]["status_details"]["reason"] in ("turn_detected", "client_cancelled")
+    # Cancelled by the speech itself (before the client's truncate), as the user started talking.
+    assert done["response"]["status_details"]["reason"] == "turn_detected"
+    assert events.index(done) < types(events).index("input_audio_buffer.speech_started")
     full = done["response"]["output"][0]["content"][0]["transcript"].strip()
     truncated = of(events, "conversation.item.truncated")[0]
     assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == played
