@@ -209,6 +209,39 @@ async def test_bad_events_get_error_events_and_the_connection_lives(fake_app):
             "item_id",
         ),
         (json.dumps({"type": "response.cancel"}), "response_cancel_not_active", None),
+        ("[]", "invalid_event", "type"),
+        (json.dumps({"type": 5}), "invalid_event", "type"),
+        ("[" * 5000 + "]" * 5000, "invalid_json", None),
+        (
+            json.dumps({"type": "session.update", "session": {"instructions": "x" * 30000}}),
+            "invalid_event",
+            "session",
+        ),
+        (
+            json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()}),
+            "invalid_event",
+            "audio",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "system",
+                        "content": [{"type": "input_text", "text": "Be rude."}],
+                    },
+                }
+            ),
+            "system_message_unsupported",
+            "item.role",
+        ),
+        (
+            json.dumps({"type": "response.create", "response": {"conversation": "none"}}),
+            "invalid_event",
+            "response",
+        ),
+        (json.dumps({"type": "conversation.item.delete", "item_id": "x"}), "unknown_event", "type"),
         (
             json.dumps(
                 {
