@@ -4,7 +4,9 @@ Owns: the mic stream's bookkeeping (sample count, a short pre-roll ring buffer, 
 map VAD stream time back to wall-clock time), the turn-taking settings the page may change (VAD
 threshold, turn-end silence, minimum speech) and the threshold in force (raised while the assistant
 speaks), whether the user is speaking, the utterance waiting for its final transcript, and the
-words carried over from an utterance the user continued. It knows nothing about replies: it tells
+words carried over from an utterance the user continued, and the self-hearing guard (``echo.py``:
+the VAD hears the mic with the reply's echo taken out; STT hears the mic). It knows nothing about
+replies beyond the audio the page plays (the guard's reference): it tells
 the session through :class:`TurnHooks` when speech starts (the barge-in point), when speech ends,
 when the turn ends with a transcript (possibly early: a speculative start with a commit time), and
 when the user resumed during a speculative reply.
@@ -19,9 +21,11 @@ import re
 import time
 from typing import Protocol
 
+from rvchat_common.audio import pcm16_to_float, resample
 from rvchat_common.protocol import ErrorEvent, page, stt, vad
 
 from .clients import Closed
+from .echo import EchoGuard
 from .endpointing import Holds
 from .links import Link, Links
 from .settings import Settings
@@ -73,7 +77,10 @@ class TurnDetector:
         # Mic stream bookkeeping: sample counter, a short ring buffer (pre-roll) and
         # arrival times, to map VAD stream timestamps back to wall-clock time.
         self.samples_in = 0
-        self.vad_offset = 0
+        self.vad_offset = 0  # the mic sample at which the VAD stream's time 0 is
+        self.echo = EchoGuard(max_delay_ms=settings.echo_max_delay_ms, margin_db=settings.echo_margin_db) \
+            if settings.echo_guard else None
+        self._vad_samples = 0  # samples produced for the VAD (the guard's residual runs behind the mic)
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque()
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
         self.user_speaking = False
@@ -140,8 +147,9 @@ class TurnDetector:
     # ----------------------------------------------------------------- links
     async def on_link_status(self, link: Link) -> None:
         if link.name == "vad" and link.up:
-            # A fresh VAD stream counts time from zero again.
-            self.vad_offset = self.samples_in
+            # A fresh VAD stream counts time from zero again. With the echo guard the VAD hears the mic
+            # 16 ms late; that is left in its times (16 ms less of the 300 ms pre-roll, turn ends 16 ms late).
+            self.vad_offset = self._vad_samples
             self._threshold_now = self._wanted_threshold()
             await link.call("configure", **self.wire_config())
         if link.name in ("vad", "stt") and not link.up and self.user_speaking:
@@ -164,14 +172,28 @@ class TurnDetector:
             self._ring.popleft()
         while len(self._arrivals) > 1 and self._arrivals[0][0] < self.samples_in - 10 * SAMPLE_RATE:
             self._arrivals.popleft()
+        heard = self.echo.near(pcm, now) if self.echo is not None else pcm
+        self._vad_samples += len(heard) // 2
         vad = self.links.get("vad")
-        if vad is not None and vad.up:
-            await vad.call("audio", pcm)
+        if heard and vad is not None and vad.up:
+            await vad.call("audio", heard)
         if self.user_speaking:
             async with self._stt_lock:
                 stt = self.links.get("stt")
                 if self.user_speaking and stt is not None and stt.up:
                     await stt.call("audio", pcm)
+
+    # ----------------------------------------------------------------- the reply's audio (echo reference)
+    def on_reply_audio(self, pcm: bytes, rate: int, play_at: float) -> None:
+        """Reply audio sent to the page, which plays it from ``play_at`` (perf_counter) on."""
+        if self.echo is not None and pcm:
+            self.echo.far(resample(pcm16_to_float(pcm), rate, SAMPLE_RATE), play_at)
+
+    def on_playback(self, kind: str, at: float) -> None:
+        """The page was told at ``at`` to stop, pause or resume playing the reply."""
+        if self.echo is not None:
+            {"stop_playback": self.echo.stop, "pause_playback": self.echo.pause,
+             "resume_playback": self.echo.resume}[kind](at)
 
     def _sample_time(self, sample: int) -> float | None:
         """Wall-clock (perf_counter) time at which a given mic sample arrived."""

@@ -133,6 +133,8 @@ class Session:
     async def send(self, event: page.Event | bytes) -> None:
         if self._closed:
             return
+        if isinstance(event, (page.StopPlayback, page.PausePlayback, page.ResumePlayback)):
+            self.detector.on_playback(event.type, time.perf_counter())  # the echo guard's reference
         async with self._send_lock:  # a JSON audio header and its binary frame must stay adjacent
             try:
                 await self._send_raw(event)
@@ -148,6 +150,10 @@ class Session:
                 await self._send_raw(pcm)
             except Exception:
                 self._closed = True
+        reply = self._recent.get(header.turn)
+        if reply is not None:  # the echo guard's reference: the play clock has this chunk ending at play_end
+            rate = header.sample_rate
+            self.detector.on_reply_audio(pcm, rate, reply.playout.play_end - len(pcm) / 2 / rate)
 
     async def notify(self, event: page.Event) -> None:
         await self.send(event)
@@ -327,7 +333,8 @@ class Session:
         await self.send(page.Conversation(id=conv["id"], title=conv["title"], messages=conv["messages"]))
 
     def _config_view(self) -> page.ConfigApplied:
-        return page.ConfigApplied(**self.detector.config, voice_out=self.voice_out, **self.backchannel)
+        return page.ConfigApplied(**self.detector.config, voice_out=self.voice_out, **self.backchannel,
+                                  echo_guard=self.detector.echo is not None)
 
     def _on_playback(self, event: page.Playback) -> None:
         reply = self.reply if event.turn is None else self._recent.get(event.turn)

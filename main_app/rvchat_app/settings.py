@@ -90,6 +90,19 @@ class Settings(ServiceSettings):
         1500, ge=200, le=5000, description="A paused reply resumes when no words have come this long after "
         "the user's speech ended (STT slow or down). The words of a short utterance usually arrive within "
         "0.1-0.4 s of its end, so the window is only the fallback.")
+    echo_guard: bool = Field(
+        True, description="The self-hearing guard: the VAD hears the mic with the echo of the reply the page "
+        "is playing taken out (main_app knows what it sent and when it plays), so without headphones, or when "
+        "the browser's echo cancellation fails, the assistant does not barge in on itself; the user talking "
+        "over it still does. bench/results/echo.md: with an echo 50-250 ms late at -6 to -20 dB, self-"
+        "interruptions fall from nearly every reply to none.")
+    echo_max_delay_ms: int = Field(
+        500, ge=100, le=2000, description="Longest delay, after main_app's play clock, at which the reply's "
+        "echo may reach the mic (the page's playback buffer, the room, the mic's frames and the network).")
+    echo_margin_db: float = Field(
+        12.0, ge=0, le=40, description="How far above the expected echo a sound must be, per frequency, to "
+        "count as the user. 6 dB let 7 of 9 loopback rooms interrupt the assistant (the echo's spread around "
+        "its learnt gain); 12 dB none, and the user's speech over the reply was still heard in 200-300 ms.")
     preroll_ms: int = Field(
         300, description="Audio kept from before the VAD's speech start and sent to STT, so no first word is cut."
     )

@@ -320,6 +320,7 @@ class ConfigApplied(Event):
     backchannels: bool
     backchannel_words: list[str]
     resume_window_ms: int
+    echo_guard: bool = False  # main_app's self-hearing guard (APP_ECHO_GUARD); not the page's to change
 
 
 class Pong(Event):

@@ -101,7 +101,11 @@
 /** @typedef {{type: "pong", t?: number | string | null}} PongEvent */
 /** @typedef {{type: "conversation", id: string | null, title: string, messages: StoredMessage[]}} ConversationEvent */
 /** @typedef {{type: "conversation_created", id: string}} ConversationCreatedEvent */
-/** @typedef {{type: "config"} & SessionConfig} ConfigEvent  the session's values after a change */
+/**
+ * The session's values after a change; `echo_guard`: main_app takes the reply's echo out of the mic before
+ * its VAD (APP_ECHO_GUARD, not the page's to change).
+ * @typedef {{type: "config", echo_guard: boolean} & SessionConfig} ConfigEvent
+ */
 /** @typedef {{type: "error", source?: string, turn?: number, error: ErrorBody}} ErrorEvent */
 /**
  * @typedef {object} TranscriptEvent

@@ -1,0 +1,305 @@
+"""The self-hearing guard: the assistant's own voice in the mic must not count as the user speaking.
+
+Owns: the reply audio the page is playing (the reference: what main_app sent, placed on the mic's
+sample clock by when the play clock says it plays), the echo path learnt from it (its delay and its
+gain per frequency), and the mic audio with the assistant's echo taken out (the residual) that the
+VAD listens to. Without headphones the page's speaker reaches its mic, and browser echo cancellation
+is missing or fails on some browsers, speakerphones and loud rooms: the VAD then hears the reply and
+the assistant barges in on itself.
+
+How (the structure of WebRTC AEC3's echo suppressor, in numpy): the mic is cut in 32 ms frames every
+16 ms (sqrt-Hann, 50% overlap, so with no echo the residual is the mic, 16 ms late). For each frame:
+
+* the reference's power spectrum at the same place on the mic clock is kept for the last
+  ``max_delay`` (the echo arrives 50-500 ms after main_app's play clock says a sample plays: the
+  page's buffering, the room, the mic's frames and the network);
+* the echo's delay is found by correlating the mic's and the reference's log spectra over the last
+  2 s at every delay in the window (harmonics of voiced speech make the peak sharp, one 16 ms frame);
+* the echo's gain per frequency bin (room and speaker colouring, -6 to -40 dB) is the running
+  median of mic power over reference power in bins where the reference sounds: a median, so the
+  user talking over the reply (uncorrelated with it) does not pull it up;
+* the expected echo power (gain x the reference around that delay, with a decaying tail for the
+  room's reverberation) is subtracted from each bin with a margin; bins that are mostly echo go
+  quiet, bins where the user's voice is well above the echo stay. The user's speech and the
+  reply's differ in pitch and formants, so a voice talking over the reply keeps most of its bins.
+
+Until the delay is known (the first ~0.5 s of the first reply) the expected echo is the loudest
+reference anywhere in the window with a gain learnt the same way: it takes out more, so the user
+must be louder than the reply to get through, never less safe. With no echo at all (headphones, a
+browser's echo cancellation that works) the gain falls within a second of reference to the floor
+and the residual is the mic.
+
+Cost: one 512-point FFT and its inverse per 16 ms of mic, and a delay search every 128 ms (measured
+in bench/results/echo.md).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+RATE = 16000
+HOP = 256  # 16 ms: the frame step, and the residual's delay behind the mic
+WIN = 2 * HOP
+BINS = WIN // 2 + 1
+# The delay is searched on 125 Hz - 6 kHz (below: hum and the mic's rumble; above: little speech energy).
+SEARCH_BINS = slice(4, 193)
+SEARCH_FRAMES = 125  # 2 s of frames in one delay search
+SEARCH_EVERY = 8  # frames between searches (128 ms)
+SEARCH_MIN_ACTIVE = 30  # frames of reference (~0.5 s) before a search can be trusted
+TAIL_FRAMES = 6  # reverberation kept after the echo's direct path: ~100 ms
+TAIL_DECAY = 0.5  # per frame (-3 dB / 16 ms: a room of RT60 ~0.3 s)
+GAIN_STEP_DB = 1.0  # the gain trackers move by at most this a frame
+MIN_GAIN_DB, MAX_GAIN_DB = -60.0, 6.0
+NO_ECHO_AFTER = 94  # frames of reference (~1.5 s) searched without finding an echo: there is none
+ALIGNED_QUANTILE = 0.5
+REF_FLOOR = 1e-5  # reference bin power below which a bin is silent (about -75 dBFS per bin)
+
+
+def _window() -> np.ndarray:
+    n = np.arange(WIN)
+    # Periodic Hann's square root: analysis x synthesis sums to exactly 1 at 50% overlap.
+    return np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * n / WIN)).astype(np.float64)
+
+
+class _GainTracker:
+    """Per bin, a running quantile of log10(mic power / reference power) (stochastic quantile tracking:
+    up by ``q`` steps when above it, down by ``1 - q`` when below)."""
+
+    def __init__(self, start_db: float, quantile: float, step_db: float, max_db: float = MAX_GAIN_DB) -> None:
+        self.log = np.full(BINS, start_db / 10)
+        self.up = step_db / 10 * quantile
+        self.down = step_db / 10 * (1 - quantile)
+        self.max = max_db / 10
+        self.updates = 0
+
+    def update(self, mic: np.ndarray, ref: np.ndarray, active: np.ndarray) -> None:
+        if not active.any():
+            return
+        ratio = np.log10(mic[active] + 1e-12) - np.log10(ref[active])
+        self.log[active] += np.where(ratio >= self.log[active], self.up, -self.down)
+        np.clip(self.log, MIN_GAIN_DB / 10, self.max, out=self.log)
+        self.updates += 1
+
+    @property
+    def power(self) -> np.ndarray:
+        return 10.0 ** self.log
+
+
+class EchoGuard:
+    """Mic PCM in, residual PCM out (same length, ``latency`` samples behind); reference via :meth:`far`."""
+
+    latency = HOP
+
+    def __init__(self, *, max_delay_ms: float = 500.0, margin_db: float = 12.0, start_gain_db: float = -6.0,
+                 min_correlation: float = 0.3) -> None:
+        self.max_delay = int(max_delay_ms / 1000 * RATE / HOP) + 1  # in frames
+        self.margin = 10 ** (margin_db / 10)
+        self.min_correlation = min_correlation
+        self._w = _window()
+        self._in = np.zeros(WIN)
+        self._pending = np.zeros(0)
+        self._ola = np.zeros(HOP)
+        self.samples = 0  # mic samples taken in
+        # The mic clock: server time of mic sample 0 = the earliest (least delayed) arrival seen lately.
+        self._offsets: collections.deque[tuple[float, float]] = collections.deque()
+        self.offset: float | None = None
+        # The reference on the mic's sample clock: _ref[i] is mic sample _ref_base + i.
+        self._ref = np.zeros(0, np.float32)
+        self._ref_base = 0
+        self._ref_until = 0  # the last reference sample placed (mic clock)
+        self._held: list[np.ndarray] | None = None  # playback paused: the reference waiting to play
+        depth = self.max_delay + TAIL_FRAMES + 2
+        self._ref_pow = np.zeros((depth, BINS))  # [k] = reference power spectrum k frames ago
+        self._ref_log = np.zeros((SEARCH_FRAMES + self.max_delay, SEARCH_BINS.stop - SEARCH_BINS.start))
+        self._mic_log = np.zeros((SEARCH_FRAMES, SEARCH_BINS.stop - SEARCH_BINS.start))
+        self._ref_active = np.zeros(SEARCH_FRAMES + self.max_delay, bool)
+        self._frames = 0
+        self.delay: int | None = None  # frames
+        self._candidate: int | None = None
+        self.correlation = 0.0
+        self._start_gain_db = start_gain_db
+        self._start_gain = 10 ** (start_gain_db / 10)
+        self._searched = 0  # frames of reference seen while no echo was found
+        self.no_echo = False  # that much reference and no echo (headphones, a working browser AEC)
+        self._aligned = _GainTracker(start_gain_db, ALIGNED_QUANTILE, GAIN_STEP_DB)  # against the reference at the delay
+        self.echo_frames = 0  # frames in which an echo was expected (for the bench)
+
+    # ------------------------------------------------------------------ the reference
+    def far(self, pcm: np.ndarray, play_at: float) -> None:
+        """Reply audio (float32 at 16 kHz) that the page plays from server time ``play_at`` on
+        (while playback is paused: after what is already waiting, whenever it resumes)."""
+        if self.offset is None or pcm.size == 0:
+            return  # no mic yet: nothing to guard
+        if self._held is not None:
+            self._held.append(pcm)
+            return
+        pos = round((play_at - self.offset) * RATE)
+        end = pos + pcm.size
+        first_kept = self.samples - WIN
+        if end <= first_kept:
+            return
+        if pos < first_kept:
+            pcm, pos = pcm[first_kept - pos:], first_kept
+        if self._ref.size == 0:
+            self._ref_base = pos
+        if pos < self._ref_base:  # cannot happen with a monotonic play clock; keep what fits
+            pcm, pos = pcm[self._ref_base - pos:], self._ref_base
+        need = end - self._ref_base
+        if need > self._ref.size:
+            self._ref = np.concatenate([self._ref, np.zeros(need - self._ref.size, np.float32)])
+        self._ref[pos - self._ref_base:end - self._ref_base] = pcm
+        self._ref_until = max(self._ref_until, end)
+
+    def stop(self, at: float) -> None:
+        """The page stopped playing at server time ``at`` (barge-in): nothing of the reference after it plays."""
+        self._held = None
+        self._cut(at)
+
+    def pause(self, at: float) -> None:
+        """The page paused at ``at``: what it had left to play waits (with what arrives meanwhile)."""
+        if self._held is None:
+            rest = self._cut(at)
+            self._held = [rest] if rest.size else []
+
+    def resume(self, at: float) -> None:
+        """The page plays on from ``at`` what waited since the pause."""
+        held, self._held = self._held, None
+        if held:
+            self.far(np.concatenate(held), at)
+
+    def _cut(self, at: float) -> np.ndarray:
+        """Take the reference from server time ``at`` on out of the timeline; return it."""
+        if self.offset is None or self._ref.size == 0:
+            return np.zeros(0, np.float32)
+        cut = max(0, round((at - self.offset) * RATE) - self._ref_base)
+        rest = self._ref[cut:self._ref_until - self._ref_base].copy()
+        self._ref = self._ref[:cut]
+        self._ref_until = min(self._ref_until, self._ref_base + cut)
+        return np.trim_zeros(rest, "b")
+
+    # ------------------------------------------------------------------ the mic
+    def near(self, pcm16: bytes, arrived: float) -> bytes:
+        """Mic PCM16 that arrived at server time ``arrived``; the residual, as many samples, 16 ms behind."""
+        x = np.frombuffer(pcm16, dtype="<i2").astype(np.float64) / 32768.0
+        self._clock(x.size, arrived)
+        self._pending = np.concatenate([self._pending, x]) if self._pending.size else x
+        out = []
+        while self._pending.size >= HOP:
+            block, self._pending = self._pending[:HOP], self._pending[HOP:]
+            out.append(self._frame(block))
+        if not out:
+            return b""
+        y = np.concatenate(out)
+        return (np.clip(np.round(y * 32768.0), -32768, 32767)).astype("<i2").tobytes()
+
+    def _clock(self, n: int, arrived: float) -> None:
+        self.samples += n
+        offset = arrived - self.samples / RATE
+        while self._offsets and self._offsets[-1][1] >= offset:
+            self._offsets.pop()  # a monotonic deque: its head is the minimum of the last 3 s
+        self._offsets.append((arrived, offset))
+        while self._offsets[0][0] < arrived - 3.0:
+            self._offsets.popleft()
+        self.offset = self._offsets[0][1]
+
+    def _reference_frame(self, end: int) -> np.ndarray:
+        """The reference samples that play where mic samples [end - WIN, end) were heard (zeros if none)."""
+        start = end - WIN
+        lo, hi = start - self._ref_base, end - self._ref_base
+        if self._ref.size == 0 or hi <= 0 or lo >= self._ref.size:
+            frame = np.zeros(WIN)
+        else:
+            frame = np.zeros(WIN)
+            a, b = max(lo, 0), min(hi, self._ref.size)
+            frame[a - lo:b - lo] = self._ref[a:b]
+        # Samples before the next frame's start are no longer needed.
+        drop = end - HOP - self._ref_base
+        if drop > 0:
+            self._ref = self._ref[drop:]
+            self._ref_base += drop
+        return frame
+
+    def _frame(self, block: np.ndarray) -> np.ndarray:
+        self._in[:HOP] = self._in[HOP:]
+        self._in[HOP:] = block
+        end = self.samples - self._pending.size  # mic sample just after this frame
+        spec = np.fft.rfft(self._in * self._w)
+        mic_pow = spec.real ** 2 + spec.imag ** 2
+        ref = np.fft.rfft(self._reference_frame(end) * self._w)
+        ref_pow = ref.real ** 2 + ref.imag ** 2
+        self._ref_pow[1:] = self._ref_pow[:-1]
+        self._ref_pow[0] = ref_pow
+        self._frames += 1
+        gain = self._gains(mic_pow)
+        if gain is not None:
+            spec = spec * gain
+        frame = np.fft.irfft(spec, WIN) * self._w
+        out = self._ola + frame[:HOP]
+        self._ola = frame[HOP:].copy()
+        return out
+
+    # ------------------------------------------------------------------ the echo
+    def _gains(self, mic_pow: np.ndarray) -> np.ndarray | None:
+        """Per-bin amplitude gains that take the expected echo out; None when no echo can be in this frame."""
+        self._track_delay(mic_pow)
+        window = self._ref_pow[: self.max_delay + TAIL_FRAMES]
+        if not window.any():
+            return None  # no reference in the last max_delay: the residual is the mic
+        self.echo_frames += 1
+        if self.delay is None:
+            if self.no_echo:
+                return None
+            # Not found yet: assume the loudest reference of the whole window, at the starting gain.
+            # (A gain learnt against it would be the user's once they talk over the reply: any quantile
+            # high enough to be safe against the echo follows their voice up.)
+            echo = self._start_gain * window.max(axis=0)
+        else:
+            d = self.delay
+            near = self._ref_pow[max(0, d - 1): d + 2].max(axis=0)
+            tail = self._ref_pow[d + 2: d + 2 + TAIL_FRAMES]
+            if tail.size:
+                decay = TAIL_DECAY ** np.arange(1, tail.shape[0] + 1)[:, None]
+                near = np.maximum(near, (tail * decay).max(axis=0))
+            self._aligned.update(mic_pow, near, near > REF_FLOOR)
+            echo = self._aligned.power * near
+        residual = mic_pow - self.margin * echo
+        return np.sqrt(np.clip(residual / (mic_pow + 1e-12), 0.0, 1.0))
+
+    def _track_delay(self, mic_pow: np.ndarray) -> None:
+        band = SEARCH_BINS
+        self._mic_log[1:] = self._mic_log[:-1]
+        self._mic_log[0] = np.log10(mic_pow[band] + REF_FLOOR)
+        ref_now = self._ref_pow[0]
+        self._ref_log[1:] = self._ref_log[:-1]
+        self._ref_log[0] = np.log10(ref_now[band] + REF_FLOOR)
+        self._ref_active[1:] = self._ref_active[:-1]
+        self._ref_active[0] = ref_now[band].max() > REF_FLOOR * 100
+        if self.delay is None and not self.no_echo and self._ref_active[0]:
+            self._searched += 1
+            self.no_echo = self._searched >= NO_ECHO_AFTER
+        if self._frames % SEARCH_EVERY or self._ref_active[: SEARCH_FRAMES].sum() < SEARCH_MIN_ACTIVE:
+            return
+        m = self._mic_log - self._mic_log.mean(axis=0)
+        m_norm = np.sqrt((m * m).sum()) + 1e-9
+        best, best_k, scores = -1.0, 0, []
+        for k in range(self.max_delay):
+            r = self._ref_log[k:k + SEARCH_FRAMES]
+            r = r - r.mean(axis=0)
+            c = float((m * r).sum() / (m_norm * (np.sqrt((r * r).sum()) + 1e-9)))
+            scores.append(c)
+            if c > best:
+                best, best_k = c, k
+        self.correlation = best
+        others = [c for k, c in enumerate(scores) if abs(k - best_k) > 2]
+        if best < self.min_correlation or (others and best - max(others) < 0.05):
+            return  # no echo, or no clear delay (yet)
+        if self.delay is None or abs(best_k - self.delay) <= 1:
+            self.delay, self._candidate, self.no_echo = best_k, None, False
+        elif self._candidate is not None and abs(best_k - self._candidate) <= 1:
+            # A new delay seen twice in a row (the page's buffering changed): follow it.
+            self.delay, self._candidate = best_k, None
+            self._aligned = _GainTracker(self._start_gain_db, ALIGNED_QUANTILE, GAIN_STEP_DB)
+        else:
+            self._candidate = best_k
