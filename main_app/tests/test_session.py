@@ -136,6 +136,32 @@ async def test_barge_in_stops_playback_cancels_upstream_and_keeps_what_was_heard
         await session.close()
 
 
+async def test_a_tts_that_never_answers_a_cancel_is_restarted_without_losing_the_next_replys_voice(store):
+    hub = FakeHub(reply="First sentence here. Second sentence is a longer one. Third one never heard.",
+                  token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub, backchannels=False)
+    try:
+        await speak(session, hub)
+        await page.wait("audio", count=1)
+        stuck = hub.last("tts")
+        stuck.cancel = lambda: stuck.sent.append({"type": "cancel"}) or asyncio.sleep(0)  # no `cancelled` ever
+        hub.last("vad").emit({"type": "speech_start", "timestamp": 5.0})
+        first = await page.wait("interrupted")
+        assert not session.links["tts"].idle.is_set()
+        before = len(page.events)
+        await session.on_text_event({"type": "text", "text": "And now?"})
+        end = await page.wait("reply_end", timeout=10)
+        assert end["turn"] != first["turn"]
+        later = page.events[before:]
+        assert not [e for e in later if isinstance(e, dict) and e["type"] == "error"], later
+        assert any(isinstance(e, dict) and e["type"] == "audio" and e["turn"] == end["turn"] for e in later)
+        assert all(v["up"] for e in later if isinstance(e, dict) and e["type"] == "services"
+                   for v in e["services"].values())
+        assert hub.last("tts") is not stuck and stuck.closed  # a fresh connection spoke the reply
+    finally:
+        await session.close()
+
+
 async def test_barge_in_before_any_audio_merges_the_utterances(store):
     hub = FakeHub(token_delay=0.2)
     hub.transcripts = ["I would like to know", "the weather in Paris"]
