@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, field_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from .base import ErrorEvent, Event, UnicodeStr, WireModel
 
@@ -59,6 +59,14 @@ class Message(WireModel):
                                 "message that calls tools).")
     tool_calls: list[ToolCall] | None = Field(None, description="The calls an assistant message made.")
     tool_call_id: str | None = Field(None, description="In a tool message: the call it answers.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _content_unless_calling(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("content") is None and not data.get("tool_calls"):
+            raise ValueError("content is required (only an assistant message calling tools may leave it "
+                             "out or null)")
+        return data
 
     @field_validator("content", mode="before")
     @classmethod
