@@ -5,7 +5,8 @@ variable in the environment reaches them, so a setting can be compared without e
 For each session count N (1, 2, 4, 8), N WebSocket clients open main_app's ``/ws`` as the page
 does and, staggered by ``STAGGER_S``, each speaks its own recordings of real read speech
 (bench/voice.py's held-out clips, a different rotation per session) at real time in 20 ms frames,
-each recording followed by ``GAP_S`` of silence for the reply to play. Each client plays the
+then silence while the reply plays, as a person waits for the answer (until its playback has
+ended, at most ``MAX_WAIT_S``), and ``GAP_S`` more before the next recording. Each client plays the
 reply's audio as the page does (gapless, from the moment it arrives) and reports its playback to
 main_app as the page's player does, so main_app knows when the assistant stops speaking.
 
@@ -15,7 +16,8 @@ client receives for that turn. A turn with no reply audio before the next record
 unanswered; ``error`` events and refused sessions are errors.
 
 Settings by environment, for quick runs: ``BENCH_CONC_SESSIONS`` (``1,2,4,8``),
-``BENCH_CONC_RECORDINGS`` (4 per session), ``BENCH_CONC_GAP_S`` (12), ``BENCH_CONC_STAGGER_S`` (1.3),
+``BENCH_CONC_RECORDINGS`` (4 per session), ``BENCH_CONC_GAP_S`` (1: the pause after a reply),
+``BENCH_CONC_MAX_WAIT_S`` (15: the longest wait for a reply), ``BENCH_CONC_STAGGER_S`` (1.3),
 ``BENCH_CONC_MIN_TURNS`` (8: a level with fewer turns than this is repeated, so the one-session
 figure is not a p90 of four numbers), ``BENCH_CONC_CLIPS`` (other clips, comma-separated),
 ``BENCH_CONC_JSON`` (a file for the raw rows, with the events around each unanswered turn).
@@ -29,7 +31,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -49,7 +51,11 @@ def _env_list(name: str, default: str) -> list[int]:
 
 SESSIONS = _env_list("BENCH_CONC_SESSIONS", "1,2,4,8")
 RECORDINGS = int(os.environ.get("BENCH_CONC_RECORDINGS", "4"))
-GAP_S = float(os.environ.get("BENCH_CONC_GAP_S", "12"))
+# A fixed 12 s gap had users talk over the end of long replies (a 27-word reply plays ~10 s), where
+# the raised barge-in threshold can miss a soft voice: a bench artefact, not what a user does.
+GAP_S = float(os.environ.get("BENCH_CONC_GAP_S", "1"))
+MAX_WAIT_S = float(os.environ.get("BENCH_CONC_MAX_WAIT_S", "15"))
+SETTLE_S = 2.0  # after a recording, how long silence goes on before "no reply in progress" can count
 STAGGER_S = float(os.environ.get("BENCH_CONC_STAGGER_S", "1.3"))
 MIN_TURNS = int(os.environ.get("BENCH_CONC_MIN_TURNS", "8"))
 QUEUES = ("stt", "tts", "llm")  # services whose model queue is read from /metrics
@@ -65,20 +71,10 @@ class Clip:
 
 @dataclass
 class Script:
-    """What one session says: lead silence, then each clip followed by GAP_S of silence."""
+    """What one session says: lead silence, then each clip, each followed by silence while its
+    reply plays (see ``converse``)."""
 
     clips: list[Clip]
-    pcm: bytes = b""
-    spans: list[tuple[int, int]] = field(default_factory=list)  # speech (start, end) in samples
-
-    def __post_init__(self) -> None:
-        parts = [bytes(2 * int(RATE * LEAD_S))]
-        at = int(RATE * LEAD_S)
-        for clip in self.clips:
-            self.spans.append((at + int(clip.speech[0] * RATE), at + int(clip.speech[1] * RATE)))
-            parts += [clip.pcm, bytes(2 * int(RATE * GAP_S))]
-            at += len(clip.pcm) // 2 + int(RATE * GAP_S)
-        self.pcm = b"".join(parts)
 
 
 class Player:
@@ -93,9 +89,17 @@ class Player:
         self.played: dict[int, float] = {}
         self.queued: dict[int, int] = {}
         self.ended: set[int] = set()
+        self.started: set[int] = set()  # turns whose reply began
+        self.done: set[int] = set()  # turns whose reply has ended and played out (or was stopped)
         self.timers: list[asyncio.TimerHandle] = []
 
+    def speaking(self) -> bool:
+        """A reply is being written or played."""
+        return bool(self.started - self.done)
+
     def _report(self, turn: int, done: bool) -> None:
+        if done:
+            self.done.add(turn)
         msg = {"type": "playback", "turn": turn, "played_ms": round(self.played.get(turn, 0.0))}
         if done:
             msg["done"] = True
@@ -126,6 +130,7 @@ class Player:
         self.timers.clear()
         self.queued.clear()
         self.play_end = 0.0
+        self.done |= self.started
         self._report(turn, done=False)
 
 
@@ -135,7 +140,7 @@ async def converse(ws_url: str, script: Script, start_at: float) -> dict:
     import websockets
 
     loop = asyncio.get_running_loop()
-    out: dict = {"events": [], "recv": [], "sent_at": [], "refused": None}
+    out: dict = {"events": [], "recv": [], "sent_at": [], "spans": [], "refused": None}
     async with websockets.connect(f"{ws_url}/ws", max_size=None, open_timeout=30) as ws:
         hello = json.loads(await ws.recv())
         if hello["type"] != "hello":
@@ -164,7 +169,9 @@ async def converse(ws_url: str, script: Script, start_at: float) -> dict:
                     header = ev
                     continue
                 out["events"].append((now, ev))
-                if ev["type"] == "reply_end":
+                if ev["type"] == "reply_start":
+                    player.started.add(ev["turn"])
+                elif ev["type"] == "reply_end":
                     player.reply_ended(ev["turn"])
                 elif ev["type"] == "stop_playback":
                     player.stop(ev["turn"])
@@ -174,11 +181,32 @@ async def converse(ws_url: str, script: Script, start_at: float) -> dict:
             await asyncio.sleep(max(0.0, start_at - loop.time()))
             t0 = loop.time()
             step = FRAME * 2
-            for i in range(len(script.pcm) // step):
+            silence = bytes(step)
+
+            async def send(frame: bytes) -> None:
                 # A mic frame leaves once its last sample has been captured.
-                await asyncio.sleep(max(0.0, t0 + (i + 1) * FRAME_MS / 1000 - loop.time()))
-                await ws.send(script.pcm[i * step:(i + 1) * step])
+                await asyncio.sleep(max(0.0, t0 + (len(out["sent_at"]) + 1) * FRAME_MS / 1000 - loop.time()))
+                await ws.send(frame)
                 out["sent_at"].append(loop.time())
+
+            for _ in range(int(LEAD_S * 1000 / FRAME_MS)):
+                await send(silence)
+            for clip in script.clips:
+                at = len(out["sent_at"]) * FRAME
+                out["spans"].append((at + int(clip.speech[0] * RATE), at + int(clip.speech[1] * RATE)))
+                for i in range(len(clip.pcm) // step):
+                    await send(clip.pcm[i * step:(i + 1) * step])
+                ended = loop.time()
+                replied = len(player.done)
+                # Silence while the turn ends and its reply plays, then a pause before the next one.
+                while not task.done():
+                    waited = loop.time() - ended
+                    if waited > MAX_WAIT_S or (waited > SETTLE_S and not player.speaking()
+                                               and len(player.done) > replied):
+                        break
+                    await send(silence)
+                for _ in range(int(GAP_S * 1000 / FRAME_MS)):
+                    await send(silence)
                 if task.done():
                     break
             await asyncio.sleep(0.5)
@@ -202,9 +230,10 @@ def turns_of(script: Script, log: dict) -> list[dict]:
         return float(sent[i] - ((i + 1) * FRAME - sample) / RATE) if len(sent) else math.inf
 
     rows = []
-    for k, (clip, (s0, s1)) in enumerate(zip(script.clips, script.spans)):
+    spans = log["spans"]
+    for k, (clip, (s0, s1)) in enumerate(zip(script.clips, spans)):
         t_start, t_end = at(s0), at(s1)
-        t_next = at(script.spans[k + 1][0]) if k + 1 < len(script.spans) else math.inf
+        t_next = at(spans[k + 1][0]) if k + 1 < len(spans) else math.inf
         mine = [(t, ev) for t, ev in log["events"] if t_start <= t < t_next]
         turns = {ev["turn"] for _, ev in mine if ev["type"] == "transcript"}
         first = [t for t, turn in log["recv"] if t > t_end and t < t_next and turn in turns]
@@ -302,7 +331,8 @@ def report(results: dict[int, dict], seconds: float) -> str:
         "",
         f"N WebSocket clients speak into main_app's `/ws` at once as the page does (20 ms frames at "
         f"real time, replies played back and reported), staggered by {STAGGER_S} s, each {RECORDINGS} "
-        f"recordings of held-out read speech followed by {GAP_S:.0f} s of silence, each session in its own "
+        f"recordings of held-out read speech, each followed by silence until its reply has played (at most "
+        f"{MAX_WAIT_S:.0f} s) and {GAP_S:g} s more, each session in its own "
         f"conversation; all five services on this machine ({os.cpu_count()} cores) with their defaults "
         "(`APP_MAX_SESSIONS` 8 admits the eighth). Latency per turn: end of speech in the recording (Silero, "
         "no padding) -> first "
