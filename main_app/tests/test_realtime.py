@@ -445,6 +445,31 @@ async def test_audio_and_tool_output_items_and_response_cancel(fake_app, hub):
     assert [m["role"] for m in conv["messages"]] in (["user"], ["user", "assistant"])
 
 
+async def test_a_full_server_turns_a_realtime_client_away(tmp_path, hub):
+    settings = Settings(
+        db_path=str(tmp_path / "rt.sqlite3"),
+        vad_url="http://127.0.0.1:9",
+        stt_url="http://127.0.0.1:9",
+        tts_url="http://127.0.0.1:9",
+        llm_url="http://127.0.0.1:9",
+        status_interval_s=60,
+        max_sessions=1,
+    )
+    with ThreadServer(create_app(settings, factories=hub.factories())) as server:
+        url = f"{server.url.replace('http', 'ws')}/v1/realtime"
+        async with websockets.connect(url) as first:
+            assert json.loads(await first.recv())["type"] == "session.created"
+            async with websockets.connect(url) as second:
+                error = json.loads(await second.recv())
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await second.recv()
+            check_shapes([error])
+            assert error["error"]["code"] == "server_busy" and error["error"]["type"] == "server_error"
+            assert closed.value.rcvd.code == 1013  # try again later
+            await first.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            assert json.loads(await first.recv())["type"] == "input_audio_buffer.cleared"
+
+
 # --------------------------------------------------------------------------- real services
 def reference(name: str) -> str:
     return next(m["text"] for m in speech_manifest() if m["file"] == name)
