@@ -247,3 +247,42 @@ def run_schemathesis(url: str, max_examples: int, max_time_s: float, seed: int =
         "failures": report.get("failures") or [],
         "output_tail": proc.stdout[-4000:],
     }
+
+
+# --- Wyoming (tests and the README's Home Assistant example) ------------------------------------
+WYOMING_WAIT_S = 60.0  # every read from a Wyoming service in a test is bounded
+
+
+async def wyoming_events(client: object, until: set[str], timeout: float = WYOMING_WAIT_S) -> list:
+    """Read events from a ``wyoming.client.AsyncClient`` up to and including the first of a type in
+    ``until`` (or an ``error``); the service closing the connection first is an AssertionError."""
+    import asyncio
+
+    events = []
+    while True:
+        event = await asyncio.wait_for(client.read_event(), timeout)  # type: ignore[attr-defined]
+        assert event is not None, \
+            f"the service closed the connection; events so far: {[e.type for e in events]}"
+        events.append(event)
+        if event.type in until or event.type == "error":
+            return events
+
+
+async def wyoming_transcribe(port: int, pcm16: bytes, rate: int = 16000, language: str | None = None,
+                             host: str = "127.0.0.1") -> dict:
+    """Send PCM16 mono to a Wyoming STT service as Home Assistant does; the transcript's data (or the
+    error's: ``{"text", "code"}`` with ``error`` set)."""
+    from wyoming.asr import Transcribe
+    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.client import AsyncTcpClient
+
+    async with AsyncTcpClient(host, port) as client:
+        await client.write_event(Transcribe(language=language).event())
+        await client.write_event(AudioStart(rate=rate, width=2, channels=1).event())
+        step = 2048
+        for i in range(0, len(pcm16), step):
+            chunk = AudioChunk(rate=rate, width=2, channels=1, audio=pcm16[i:i + step])
+            await client.write_event(chunk.event())
+        await client.write_event(AudioStop().event())
+        last = (await wyoming_events(client, {"transcript"}))[-1]
+        return {**last.data, "error": True} if last.type == "error" else last.data
