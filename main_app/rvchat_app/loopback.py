@@ -139,6 +139,36 @@ class LoopbackPage:
         self._changed = asyncio.Event()
         self.paused: list[tuple[np.ndarray, int]] | None = None  # playback paused: what waits to play
 
+    @classmethod
+    async def open(cls, ws_url: str, room: Room | None, **kwargs) -> LoopbackPage:
+        """Connect to main_app's ``/ws``, wait for its four services, start the mic and the speaker."""
+        import websockets
+
+        ws = await websockets.connect(f"{ws_url}/ws", max_size=None)
+        page = cls(ws, room, **kwargs)
+        page.start()
+        hello = await page.wait_for(lambda e: e["type"] == "hello", 10)
+        services, seen = hello["services"], 0
+        while not all(s["up"] for s in services["services"].values()):
+            services = await page.wait_for(lambda e: e["type"] == "services", 30, since=seen)
+            seen = page.events.index(services) + 1
+        return page
+
+    async def ask(self, text: str, timeout: float = 90.0) -> dict:
+        """Type ``text`` and wait for the reply's first audio; that ``audio`` event (its ``turn``)."""
+        n = len(self.events)
+        await self.say(text)
+        return await self.wait_for(lambda e: e["type"] == "audio", timeout, since=n)
+
+    async def until_played(self, turn: int, timeout: float = 120.0) -> None:
+        """Wait until the reply ``turn`` has ended and the speaker has played (and the room rung out) all of it."""
+        deadline = time.perf_counter() + timeout
+        ends = ("reply_end", "interrupted")
+        await self.wait_for(lambda e: e["type"] in ends and e.get("turn") == turn, timeout)
+        while (self.paused is not None or self.now_sample() < self.speaker.end + RATE // 2) \
+                and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+
     # -- clock
     def now_sample(self) -> int:
         return int((time.perf_counter() - self.t0) * RATE)
@@ -167,10 +197,11 @@ class LoopbackPage:
             self.user = np.concatenate([self.user, np.zeros(start + x.size - self.user.size, np.float32)])
         self.user[start:start + x.size] += x
 
-    async def wait_for(self, predicate, timeout: float = 60.0) -> dict:
-        """The first event (already received or to come) for which ``predicate(event)`` holds."""
+    async def wait_for(self, predicate, timeout: float = 60.0, since: int = 0) -> dict:
+        """The first event from ``events[since]`` on (already received or to come) for which
+        ``predicate(event)`` holds."""
         deadline = time.perf_counter() + timeout
-        seen = 0
+        seen = since
         while True:
             for ev in self.events[seen:]:
                 if predicate(ev):

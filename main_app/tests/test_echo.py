@@ -134,3 +134,126 @@ def test_pause_and_resume_move_the_reference():
     res = np.frombuffer(b"".join(out), dtype="<i2").astype(np.float32)[HOP:] / 32768.0
     after = slice(int((resume_s + 0.5) * RATE), start + heard.size - RATE)
     assert db(res[after]) < db(mic[after]) - 20
+
+
+# --------------------------------------------------------------------------- the real Silero VAD
+@pytest.fixture(scope="module")
+def silero():
+    from rvchat_vad.engine import SileroEngine
+
+    engine = SileroEngine()
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def tts_reply() -> np.ndarray:
+    """A reply in the assistant's real voice (Piper, the embedded default), at 16 kHz."""
+    from rvchat_common.audio import resample
+    from rvchat_tts.engine import PiperEngine
+    from rvchat_tts.voices import VoiceCatalog
+
+    voice = "en_US-joe-medium"
+    engine = PiperEngine(VoiceCatalog(voice))
+    engine.load()
+    pcm = engine.synthesize("The capital of France is Paris. It is a lovely city with many museums, cafes and "
+                            "old bridges over the river. Would you like to hear more about its history?", voice)
+    rate = engine.sample_rate(voice)
+    return resample(np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, rate, RATE)
+
+
+def speech_starts(engine, audio: np.ndarray) -> list[float]:
+    """Where the VAD would say speech starts, with main_app's settings while the assistant speaks
+    (APP_BARGE_IN_THRESHOLD 0.7, APP_VAD_MIN_SPEECH_MS 200): the seconds at which it would say so."""
+    from rvchat_vad.turns import TurnConfig, TurnDetector
+
+    stream = engine.new_stream()
+    detector = TurnDetector(TurnConfig(threshold=0.7, min_speech_ms=200, min_silence_ms=500), 512 / RATE)
+    starts = []
+    for i in range(audio.size // 512):
+        for event in detector.step(i * 512 / RATE, stream(audio[i * 512:(i + 1) * 512])):
+            if event.type == "speech_start":
+                starts.append((i + 1) * 512 / RATE)
+    return starts
+
+
+ROOMS = [(d, g) for d in (50, 150, 250) for g in (-6, -12, -20)]
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("delay_ms,gain_db", ROOMS)
+def test_the_vad_does_not_hear_the_echo_but_hears_the_user(silero, tts_reply, delay_ms, gain_db):
+    room = Room(delay_ms=delay_ms, gain_db=gain_db, seed=delay_ms)
+    mic, start = through_room(tts_reply, room)
+    assert speech_starts(silero, mic), "without the guard the VAD hears the echo (else this test shows nothing)"
+    assert speech_starts(silero, guarded(mic, tts_reply, start, EchoGuard())) == []
+    # The user talks over the reply 2 s into it: the VAD hears them.
+    user = clip(USER)
+    onset = silero.detect(user, threshold=0.5, min_speech_ms=100, min_silence_ms=100, speech_pad_ms=0)[0][0]
+    at = start / RATE + 2.0
+    mic, start = through_room(tts_reply, room, user=user, user_at_s=at)
+    starts = speech_starts(silero, guarded(mic, tts_reply, start, EchoGuard()))
+    assert starts and starts[0] > at + onset, (starts, at + onset)
+
+
+# --------------------------------------------------------------------------- main_app over the real services
+QUESTION = "Tell me about Paris in three sentences."
+
+
+@pytest.fixture(scope="module")
+def unguarded_app(services, tmp_path_factory):
+    """main_app as it was: no guard, only the raised barge-in threshold while the assistant speaks."""
+    from rvchat_app.testing import app_env
+    from rvchat_common.testing import ServiceProcess
+
+    env = app_env(services, tmp_path_factory.mktemp("unguarded") / "rvchat.sqlite3", APP_ECHO_GUARD="false")
+    with ServiceProcess("rvchat_app", "APP_", env) as proc:
+        yield proc
+
+
+def self_interruptions(page, turn: int) -> list[dict]:
+    return [e for e in page.events if e.get("turn") == turn and e["type"] in ("pause_playback", "stop_playback")]
+
+
+async def test_loopback_the_assistant_does_not_interrupt_itself(app_service, unguarded_app):
+    from rvchat_app.loopback import LoopbackPage
+
+    room = Room(delay_ms=150, gain_db=-6)  # a loud speakerphone
+    for app, guard in ((app_service, True), (unguarded_app, False)):
+        page = await LoopbackPage.open(app.ws_url, room)
+        try:
+            first = await page.ask(QUESTION)
+            await page.until_played(first["turn"])
+            config = page.of("hello")[0]["config"]
+        finally:
+            await page.close()
+        assert config["echo_guard"] is guard
+        played = page.speaker.played_ms(first["turn"], page.now_sample())
+        if guard:
+            assert self_interruptions(page, first["turn"]) == [], page.events
+            assert page.of("reply_end", first["turn"]) and played > 2000
+        else:  # the same room without the guard: the assistant stops for its own voice
+            assert self_interruptions(page, first["turn"])
+
+
+async def test_loopback_the_user_still_interrupts(app_service):
+    from rvchat_app.loopback import LoopbackPage
+
+    page = await LoopbackPage.open(app_service.ws_url, Room(delay_ms=100, gain_db=-10))
+    try:
+        first = await page.ask(QUESTION)
+        at = first["_t"] + 1.5  # the user talks 1.5 s into the reply
+        page.talk(load_pcm16(speech_sample(USER)), at)
+        stop = await page.wait_for(lambda e: e["type"] in ("pause_playback", "stop_playback")
+                                   and e.get("turn") == first["turn"], 30)
+        interrupted = await page.wait_for(lambda e: e["type"] == "interrupted" and e["turn"] == first["turn"], 30)
+        answer = await page.wait_for(lambda e: e["type"] == "transcript" and e["turn"] > first["turn"], 30)
+    finally:
+        await page.close()
+    assert stop["_t"] > at  # stopped for the user, not before
+    assert len(interrupted["spoken_text"]) < len(interrupted["full_text"])  # cut off where the user spoke
+    # What STT heard is the user's words, not the assistant's.
+    from rvchat_common.testing import speech_manifest, wer
+
+    reference = next(m["text"] for m in speech_manifest() if m["file"] == USER)
+    assert wer(reference, answer["text"]) <= 0.4, answer["text"]
