@@ -173,7 +173,7 @@ class RealtimeConnection:
             ),
             max_output_tokens=base.max_tokens,
         )
-        self._voice_set: str | None = None  # a voice the client chose (else the TTS service's default)
+        self._voice_set = False  # the client chose a voice or speed (else the TTS service's defaults)
         self._factories = {**app.state.factories, "tts": self._tts_stream}
         turn_latency = app.state.turn_latency
         self.session = Session(
@@ -225,8 +225,9 @@ class RealtimeConnection:
 
     def _tts_stream(self) -> Any:
         stream = self.app.state.factories["tts"]()
-        if self._voice_set is not None and isinstance(getattr(stream, "config", None), dict):
-            stream.config["voice"] = self._voice_set
+        if self._voice_set and isinstance(getattr(stream, "config", None), dict):
+            out = self.config.audio.output  # a reconnected TTS link speaks as the client asked too
+            stream.config.update(voice=out.voice, speed=float(out.speed))
         return stream
 
     @property
@@ -322,7 +323,7 @@ class RealtimeConnection:
                 self._buffer.clear()
         if voice_changed or speed_changed:
             out = cfg.audio.output
-            self._voice_set = out.voice
+            self._voice_set = True
             link = self.session.links.get("tts")
             if link is not None and link.up:
                 await link.call("configure", voice=out.voice, speed=float(out.speed))
