@@ -215,13 +215,24 @@ class ResponseParams(WireModel):
     output_modalities: Modalities | None = None
     instructions: str | None = Field(None, max_length=20000)
     audio: ResponseAudio | None = None
-    conversation: Literal["auto"] = Field("auto", description="Out-of-band responses (none) are not served.")
-    input: list[Any] | None = Field(None, max_length=0, description="Custom input is not served.")
+    conversation: str = "auto"
+    input: list[Any] | None = None
     metadata: dict[str, str] | None = None
     max_output_tokens: int | Literal["inf"] | None = None
 
     _modalities = field_validator("output_modalities")(lambda v: _one_modality(v))
     _tokens = field_validator("max_output_tokens")(lambda v: _token_cap(v))
+
+    @field_validator("conversation", "input")
+    @classmethod
+    def _in_the_conversation(cls, v: Any) -> Any:
+        # A response is a turn of the stored conversation; one outside it would need a second session.
+        if v not in ("auto", None):
+            raise ValueError(
+                "out-of-band responses are not served: a response answers the conversation "
+                '("conversation": "auto", no "input")'
+            )
+        return v
 
 
 # --- client -> server -------------------------------------------------------------------------
