@@ -299,6 +299,20 @@ def speech_end_seconds(pcm16: bytes, sample_rate: int = 16000) -> float:
     return float((loud[-1] + 1) * hop / sample_rate) if loud.size else 0.0
 
 
+def speech_start_seconds(pcm16: bytes, sample_rate: int = 16000) -> float:
+    """Where speech starts in a clip: the start of the first 20 ms frame well above the noise floor."""
+    import numpy as np
+
+    audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+    hop = sample_rate // 50
+    n = audio.size // hop
+    if n == 0:
+        return 0.0
+    db = 20 * np.log10(np.sqrt(np.mean(audio[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12))
+    loud = np.nonzero(db > max(db.max() - 35.0, np.percentile(db, 10) + 10.0))[0]
+    return float(loud[0] * hop / sample_rate) if loud.size else 0.0
+
+
 def load_pcm16(path) -> bytes:
     """A WAV file as 16 kHz mono PCM16."""
     from rvchat_common.audio import decode_audio, float_to_pcm16
@@ -395,3 +409,169 @@ def app_env(services: dict, db_path, **extra: str) -> dict:
     env["APP_DB_PATH"] = str(db_path)
     env.update(extra)
     return env
+
+
+class VoicePage:
+    """A ``/ws`` client that behaves like the page for the turn-taking tests and bench/backchannel.py.
+
+    Its mic sends 20 ms frames at real time: silence, with recordings mixed in where :meth:`talk`
+    puts them. Its speaker plays the reply chunks back to back on a clock (30 ms after arrival, as
+    static/player.js does), pauses on ``pause_playback`` (chunks arriving meanwhile queue up),
+    plays on from the same point on ``resume_playback``, stops on ``stop_playback``, and reports
+    what it played as the page does. Every event is kept in ``events`` with ``_t``: its arrival,
+    in seconds of the mic clock.
+    """
+
+    RATE = 16000
+    FRAME = 320
+    LEAD_S = 0.03  # static/player.js LEAD_S
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.events: list[dict] = []
+        self.user = bytearray()  # PCM16 to mix into the mic, from mic sample 0
+        self.sent = 0
+        self.t0 = 0.0
+        self.chunks: list[dict] = []  # {turn, dur, start (mic-clock s) or None while queued paused}
+        self.paused_at: float | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._changed = asyncio.Event()
+
+    def now(self) -> float:
+        import time
+
+        return time.perf_counter() - self.t0
+
+    def start(self) -> None:
+        import time
+
+        self.t0 = time.perf_counter()
+        self._tasks = [asyncio.create_task(self._mic()), asyncio.create_task(self._reader())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def send(self, event: dict) -> None:
+        import json
+
+        await self.ws.send(json.dumps(event))
+
+    def talk(self, pcm16: bytes, in_s: float = 0.0) -> float:
+        """Mix a recording into the mic ``in_s`` from now; the mic-clock second its speech starts."""
+        at = int((self.now() + in_s) * self.RATE)
+        at = max(at, self.sent + self.FRAME)  # not into frames already sent
+        end = at * 2 + len(pcm16)
+        if end > len(self.user):
+            self.user.extend(b"\0" * (end - len(self.user)))
+        import numpy as np
+
+        mix = np.frombuffer(self.user[at * 2:end], "<i2").astype(np.int32) + np.frombuffer(pcm16, "<i2")
+        self.user[at * 2:end] = np.clip(mix, -32768, 32767).astype("<i2").tobytes()
+        return at / self.RATE + speech_start_seconds(pcm16)
+
+    async def wait_for(self, predicate: Callable[[dict], bool], timeout: float = 60.0) -> dict:
+        """The first event (received already or to come) for which ``predicate`` holds."""
+        deadline = self.now() + timeout
+        while True:
+            for ev in self.events:
+                if predicate(ev):
+                    return ev
+            self._changed.clear()
+            if self.now() > deadline:
+                raise TimeoutError("no such event")
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - self.now())
+            except TimeoutError:
+                pass
+
+    def of(self, kind: str, turn: int | None = None) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind and (turn is None or e.get("turn") == turn)]
+
+    def played_ms(self, turn: int, at: float | None = None) -> float:
+        at = self.now() if at is None else at
+        if self.paused_at is not None:
+            at = min(at, self.paused_at)
+        return sum(max(0.0, min(at - c["start"], c["dur"])) for c in self.chunks
+                   if c["turn"] == turn and c["start"] is not None) * 1000
+
+    def playing(self, turn: int | None = None) -> bool:
+        """Audio (of ``turn``) is coming out of the speaker now."""
+        now = self.now()
+        return self.paused_at is None and any(
+            c["start"] is not None and c["start"] <= now < c["start"] + c["dur"]
+            for c in self.chunks if turn is None or c["turn"] == turn)
+
+    # -- the mic
+    async def _mic(self) -> None:
+        silence = b"\0\0" * self.FRAME
+        while True:
+            a, b = self.sent * 2, (self.sent + self.FRAME) * 2
+            frame = bytes(self.user[a:b]) if a < len(self.user) else silence
+            await self.ws.send(frame.ljust(len(silence), b"\0"))
+            self.sent += self.FRAME
+            delay = self.sent / self.RATE - self.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    # -- the speaker
+    def _end(self) -> float:
+        return max((c["start"] + c["dur"] for c in self.chunks if c["start"] is not None), default=0.0)
+
+    async def _report(self, turn: int, done: bool = False) -> None:
+        await self.send({"type": "playback", "turn": turn, "played_ms": round(self.played_ms(turn)),
+                         **({"done": True} if done else {})})
+
+    async def _reader(self) -> None:
+        import json
+
+        header = None
+        async for msg in self.ws:
+            now = self.now()
+            if isinstance(msg, bytes):
+                if header is not None:
+                    dur = len(msg) / 2 / header["sample_rate"]
+                    start = None if self.paused_at is not None else max(now + self.LEAD_S, self._end())
+                    self.chunks.append({"turn": header["turn"], "dur": dur, "start": start})
+                    header = None
+                continue
+            ev = json.loads(msg)
+            ev["_t"] = now
+            self.events.append(ev)
+            self._changed.set()
+            kind = ev["type"]
+            if kind == "audio":
+                header = ev
+            elif kind == "pause_playback":
+                if self.paused_at is None:
+                    self.paused_at = now
+                await self._report(ev["turn"])
+            elif kind == "resume_playback" and self.paused_at is not None:
+                shift, self.paused_at = now - self.paused_at, None
+                at = now - shift  # the pause's time: what had not played by then moves on by the pause
+                for c in self.chunks:
+                    if c["start"] is not None and c["start"] + c["dur"] > at:
+                        c["start"] += shift
+                for c in self.chunks:
+                    if c["start"] is None:
+                        c["start"] = max(now + self.LEAD_S, self._end())
+            elif kind == "stop_playback":
+                played = self.played_ms(ev["turn"])
+                self.paused_at = None
+                self.chunks = [dict(c, dur=max(0.0, min(c["dur"], now - c["start"]))) for c in self.chunks
+                               if c["start"] is not None and c["start"] < now]
+                await self.send({"type": "playback", "turn": ev["turn"], "played_ms": round(played)})
+            elif kind == "reply_end":
+                self._tasks.append(asyncio.create_task(self._done(ev["turn"])))
+
+    async def _done(self, turn: int) -> None:
+        """Report the turn played once its last chunk has (a pause or a stop may come first)."""
+        while True:
+            if not any(c["turn"] == turn for c in self.chunks) and not self.of("audio", turn):
+                break
+            if self.paused_at is None and all(c["start"] is not None for c in self.chunks) \
+                    and self.now() >= self._end():
+                break
+            await asyncio.sleep(0.05)
+        await self._report(turn, done=True)
