@@ -30,6 +30,10 @@ from .providers.base import ToolCallDelta
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TOOLS = 128  # OpenAI's limit
+# JSON levels in one tool's parameters. jsonschema's check_schema recurses per level and overflowed
+# Python's stack at 100 nested properties (200 levels), a 500 for one request; 32 levels are 16
+# nested objects, more than any tool needs (OpenAI's strict mode allows 10).
+MAX_SCHEMA_DEPTH = 32
 CHOICES = ("none", "auto", "required")
 
 
@@ -82,6 +86,9 @@ def check_tools(tools: Any, tool_choice: Any, max_chars: int) -> tuple[list[dict
             params = {"type": "object", "properties": {}}
         if not isinstance(params, dict):
             raise _bad(f"{where}.function.parameters: expected a JSON Schema object", where, "invalid_tools")
+        if _depth(params) > MAX_SCHEMA_DEPTH:
+            raise _bad(f"{where}.function.parameters: nested deeper than {MAX_SCHEMA_DEPTH} levels", where,
+                       "invalid_tools")
         try:
             Draft202012Validator.check_schema(params)
         except SchemaError as exc:
@@ -97,6 +104,18 @@ def check_tools(tools: Any, tool_choice: Any, max_chars: int) -> tuple[list[dict
             raise _bad(f"{where}: longer than the {max_chars}-character limit", where, "invalid_tools")
         out.append({"type": "function", "function": clean})
     return out, _choice(tool_choice, names)
+
+
+def _depth(value: Any) -> int:
+    """JSON nesting depth, without recursion (the point is not to overflow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_SCHEMA_DEPTH:  # (past the limit the answer is known)
+                stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def _choice(tool_choice: Any, names: set[str]) -> Any:

@@ -287,3 +287,84 @@ def test_openai_upstream_call_stream_and_answer(openai_llm, llm_service):
                                                               call.function.arguments))
     assert answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content.strip()
     assert not answer.choices[0].message.tool_calls
+
+
+def nested(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+HOSTILE_TOOLS = [
+    {"tools": [None]}, {"tools": [1]}, {"tools": [{"type": "function", "function": None}]},
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                                                                              "properties": "x"}}}]},
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": nested(400)}}]},
+    {"tools": [{"type": "function", "function": {"name": "f", "description": 5}}]},
+    {"tools": [{"type": "function", "function": {"name": "f" * 65}}]},
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string", "description": "x" * 40000}}}}}]},
+    {"tools": [WEATHER] * 129},
+    {"tools": [WEATHER], "tool_choice": 5}, {"tools": [WEATHER], "tool_choice": {"type": "function"}},
+    {"tools": [WEATHER], "tool_choice": {"type": "function", "function": "get_weather"}},
+    {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": 5}}},
+    {"messages": ASK + [{"role": "assistant", "content": None, "tool_calls": "x"}]},
+    {"messages": ASK + [{"role": "assistant", "content": None, "tool_calls": [None]}]},
+    {"messages": ASK + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": 5, "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+    {"messages": ASK + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]},
+    {"messages": ASK + [{"role": "tool", "tool_call_id": 5, "content": "x"}]},
+    {"messages": ASK + [{"role": "tool", "tool_call_id": "c", "content": None}]},
+]
+
+
+def test_hostile_tool_requests_get_4xx_never_5xx(ollama_llm):
+    failures = []
+    for change in HOSTILE_TOOLS:
+        body = {"model": "llama3.2", "messages": ASK, **change}
+        for path in ("/v1/chat/completions", "/generate"):
+            r = httpx.post(ollama_llm.url + path, json=body, timeout=30)
+            if not (400 <= r.status_code < 500 and {"message", "type", "code"} <= set(r.json()["error"])):
+                failures.append((path, json.dumps(change)[:80], r.status_code, r.text[:200]))
+    assert not failures, failures
+    assert httpx.get(ollama_llm.url + "/healthz").status_code == 200
+
+
+# --- logic, without a service ------------------------------------------------------------------
+def test_streamed_pieces_assemble_into_whole_calls_in_order():
+    from rvchat_llm.providers.base import ToolCallDelta
+    from rvchat_llm.tools import ToolCalls
+
+    calls = ToolCalls()
+    assert calls.add(ToolCallDelta(0, id="call_a", name="get_weather")) == []
+    assert calls.add(ToolCallDelta(0, arguments='{"city": ')) == []
+    assert calls.add(ToolCallDelta(0, arguments='"Paris"}')) == []
+    # A piece of the next call completes the first.
+    first = {"id": "call_a", "type": "function", "function": {"name": "get_weather",
+                                                              "arguments": '{"city": "Paris"}'}}
+    assert calls.add(ToolCallDelta(1, id="call_b", name="get_time", arguments="{}")) == [first]
+    second = {"id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    assert calls.finish() == [second] and calls.finish() == []
+    assert calls.all() == [first, second]
+    # A provider that names no id still gets one.
+    other = ToolCalls()
+    other.add(ToolCallDelta(0, name="f", arguments="{}"))
+    assert other.all()[0]["id"].startswith("call_")
+
+
+def test_trimming_never_keeps_a_result_without_its_call():
+    from rvchat_llm.engine import LLMEngine, Request
+    from rvchat_llm.providers.base import EstimatedTokens
+    from rvchat_llm.settings import Settings
+
+    class Tiny(EstimatedTokens):
+        name, default_model, context_window = "fake", "fake", 300
+
+    history = [{"role": "user", "content": "old " * 200}, *with_result("call_1", "get_weather", "{}")[1:],
+               {"role": "assistant", "content": "It is sunny."}, {"role": "user", "content": "Thanks!"}]
+    history[1]["content"] = "x " * 600  # the call's message is too long to keep, its result is not
+    kept, dropped, _ = LLMEngine(Settings(), provider=Tiny()).prepare(
+        Request(messages=history, default_system=False), 32)
+    assert [m["role"] for m in kept] == ["assistant", "user"] and dropped == 3
