@@ -11,7 +11,11 @@ mechanically:
 - loop: a repeated word trigram, a repeated sentence or a degenerate run (``guard.first_repeat``);
 - short enough to speak: at most 60 words;
 - not a copy of the request: it must say a content word the request did not;
-- right (facts and follow-ups): one of the expected words or phrases appears.
+- right (facts and follow-ups): one of the expected words or phrases appears, and none of the
+  question's wrong answers does ("The Mona Lisa by Leonardo da Vinci was painted by ... Michelangelo"
+  names the right painter among a wrong one: wrong). The wrong answers are the plausible confusions,
+  written per question; those of the first 24 facts were completed after reading the replies of the
+  first runs (the human check that found 3 such replies counted right), before any further tuning.
 
 ``python -m bench answers`` (or ``python -m bench.answers``) runs it through main_app and writes
 ``bench/results/answers.md``. ``python -m bench.answers --grid`` instead runs the same requests
@@ -46,10 +50,11 @@ class Ask:
     kind: str  # fact | howto | smalltalk | setup (first turn of a follow-up) | followup
     text: str
     expect: tuple[str, ...] = ()  # any one of these (word or phrase) makes the reply right
+    wrong: tuple[str, ...] = ()  # ... unless one of these wrong answers is said as well
 
 
-def _f(text: str, *expect: str) -> tuple[Ask]:
-    return (Ask("fact", text, expect),)
+def _f(text: str, *expect: str, no: tuple[str, ...] = ()) -> tuple[Ask]:
+    return (Ask("fact", text, expect, no),)
 
 
 def _o(kind: str, text: str) -> tuple[Ask]:
@@ -61,27 +66,27 @@ CONVERSATIONS: list[tuple[Ask, ...]] = [
     _f("What is the capital of France?", "paris"),
     _f("What is the capital of Japan?", "tokyo"),
     _f("How many days are there in a week?", "seven", "7"),
-    _f("How many legs does a spider have?", "eight", "8"),
-    _f("What is the largest planet in our solar system?", "jupiter"),
+    _f("How many legs does a spider have?", "eight", "8", no=("six", "6", "ten", "10")),
+    _f("What is the largest planet in our solar system?", "jupiter", no=("saturn",)),
     _f("At what temperature does water freeze in Celsius?", "zero", "0"),
-    _f("Who wrote Romeo and Juliet?", "shakespeare"),
+    _f("Who wrote Romeo and Juliet?", "shakespeare", no=("french", "marlowe", "dickens")),
     _f("What color is the sky on a clear day?", "blue"),
     _f("Which animal says moo?", "cow", "cows", "cattle"),
     _f("What is the opposite of hot?", "cold"),
     _f("How many hours are there in a day?", "24", "twenty four"),
     _f("What do bees make?", "honey"),
     _f("What is the largest ocean on Earth?", "pacific"),
-    _f("Which planet is known as the Red Planet?", "mars"),
+    _f("Which planet is known as the Red Planet?", "mars", no=("venus", "jupiter")),
     _f("How many continents are there?", "seven", "7"),
-    _f("Who painted the Mona Lisa?", "leonardo", "da vinci"),
-    _f("What is two plus two?", "four", "4"),
+    _f("Who painted the Mona Lisa?", "leonardo", "da vinci", no=("michelangelo", "raphael", "picasso", "van gogh")),
+    _f("What is two plus two?", "four", "4", no=("five", "5", "twenty two", "22")),
     _f("What is the boiling point of water in Celsius?", "100", "hundred"),
-    _f("What is the capital of Spain?", "madrid"),
-    _f("How many minutes are in an hour?", "sixty", "60"),
-    _f("What language do people speak in Brazil?", "portuguese"),
+    _f("What is the capital of Spain?", "madrid", no=("barcelona",)),
+    _f("How many minutes are in an hour?", "sixty", "60", no=("1.5", "minutes in a minute", "100")),
+    _f("What language do people speak in Brazil?", "portuguese", no=("spanish",)),
     _f("What is the tallest animal in the world?", "giraffe", "giraffes"),
-    _f("What is the first month of the year?", "january"),
-    _f("How many sides does a triangle have?", "three", "3"),
+    _f("What is the first month of the year?", "january", no=("february", "december")),
+    _f("How many sides does a triangle have?", "three", "3", no=("four", "4")),
     _o("howto", "How do I boil an egg?"),
     _o("howto", "How can I fall asleep faster?"),
     _o("howto", "How do I make a cup of tea?"),
@@ -115,7 +120,13 @@ CONVERSATIONS: list[tuple[Ask, ...]] = [
 
 # Asked only by the grid, to check that the defaults chosen on the facts above hold on facts they
 # were not chosen on (written before the first grid run, like the set above).
-HELD_OUT: list[Ask] = [Ask("heldout", q, tuple(e)) for q, *e in [
+HELD_OUT_WRONG = {"Who was the first president of the United States?": ("lincoln", "jefferson", "adams"),
+                  "What is the largest mammal?": ("elephant",),
+                  "Which planet is closest to the Sun?": ("venus", "mars"),
+                  "What is the capital of Russia?": ("petersburg",),
+                  "Which animal is known as the king of the jungle?": ("tiger",),
+                  "How many legs does an insect have?": ("eight", "8")}
+HELD_OUT: list[Ask] = [Ask("heldout", q, tuple(e), HELD_OUT_WRONG.get(q, ())) for q, *e in [
     ("What is the capital of Russia?", "moscow"),
     ("How many legs does an insect have?", "six", "6"),
     ("What is the freezing point of water in Fahrenheit?", "32"),
@@ -163,7 +174,8 @@ def judge(ask: Ask, reply: str, ms: float = 0.0) -> Verdict:
     v.copy = bool(reply_words) and set(reply_words) <= asked
     if ask.expect:
         flat = " " + " ".join(reply_words) + " "
-        v.right = any(f" {' '.join(words(e))} " in flat for e in ask.expect)
+        said = lambda e: f" {' '.join(words(e))} " in flat  # noqa: E731
+        v.right = any(map(said, ask.expect)) and not any(map(said, ask.wrong))
     if not reply.strip():
         v.problems.append("empty")
     if not v.english:
@@ -301,8 +313,9 @@ def report(verdicts: list[Verdict], seconds: float, actions: dict[str, int] | No
         f"{prompt} (\"{llm.system_prompt}\"), history {app.history_messages} messages, max_tokens "
         f"{app.max_tokens}; LLM local temperature {llm.default_temperature():g}, repeat_penalty "
         f"{llm.repeat_penalty:g}, guard {'on' if llm.guard else 'off'}, at most {llm.max_sentences} sentences. "
-        "Judged as described in `bench/answers.py`. A fact counts as right when an expected word appears, which "
-        "is lenient: a reply that names the right answer among wrong ones counts too, so read the replies below. "
+        "Judged as described in `bench/answers.py`. A fact counts as right when an expected word appears and "
+        "none of the question's wrong answers does (a reply naming the right answer among a wrong one is wrong); "
+        "read the replies below. "
         f"The run took {seconds:.0f} s on the shared 2-core machine.",
         "",
         SUMMARY_HEAD,
@@ -365,6 +378,12 @@ SIMPLE_PROMPT = "You are a helpful voice assistant. Answer in one or two short, 
 NO_LISTS_PROMPT = ("You are a helpful voice assistant. Answer in one or two short, simple English sentences, "
                    "with no lists or markdown.")
 
+SMOL_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its chat template's
+SURE_PROMPT = NO_LISTS_PROMPT + " Give the answer first, and say only what you are sure is true."
+EXAMPLES_PROMPT = (NO_LISTS_PROMPT + " For example, asked \"What is the capital of Canada?\" you answer "
+                   "\"The capital of Canada is Ottawa.\"; asked \"How many wheels does a bicycle have?\" you "
+                   "answer \"A bicycle has two wheels.\"")
+
 
 def _env(guard: bool = True, repeat: float = 1.0, sentences: int = 0) -> dict[str, str]:
     return {"LLM_GUARD": str(guard).lower(), "LLM_REPEAT_PENALTY": str(repeat),
@@ -393,6 +412,11 @@ GRID: list[Config] = [
     Config("the same, history 2", CHOSEN, NO_LISTS_PROMPT, 0.0, history=2),
     Config("the same, max_tokens 60", CHOSEN, NO_LISTS_PROMPT, 0.0, max_tokens=60),
     Config("the same, max_tokens 120", CHOSEN, NO_LISTS_PROMPT, 0.0, max_tokens=120),
+    Config("sure prompt, chosen settings", CHOSEN, SURE_PROMPT, 0.0),
+    Config("examples prompt, chosen settings", CHOSEN, EXAMPLES_PROMPT, 0.0),
+    Config("SmolLM's own prompt, chosen settings", CHOSEN, SMOL_PROMPT, 0.0),
+    Config("SmolLM's own prompt + brief, chosen settings", CHOSEN, SMOL_PROMPT + " Answer in one short sentence.",
+           0.0),
     Config("defaults as they are (nothing set)", {}, None, None),
 ]
 
