@@ -368,3 +368,17 @@ def test_trimming_never_keeps_a_result_without_its_call():
     kept, dropped, _ = LLMEngine(Settings(), provider=Tiny()).prepare(
         Request(messages=history, default_system=False), 32)
     assert [m["role"] for m in kept] == ["assistant", "user"] and dropped == 3
+
+
+def test_local_schemas_llama_cpp_cannot_follow_still_give_an_object(llm_service):
+    # A $ref that refers only to itself converts to a left-recursive grammar, which llama.cpp
+    # refuses (and llama-cpp-python then crashed the process on); a pattern the converter lacks.
+    c = client(llm_service)
+    for params in ({"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}},
+                    "$defs": {"x": {"$ref": "#/$defs/x"}}},
+                   {"type": "object", "properties": {"a": {"type": "string", "pattern": "[a-z]+"}}}):
+        tool = {"type": "function", "function": {"name": "f", "parameters": params}}
+        r = c.chat.completions.create(model="any", messages=ASK, tools=[tool], tool_choice="required",
+                                      max_tokens=40)
+        assert isinstance(json.loads(r.choices[0].message.tool_calls[0].function.arguments), dict)
+    assert httpx.get(llm_service.url + "/healthz").status_code == 200

@@ -37,7 +37,14 @@ from ..settings import Settings
 from ..tools import chosen_name, new_call_id
 from .base import ChatOptions, Delta, Final, StreamItem, ToolCallDelta, UpstreamError
 from .interrupt import Interrupter
-from .local_tools import CALL_OPEN, args_grammar, call_head, decide_grammar, name_grammar, prompt_messages
+from .local_tools import (
+    CALL_OPEN,
+    args_grammars,
+    call_head,
+    decide_grammar,
+    name_grammar,
+    prompt_messages,
+)
 
 log = logging.getLogger("rvchat.llm.local")
 
@@ -350,7 +357,7 @@ class LocalProvider:
             name = json.loads(said)
         put(ToolCallDelta(index=0, id=new_call_id(), name=name))
         tool = next(t for t in tools if t["function"]["name"] == name)
-        grammar = args_grammar(tool["function"].get("parameters"))
+        grammar = self._usable(args_grammars(tool["function"].get("parameters")))
         if grammar is None:  # a function without arguments
             put(ToolCallDelta(index=0, arguments="{}"))
             return "{}", "tool_calls"
@@ -372,6 +379,21 @@ class LocalProvider:
         budget = {**greedy, "max_tokens": min(params["max_tokens"], room)}
         said, finish = self._constrained(llm, arrival, full, grammar, budget, stop, send)
         return said.rstrip(), "tool_calls" if finish == "stop" else finish
+
+    def _usable(self, grammars: list[Any]) -> Any:
+        """The first of ``grammars`` llama.cpp accepts (None for none). llama.cpp refuses some
+        grammars a valid schema converts to (a $ref that only refers to itself is left-recursive),
+        and llama-cpp-python then used the missing sampler: the process died of a segmentation
+        fault. Building the sampler here answers the question safely (null when refused)."""
+        assert self._llm is not None
+        for grammar in grammars:
+            sampler = llama_cpp.llama_sampler_init_grammar(
+                self._llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+            if sampler:
+                llama_cpp.llama_sampler_free(sampler)
+                return grammar
+            log.info("llama.cpp refused a grammar of this tool's schema; trying a looser one")
+        return None
 
     def _text_ids(self, text: str) -> list[int]:
         assert self._llm is not None

@@ -14,9 +14,10 @@ frame itself and lets the model fill in only what it must choose, each step cons
 2. Several tools and no name given: the name, as a choice among the tool names (right for 4 of 4
    requests that needed a tool).
 3. The arguments, under a grammar built from the tool's JSON Schema
-   (``LlamaGrammar.from_json_schema``), streamed piece by piece: they always parse and always fit
-   the schema's structure (types, required properties, enums); values are the model's guesses
-   ("Paris" for the weather in Paris).
+   (``LlamaGrammar.from_json_schema``), streamed piece by piece: they always parse and fit the
+   schema's structure (types, required properties, enums); values are the model's guesses ("Paris"
+   for the weather in Paris). A schema the converter cannot follow gets a looser grammar
+   (``args_grammars``).
 
 The model writes one call per reply (no parallel calls). The tools are described in the prompt in
 the common form (Hermes, Qwen): JSON inside ``<tools>``, a call as ``{"name", "arguments"}`` inside
@@ -97,22 +98,44 @@ def decide_grammar() -> LlamaGrammar:
     return LlamaGrammar.from_string(DECIDE_GBNF, verbose=False)
 
 
-def args_grammar(parameters: dict[str, Any] | None) -> LlamaGrammar | None:
-    """The grammar of a tool's arguments object; None when it takes none (the arguments are ``{}``).
+def args_grammars(parameters: dict[str, Any] | None) -> list[LlamaGrammar]:
+    """Grammars for a tool's arguments object, best first; none when it takes no arguments (they are
+    ``{}``).
 
-    A schema the converter cannot translate (it covers types, properties, required, enum, const,
-    anyOf/oneOf, arrays, string formats and lengths, local $refs) falls back to "any JSON object"
-    rather than failing the request: the schema was valid, only our converter is narrower.
+    First the whole schema (``LlamaGrammar.from_json_schema`` covers types, properties, required,
+    enum, const, anyOf/oneOf, arrays, formats, lengths and local $refs); then, where the converter or
+    llama.cpp cannot follow it (a ``pattern`` without ^...$, ``not``, a $ref that only refers to
+    itself), the same properties with only their types and enums; last any JSON object. With any
+    object the model copied the schema itself into the arguments; with the loosened one it kept the
+    tool's property names.
     """
     params = parameters or {}
     if not params.get("properties") and not params.get("additionalProperties") \
             and not any(k in params for k in ("anyOf", "oneOf", "allOf", "$ref", "patternProperties")):
-        return None
-    try:
-        return LlamaGrammar.from_json_schema(json.dumps(params), verbose=False)
-    except Exception as exc:  # the converter raises plain Exceptions / ValueErrors on what it lacks
-        log.warning("no grammar for this tool's schema (%s); any JSON object will do", exc)
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)  # (its root is an object)
+        return []
+    out = []
+    for schema in (params, _loosened(params)):
+        try:
+            out.append(LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False))
+        except Exception as exc:  # the converter raises plain Exceptions / ValueErrors on what it lacks
+            log.info("no grammar from this tool's schema (%s)", exc)
+    return [*out, any_object_grammar()]
+
+
+def _loosened(params: dict[str, Any]) -> dict[str, Any]:
+    def simple(sub: Any) -> dict[str, Any]:
+        if not isinstance(sub, dict):
+            return {}
+        kept = {k: sub[k] for k in ("type", "enum") if k in sub}
+        return kept if isinstance(kept.get("type", "string"), str) else {}
+
+    props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
+    required = [r for r in params.get("required") or [] if r in props]
+    return {"type": "object", "properties": {k: simple(v) for k, v in props.items()}, "required": required}
+
+
+def any_object_grammar() -> LlamaGrammar:
+    return LlamaGrammar.from_string(JSON_GBNF, verbose=False)  # (its root is an object)
 
 
 def _gbnf_literal(text: str) -> str:
