@@ -112,8 +112,9 @@ class EchoGuard:
         self._held: list[np.ndarray] | None = None  # playback paused: the reference waiting to play
         depth = self.max_delay + TAIL_FRAMES + 2
         self._ref_pow = np.zeros((depth, BINS))  # [k] = reference power spectrum k frames ago
-        self._ref_log = np.zeros((SEARCH_FRAMES + self.max_delay, SEARCH_BINS.stop - SEARCH_BINS.start))
-        self._mic_log = np.zeros((SEARCH_FRAMES, SEARCH_BINS.stop - SEARCH_BINS.start))
+        width = SEARCH_BINS.stop - SEARCH_BINS.start
+        self._ref_log = np.full((SEARCH_FRAMES + self.max_delay, width), np.log10(REF_FLOOR))
+        self._mic_log = np.full((SEARCH_FRAMES, width), np.log10(REF_FLOOR))
         self._ref_active = np.zeros(SEARCH_FRAMES + self.max_delay, bool)
         self._frames = 0
         self.delay: int | None = None  # frames
@@ -268,29 +269,40 @@ class EchoGuard:
         return np.sqrt(np.clip(residual / (mic_pow + 1e-12), 0.0, 1.0))
 
     def _track_delay(self, mic_pow: np.ndarray) -> None:
+        # Ring buffers of log spectra (row _pos is the newest); put in order only for a search.
         band = SEARCH_BINS
-        self._mic_log[1:] = self._mic_log[:-1]
-        self._mic_log[0] = np.log10(mic_pow[band] + REF_FLOOR)
         ref_now = self._ref_pow[0]
-        self._ref_log[1:] = self._ref_log[:-1]
-        self._ref_log[0] = np.log10(ref_now[band] + REF_FLOOR)
-        self._ref_active[1:] = self._ref_active[:-1]
-        self._ref_active[0] = ref_now[band].max() > REF_FLOOR * 100
-        if self.delay is None and not self.no_echo and self._ref_active[0]:
+        ref_at, mic_at = self._frames % self._ref_log.shape[0], self._frames % SEARCH_FRAMES
+        self._ref_log[ref_at] = np.log10(ref_now[band] + REF_FLOOR)
+        self._mic_log[mic_at] = np.log10(mic_pow[band] + REF_FLOOR)
+        active = ref_now[band].max() > REF_FLOOR * 100
+        self._ref_active[ref_at] = active
+        if self.delay is None and not self.no_echo and active:
             self._searched += 1
             self.no_echo = self._searched >= NO_ECHO_AFTER
-        if self._frames % SEARCH_EVERY or self._ref_active[: SEARCH_FRAMES].sum() < SEARCH_MIN_ACTIVE:
+        if self._frames % SEARCH_EVERY:
             return
-        m = self._mic_log - self._mic_log.mean(axis=0)
+        # Oldest first: mic frames t = 0..N-1, reference frames t = 0..N+K-1 (the last N are the mic's).
+        if np.roll(self._ref_active, -(ref_at + 1))[-SEARCH_FRAMES:].sum() < SEARCH_MIN_ACTIVE:
+            return
+        ref = np.roll(self._ref_log, -(ref_at + 1), axis=0)
+        mic = np.roll(self._mic_log, -(mic_at + 1), axis=0)
+        m = mic - mic.mean(axis=0)
         m_norm = np.sqrt((m * m).sum()) + 1e-9
-        best, best_k, scores = -1.0, 0, []
-        for k in range(self.max_delay):
-            r = self._ref_log[k:k + SEARCH_FRAMES]
-            r = r - r.mean(axis=0)
-            c = float((m * r).sum() / (m_norm * (np.sqrt((r * r).sum()) + 1e-9)))
-            scores.append(c)
-            if c > best:
-                best, best_k = c, k
+        # The echo k frames late: mic frame t against reference frame t + K - k. m's columns sum to 0, so
+        # the reference's mean drops out of the numerator; its energy comes from running sums.
+        n, k_max = SEARCH_FRAMES, self.max_delay
+        windows = np.lib.stride_tricks.sliding_window_view(ref, n, axis=0)  # [start, bin, t]
+        starts = k_max - np.arange(k_max)  # delay k starts at reference frame K - k
+        num = np.einsum("tb,kbt->k", m, windows[starts])
+        c1 = np.concatenate([np.zeros((1, ref.shape[1])), np.cumsum(ref, axis=0)])
+        c2 = np.concatenate([np.zeros(1), np.cumsum((ref * ref).sum(axis=1))])
+        sums = c1[starts + n] - c1[starts]
+        energy = c2[starts + n] - c2[starts] - (sums * sums).sum(axis=1) / n
+        scores = num / (m_norm * (np.sqrt(np.maximum(energy, 0.0)) + 1e-9))
+        best_k = int(np.argmax(scores))
+        best = float(scores[best_k])
+        scores = list(scores)
         self.correlation = best
         others = [c for k, c in enumerate(scores) if abs(k - best_k) > 2]
         if best < self.min_correlation or (others and best - max(others) < 0.05):

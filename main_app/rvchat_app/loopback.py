@@ -158,7 +158,9 @@ class LoopbackPage:
         """Type ``text`` and wait for the reply's first audio; that ``audio`` event (its ``turn``)."""
         n = len(self.events)
         await self.say(text)
-        return await self.wait_for(lambda e: e["type"] == "audio", timeout, since=n)
+        mine = await self.wait_for(lambda e: e["type"] == "transcript" and e.get("source") == "text"
+                                   and e["text"] == text, timeout, since=n)
+        return await self.wait_for(lambda e: e["type"] == "audio" and e["turn"] == mine["turn"], timeout, since=n)
 
     async def until_played(self, turn: int, timeout: float = 120.0) -> None:
         """Wait until the reply ``turn`` has ended and the speaker has played (and the room rung out) all of it."""
