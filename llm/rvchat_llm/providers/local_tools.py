@@ -10,7 +10,9 @@ frame itself and lets the model fill in only what it must choose, each step cons
    called on 2 of the 8 and on 1 of the 8 others, 9 of 16 right; the alternatives were no better
    (a choice between the tool names and "none": 9/16, calling on 15 of 16; a separate yes/no
    question: 8/16, always yes). A model this small barely decides; this choice errs towards a spoken
-   answer, the cheaper mistake in a voice chat. ``required`` or a named function skip this step.
+   answer, the cheaper mistake in a voice chat. Under the service's voice prompt it called on none of
+   24 (bench/results/tools.md): with this model, a caller that knows a tool is wanted says so with
+   ``required`` or a named function, which skip this step.
 2. Several tools and no name given: the name, as a choice among the tool names (right for 4 of 4
    requests that needed a tool).
 3. The arguments, under a grammar built from the tool's JSON Schema
