@@ -7,7 +7,7 @@ prompt cache, each question is new. Rounds repeat the three ways, so they share 
 Time to the first piece (a text delta or a tool call's first piece, /v1 streamed) and to the end;
 for auto, whether it called. Greedy, max_tokens 48.
 
-Run: ``python -m bench.tools [--rounds 2] [--out bench/results/tools.md]``.
+Run: ``python -m bench.tools [--rounds 3] [--out bench/results/tools.md]`` (or ``python -m bench tools``).
 """
 
 from __future__ import annotations
@@ -68,11 +68,8 @@ def ask(client: httpx.Client, url: str, question: str, mode: str) -> tuple[float
     return ((first or end) - t0) * 1000, (end - t0) * 1000, called, prompt
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", default="bench/results/tools.md")
-    args = parser.parse_args()
+def run(rounds: int = 3) -> str:
+    """The Markdown section (``python -m bench tools`` keeps it in bench/results/tools.md)."""
     svc = ServiceProcess("rvchat_llm", "LLM_", {"LLM_PROVIDER": "local", "LLM_INSTANCES": "1"}).start()
     modes = ("none", "auto", "required")
     times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
@@ -81,7 +78,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     try:
         with httpx.Client(timeout=120) as client:
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 for m in modes:
                     ask(client, svc.url, "Hello", m)  # the conversation's system prompt into the cache
                     for question, wants_tool in QUESTIONS:
@@ -99,12 +96,12 @@ def main() -> None:
         totals = [t for _, t in times[m]]
         rows.append(f"| {m} | {statistics.median(prompts[m]):.0f} | {statistics.median(firsts):.0f} | "
                     f"{percentile(firsts, 0.9):.0f} | {statistics.median(totals):.0f} |")
-    n = len(QUESTIONS) // 2 * args.rounds
+    n = len(QUESTIONS) // 2 * rounds
     yes, no = sum(auto_calls[True]), sum(auto_calls[False])
     right = yes + (n - no)
     text = f"""## LLM tool calling (local provider, SmolLM2-135M-Instruct Q4_1)
 
-{len(QUESTIONS)} questions x {args.rounds} rounds, asked without tools, with 2 tools and `tool_choice: auto`,
+{len(QUESTIONS)} questions x {rounds} rounds, asked without tools, with 2 tools and `tool_choice: auto`,
 and with `required` (`python -m bench.tools`): one copy of the model, each way's questions in a row as the
 turns of a conversation (its system prompt and tools cached, each question new). /v1 streamed, greedy,
 max_tokens 48. First piece: a text delta or a tool call's first piece. Load average {load0:.1f} at the start,
@@ -119,6 +116,15 @@ max_tokens 48. First piece: a text delta or a tool call's first piece. Load aver
 of a conversation); `auto` adds its one constrained choice before the answer or the call; `required` with
 two tools chooses the name first.
 """
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="bench/results/tools.md")
+    args = parser.parse_args()
+    text = run(args.rounds)
     with open(args.out, "w") as f:
         f.write(text)
     print(text)
