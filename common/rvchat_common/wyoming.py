@@ -156,6 +156,11 @@ class Connection:
 class Handler(Protocol):
     """A service's side of one connection."""
 
+    @property
+    def busy(self) -> bool:
+        """A request is in progress (audio still coming, or speech still being sent): a draining
+        service waits for it."""
+
     async def on_event(self, event: Event) -> None:
         """Handle one event; raise WyomingError to refuse it (the connection stays open)."""
 
@@ -235,10 +240,16 @@ class WyomingServer:
         self.refusing = refusing  # a reason to turn new clients away (draining), or None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._handlers: set[Handler] = set()
 
     @property
     def connections(self) -> int:
         return len(self._tasks)
+
+    def busy(self) -> str | None:
+        """What a draining service still waits for here (requests in progress), or None."""
+        n = sum(1 for h in self._handlers if getattr(h, "busy", False))
+        return f"{n} Wyoming request(s) in progress" if n else None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.port,
@@ -288,6 +299,7 @@ class WyomingServer:
     async def _serve(self, reader: asyncio.StreamReader, conn: Connection) -> None:
         log.info("%s: Wyoming client %s connected", self.service, conn.peer)
         handler = self.factory(conn)
+        self._handlers.add(handler)
         try:
             while True:
                 try:
@@ -315,6 +327,7 @@ class WyomingServer:
             with contextlib.suppress(Exception):
                 await conn.error("internal_error", "internal error; closing")
         finally:
+            self._handlers.discard(handler)
             await handler.close()
             log.info("%s: Wyoming client %s disconnected", self.service, conn.peer)
 
@@ -432,8 +445,8 @@ def lifecycle(service: str, handler: Callable[[FastAPI, Connection], Handler],
     ``wyoming_port`` (None: not at all) and ``host``, beside HTTP in the same event loop, with
     ``handler(app, connection)`` per client; ``app.state.wyoming`` holds the server.
 
-    While the service drains (SIGTERM) new Wyoming clients get a ``shutting_down`` error; the
-    requests in flight hold the model queue, which the drain already waits for.
+    While the service drains (SIGTERM) new Wyoming clients get a ``shutting_down`` error, and the
+    drain waits for the requests in progress (``Handler.busy``) as for HTTP ones.
     """
 
     async def start(app: FastAPI) -> None:
@@ -447,6 +460,9 @@ def lifecycle(service: str, handler: Callable[[FastAPI, Connection], Handler],
                                if app.state.drain.draining else None)
         await server.start()
         app.state.wyoming = server
+        # A satellite's audio arrives over seconds with the model idle: the drain waits for its
+        # transcript (and for a stream's last sentence), not only for the model queue.
+        app.state.drain.add_check(server.busy)
         if settings.api_key:
             log.warning("%s: Wyoming has no authentication: the API key does not guard port %s; bind it "
                         "to a trusted network only", service, server.port)

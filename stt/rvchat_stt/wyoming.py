@@ -157,6 +157,10 @@ class SttWyoming:
         elif AudioStop.is_type(event.type):
             await self._audio_stop()
 
+    @property
+    def busy(self) -> bool:
+        return self.session is not None
+
     async def close(self) -> None:
         self._drop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 
 import httpx
@@ -214,3 +215,33 @@ async def test_garbage_and_huge_chunks_leave_the_service_healthy(stt):
     result = await wyoming_transcribe(stt.wyoming_port, pcm16("mfa_english_slow.wav"))
     assert wer(MANIFEST["mfa_english_slow.wav"]["text"], result["text"]) <= MAX_WER
     assert stt.alive()
+
+
+async def test_sigterm_waits_for_the_command_being_spoken():
+    """A satellite is mid-command when the service is told to stop: the drain waits for its audio
+    and transcript (the model is idle meanwhile), turns new clients away, then closes."""
+    port = free_port()
+    proc = ServiceProcess("rvchat_stt", "STT_", {"STT_WYOMING_PORT": str(port)}).start()
+    name = "mfa_english_slow.wav"
+    pcm = pcm16(name)
+    try:
+        async with AsyncTcpClient("127.0.0.1", port) as c:
+            await c.write_event(Describe().event())  # the service has taken the connection
+            await wyoming_events(c, {"info"})
+            await c.write_event(Transcribe().event())
+            await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            half = len(pcm) // 4 * 2
+            await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[:half]).event())
+            proc.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            await asyncio.sleep(1.5)  # longer than the drain's quiet period: only our request holds it
+            async with AsyncTcpClient("127.0.0.1", port) as late:
+                assert (await wyoming_events(late, set()))[-1].data["code"] == "shutting_down"
+            await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm[half:]).event())
+            await c.write_event(AudioStop().event())
+            text = (await wyoming_events(c, {"transcript"}))[-1].data["text"]
+            assert wer(MANIFEST[name]["text"], text) <= MAX_WER, text
+            assert (await wyoming_events(c, {"transcript-stop"}))[-1].type == "transcript-stop"
+            assert await asyncio.wait_for(c.read_event(), 30) is None  # closed once drained
+        assert await asyncio.to_thread(proc.proc.wait, 30) in (0, -signal.SIGTERM)  # type: ignore[union-attr]
+    finally:
+        proc.stop()

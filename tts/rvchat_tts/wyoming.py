@@ -109,6 +109,7 @@ class TtsWyoming:
         self.queued_chars = 0
         self.sent = 0  # sentences sent in this request
         self.worker: asyncio.Task[None] | None = None
+        self.speaking = False  # a synthesize request is being answered
 
     async def on_event(self, event: Event) -> None:
         if Describe.is_type(event.type):
@@ -121,7 +122,15 @@ class TtsWyoming:
             await self._stream_stop()
         elif Synthesize.is_type(event.type) and not self.streaming:
             # (in a stream it repeats the text already streamed: ignored)
-            await self._synthesize(event)
+            self.speaking = True
+            try:
+                await self._synthesize(event)
+            finally:
+                self.speaking = False
+
+    @property
+    def busy(self) -> bool:
+        return self.streaming or self.speaking
 
     async def close(self) -> None:
         self.cancel.cancel()  # stops the ONNX run in flight
@@ -241,9 +250,11 @@ class TtsWyoming:
             self._enqueue(raw)
         self.queue.put_nowait(None)
         worker, self.worker = self.worker, None
-        self.streaming = False
-        if worker is not None:
-            await worker
+        try:
+            if worker is not None:
+                await worker
+        finally:
+            self.streaming = False
         await self.conn.send(SynthesizeStopped().event())
         log.info("wyoming stream: %d sentences with %s", self.sent, self.voice)
 

@@ -54,7 +54,7 @@ def client(proc) -> AsyncTcpClient:
 def audio_of(events: list[Event]) -> tuple[bytes, int]:
     """The PCM of a response's chunks, checking each sentence's start/stop framing and format."""
     starts = [e for e in events if e.type == "audio-start"]
-    assert starts, [e.type for e in events]
+    assert starts, [(e.type, e.data) for e in events]
     rate = starts[0].data["rate"]
     for e in starts:
         assert (e.data["rate"], e.data["width"], e.data["channels"]) == (rate, 2, 1)
@@ -208,6 +208,8 @@ async def test_sigterm_finishes_the_stream_in_flight_then_closes():
     proc = _with_wyoming("rvchat_tts", "TTS_").start()
     try:
         async with client(proc) as c:
+            await c.write_event(Describe().event())  # the service has taken the connection
+            await wyoming_events(c, {"info"})
             await c.write_event(SynthesizeStart().event())
             await c.write_event(SynthesizeChunk(text=STORY).event())
             await c.write_event(SynthesizeStop().event())
