@@ -470,6 +470,27 @@ async def test_a_full_server_turns_a_realtime_client_away(tmp_path, hub):
             assert json.loads(await first.recv())["type"] == "input_audio_buffer.cleared"
 
 
+async def test_the_api_key_is_the_openai_clients(tmp_path, hub):
+    settings = Settings(
+        db_path=str(tmp_path / "rt.sqlite3"),
+        vad_url="http://127.0.0.1:9",
+        stt_url="http://127.0.0.1:9",
+        tts_url="http://127.0.0.1:9",
+        llm_url="http://127.0.0.1:9",
+        status_interval_s=60,
+        api_key="s3cret",
+    )
+    with ThreadServer(create_app(settings, factories=hub.factories())) as server:
+        client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="s3cret")
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            assert (await collect(conn, "session.created"))[-1]["type"] == "session.created"
+        wrong = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="guess")
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with wrong.realtime.connect(model="gpt-realtime") as conn:
+                await conn.recv_bytes()
+        assert refused.value.response.status_code == 403
+
+
 # --------------------------------------------------------------------------- real services
 def reference(name: str) -> str:
     return next(m["text"] for m in speech_manifest() if m["file"] == name)
