@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["vad", "stt", "tts", "llm", "answers", "tools", "voice", "concurrency"]
+ORDER = ["vad", "stt", "tts", "llm", "answers", "tools", "voice", "concurrency", "wyoming"]
 
 
 def main(argv: list[str]) -> int:
