@@ -59,7 +59,6 @@ from .errors import parse_json
 
 log = logging.getLogger("rvchat.wyoming")
 
-PROJECT_URL = "https://github.com/rvchat/realtime-voice-chat"
 # Rates a client may send: the same range the HTTP raw-PCM upload accepts.
 MIN_RATE, MAX_RATE = 4000, 192000
 WIDTHS = (1, 2, 4)  # bytes per sample: unsigned 8-bit, signed 16-bit, signed 32-bit little-endian
@@ -409,33 +408,32 @@ class Model:
     name: str
     languages: list[str]
     description: str | None = None
-    attribution: tuple[str, str] = ("Realtime Voice Chat", PROJECT_URL)
 
 
-def _attribution(pair: tuple[str, str]) -> Attribution:
-    return Attribution(name=pair[0], url=pair[1])
+PROGRAM_BY = "Realtime Voice Chat"
 
 
-def asr_info(program: str, description: str, models: list[Model], streaming: bool = True) -> Info:
-    """``info`` for an STT service: one program (this service) with its models."""
-    ours = _attribution(("Realtime Voice Chat", PROJECT_URL))
+def asr_info(program: str, description: str, models: list[Model], attribution: tuple[str, str],
+             streaming: bool = True) -> Info:
+    """``info`` for an STT service: one program (this service) with its models; ``attribution`` is
+    (who made the models, where they come from): Wyoming requires one on every artifact."""
+    by = Attribution(name=attribution[0], url=attribution[1])
     return Info(asr=[AsrProgram(
-        name=program, attribution=ours, installed=True, description=description,
-        version=_package_version(), supports_transcript_streaming=streaming,
-        models=[AsrModel(name=m.name, attribution=_attribution(m.attribution), installed=True,
-                         description=m.description or m.name, version=None, languages=m.languages)
-                for m in models])])
+        name=program, attribution=Attribution(name=PROGRAM_BY, url=attribution[1]), installed=True,
+        description=description, version=_package_version(), supports_transcript_streaming=streaming,
+        models=[AsrModel(name=m.name, attribution=by, installed=True, description=m.description or m.name,
+                         version=None, languages=m.languages) for m in models])])
 
 
-def tts_info(program: str, description: str, voices: list[Model], streaming: bool = True) -> Info:
-    """``info`` for a TTS service: one program (this service) with its voices."""
-    ours = _attribution(("Realtime Voice Chat", PROJECT_URL))
+def tts_info(program: str, description: str, voices: list[Model], attribution: tuple[str, str],
+             streaming: bool = True) -> Info:
+    """``info`` for a TTS service: one program (this service) with its voices (see ``asr_info``)."""
+    by = Attribution(name=attribution[0], url=attribution[1])
     return Info(tts=[TtsProgram(
-        name=program, attribution=ours, installed=True, description=description,
-        version=_package_version(), supports_synthesize_streaming=streaming,
-        voices=[TtsVoice(name=v.name, attribution=_attribution(v.attribution), installed=True,
-                         description=v.description or v.name, version=None, languages=v.languages)
-                for v in voices])])
+        name=program, attribution=Attribution(name=PROGRAM_BY, url=attribution[1]), installed=True,
+        description=description, version=_package_version(), supports_synthesize_streaming=streaming,
+        voices=[TtsVoice(name=v.name, attribution=by, installed=True, description=v.description or v.name,
+                         version=None, languages=v.languages) for v in voices])])
 
 
 # --- starting with the app ----------------------------------------------------------------------

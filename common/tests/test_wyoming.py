@@ -47,7 +47,8 @@ class Echo:
 
     async def on_event(self, event: Event) -> None:
         if Describe.is_type(event.type):
-            await self.conn.send(asr_info("echo", "echo", [Model("m", ["en"])]).event())
+            info = asr_info("echo", "echo", [Model("m", ["en"])], ("us", "https://example.com"))
+            await self.conn.send(info.event())
         elif event.type == "audio-chunk":
             await self.conn.send(Transcript(text=str(len(event.payload or b""))).event())
         elif event.type == "refuse":
@@ -241,8 +242,10 @@ def test_audio_out_is_cut_into_chunks_of_1024_samples():
 
 
 def test_info_round_trips_through_the_wyoming_types():
-    asr = Info.from_event(asr_info("stt", "d", [Model("tiny.en", ["en"])]).event())
+    by = ("who", "https://example.com/w")
+    asr = Info.from_event(asr_info("stt", "d", [Model("tiny.en", ["en"])], by).event())
     assert asr.asr[0].supports_transcript_streaming and asr.asr[0].models[0].languages == ["en"]
-    tts = Info.from_event(tts_info("tts", "d", [Model("v1", ["en_US"]), Model("v2", ["de_DE"])]).event())
+    tts = Info.from_event(tts_info("tts", "d", [Model("v1", ["en_US"]), Model("v2", ["de_DE"])], by).event())
+    assert tts.tts[0].voices[0].attribution.url == "https://example.com/w"
     assert [v.name for v in tts.tts[0].voices] == ["v1", "v2"]
     assert tts.tts[0].supports_synthesize_streaming and tts.tts[0].installed

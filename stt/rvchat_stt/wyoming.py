@@ -52,9 +52,9 @@ MAX_PROMPT_CHARS = 1000  # Whisper keeps the last 223 prompt tokens; ~1,000 char
 def info(app: FastAPI) -> Event:
     engine = app.state.engine
     languages = list(getattr(engine, "languages", None) or ["en"])
-    model = Model(name=engine.model_name, languages=languages, attribution=WHISPER,
+    model = Model(name=engine.model_name, languages=languages,
                   description=f"faster-whisper {engine.model_name}")
-    return asr_info(PROGRAM, "Realtime Voice Chat speech to text (faster-whisper)", [model]).event()
+    return asr_info(PROGRAM, "Realtime Voice Chat speech to text (faster-whisper)", [model], WHISPER).event()
 
 
 def _norm(word: str) -> str:

@@ -52,9 +52,9 @@ def info(app: FastAPI) -> Event:
     for v in catalog.listing():
         details = [v.get("language"), f"{v['sample_rate']} Hz" if v.get("sample_rate") else None,
                    "default" if v.get("default") else None]
-        voices.append(Model(name=v["name"], languages=[v.get("language") or "en_US"], attribution=PIPER,
+        voices.append(Model(name=v["name"], languages=[v.get("language") or "en_US"],
                             description=f"{v['name']} ({', '.join(d for d in details if d)})"))
-    return tts_info(PROGRAM, "Realtime Voice Chat text to speech (Piper)", voices).event()
+    return tts_info(PROGRAM, "Realtime Voice Chat text to speech (Piper)", voices, PIPER).event()
 
 
 def _lang(code: str) -> str:
