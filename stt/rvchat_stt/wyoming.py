@@ -35,7 +35,7 @@ from wyoming.event import Event
 from wyoming.info import Describe
 
 from rvchat_common.app import is_ready
-from rvchat_common.audio import float_to_pcm16
+from rvchat_common.audio import SAMPLE_RATE, float_to_pcm16
 from rvchat_common.errors import APIError
 from rvchat_common.protocol import ProtocolError, stt
 from rvchat_common.wyoming import AudioInput, Connection, Model, WyomingError, asr_info, lifecycle
@@ -144,6 +144,7 @@ class SttWyoming:
         self.prompt: str | None = None
         self.session: SttSession | None = None
         self.audio: AudioInput | None = None
+        self.samples = 0
 
     async def on_event(self, event: Event) -> None:
         if Describe.is_type(event.type):
@@ -198,6 +199,7 @@ class SttWyoming:
         self._drop()
         self.audio = AudioInput(data.get("rate"), data.get("width"), data.get("channels"))
         self.session = self._session()
+        self.samples = 0  # 16 kHz samples of this request
 
     async def _audio_chunk(self, event: Event) -> None:
         if self.session is None or self.audio is None:
@@ -207,9 +209,18 @@ class SttWyoming:
         await self._feed(self.audio(event))
 
     async def _feed(self, audio: np.ndarray) -> None:
-        if audio.size:
-            assert self.session is not None
-            await self.session.on_pcm(float_to_pcm16(audio))
+        if not audio.size:
+            return
+        assert self.session is not None
+        self.samples += audio.size
+        limit = self.app.state.settings.max_audio_seconds
+        if self.samples > limit * SAMPLE_RATE:
+            # The stream closes an utterance every stream_max_seconds, so memory stays bounded, but a
+            # client that never sends audio-stop would have its transcript grow for ever.
+            self._drop()
+            raise WyomingError("audio_too_long", f"more than {limit:g} s of audio in one request "
+                               "(STT_MAX_AUDIO_SECONDS); this request was dropped")
+        await self.session.on_pcm(float_to_pcm16(audio))
 
     async def _audio_stop(self) -> None:
         if self.session is None or self.audio is None:

@@ -37,11 +37,13 @@ CLIPS = ["jfk_inaugural_1961.wav", "mfa_english_slow.wav", "ljspeech_LJ001-0004.
 # tiny.en's WER on these through /transcribe is 0.0 (stt/tests/test_service.py); the stream's greedy
 # decoding may miss a word.
 MAX_WER = 0.15
+MAX_AUDIO_S = 20  # STT_MAX_AUDIO_SECONDS of the module's service: the longest clip here is 11 s
 
 
 @pytest.fixture(scope="module")
 def stt():
-    proc = ServiceProcess("rvchat_stt", "STT_", {"STT_WYOMING_PORT": str(free_port())})
+    proc = ServiceProcess("rvchat_stt", "STT_", {"STT_WYOMING_PORT": str(free_port()),
+                                                 "STT_MAX_AUDIO_SECONDS": str(MAX_AUDIO_S)})
     proc.wyoming_port = int(proc.env["STT_WYOMING_PORT"])  # type: ignore[attr-defined]
     with proc:
         yield proc
@@ -188,6 +190,26 @@ async def test_bad_requests_are_errors_and_the_connection_goes_on(stt):
         # Still serving on the same connection.
         await c.write_event(Transcribe().event())
         await c.write_event(start)
+        await c.write_event(AudioChunk(rate=16000, width=2, channels=1,
+                                       audio=pcm16("mfa_thoughts.wav")).event())
+        await c.write_event(AudioStop().event())
+        text = (await wyoming_events(c, {"transcript"}))[-1].data["text"]
+        assert wer(MANIFEST["mfa_thoughts.wav"]["text"], text) <= MAX_WER, text
+
+
+async def test_a_request_longer_than_the_audio_limit_is_dropped(stt):
+    """Audio that never ends (no audio-stop) is cut off at STT_MAX_AUDIO_SECONDS, not transcribed
+    for ever; the connection goes on."""
+    pcm = pcm16("jfk_inaugural_1961.wav")  # 11 s, twice: over the module's 20 s
+    async with client(stt) as c:
+        await c.write_event(Transcribe().event())
+        await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm).event())
+        err = await error_of(c, AudioChunk(rate=16000, width=2, channels=1, audio=pcm).event())
+        assert err["code"] == "audio_too_long"
+        assert (await error_of(c, AudioStop().event()))["code"] == "invalid_event"  # it was dropped
+        await c.write_event(Transcribe().event())
+        await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
         await c.write_event(AudioChunk(rate=16000, width=2, channels=1,
                                        audio=pcm16("mfa_thoughts.wav")).event())
         await c.write_event(AudioStop().event())
