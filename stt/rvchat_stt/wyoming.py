@@ -102,10 +102,10 @@ class _Transcripts:
         n = len(self.sent)
         if len(words) <= n or [_norm(w) for w in words[:n]] != [_norm(w) for w in self.sent]:
             return
-        await self._start()
         new = words[n:]
+        self.sent = self.sent + new  # before any await: a partial and the final may both be extending
+        await self._start()
         await self.conn.send(TranscriptChunk(text=(" " if n else "") + " ".join(new)).event())
-        self.sent += new
 
     async def send(self, event: object) -> None:
         if isinstance(event, stt.Partial):
