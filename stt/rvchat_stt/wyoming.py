@@ -24,6 +24,7 @@ number of requests, one after another.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -80,6 +81,8 @@ class _Transcripts:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # A partial decode finishing as the final is sent: one extends the chunks at a time, in order.
+        self.lock = asyncio.Lock()
         self.reset()
 
     def reset(self) -> None:
@@ -103,7 +106,7 @@ class _Transcripts:
         if len(words) <= n or [_norm(w) for w in words[:n]] != [_norm(w) for w in self.sent]:
             return
         new = words[n:]
-        self.sent = self.sent + new  # before any await: a partial and the final may both be extending
+        self.sent = self.sent + new
         await self._start()
         await self.conn.send(TranscriptChunk(text=(" " if n else "") + " ".join(new)).event())
 
@@ -112,7 +115,8 @@ class _Transcripts:
             stable = agreed_words(self.last_partial, event.text)
             self.last_partial = event.text
             if stable:
-                await self._extend(self._words(" ".join(stable)))
+                async with self.lock:
+                    await self._extend(self._words(" ".join(stable)))
         elif isinstance(event, stt.Final):
             if event.auto:
                 if event.text.strip():
@@ -123,10 +127,11 @@ class _Transcripts:
 
     async def finish(self, final: stt.Final) -> None:
         words = self._words(final.text)
-        await self._start()
-        await self._extend(words)
-        await self.conn.send(Transcript(text=" ".join(words), language=final.language).event())
-        await self.conn.send(TranscriptStop().event())
+        async with self.lock:
+            await self._start()
+            await self._extend(words)
+            await self.conn.send(Transcript(text=" ".join(words), language=final.language).event())
+            await self.conn.send(TranscriptStop().event())
 
     # What SttSession may call on its socket besides send.
     async def error(self, code: str, message: str, **_: object) -> None:
