@@ -19,6 +19,7 @@ from rvchat_common.errors import APIError
 from rvchat_common.inference import InferenceQueue
 from rvchat_common.protocol import ErrorEvent, llm
 
+from .eou import EndOfUtterance
 from .providers.base import ChatOptions, Delta, Final, Provider, ToolCallDelta, UpstreamError
 from .settings import Settings
 from .tools import ToolCalls, message_text
@@ -131,18 +132,45 @@ class ChatEngine(Protocol):
 
     async def complete(self, req: Request) -> Done: ...
 
+    async def end_of_utterance(self, text: str) -> float:
+        """P(a user's message ends after ``text``); APIError 501 when the service has no model for it."""
+
 
 class LLMEngine:
     """Generation over the configured provider, with the service's defaults and limits."""
 
-    def __init__(self, settings: Settings, provider: Provider | None = None) -> None:
+    def __init__(self, settings: Settings, provider: Provider | None = None,
+                 eou: EndOfUtterance | None = None) -> None:
         self.settings = settings
         self.queue = InferenceQueue(settings.max_queue)
+        # The end-of-utterance model comes with the real providers; a test's fake provider gets one
+        # only when it passes it.
+        self.eou = eou if provider is not None else (eou or self._eou_model(settings))
         self.provider = provider or make_provider(settings, self.queue)
+
+    @staticmethod
+    def _eou_model(settings: Settings) -> EndOfUtterance | None:
+        if not settings.eou:
+            return None
+        from rvchat_common.models import ModelNotFound, gguf_model
+
+        try:
+            # Always the embedded SmolLM2, the model main_app's threshold was chosen on (bench/turns.py);
+            # the local provider's default file, so its weights are mapped once.
+            return EndOfUtterance(gguf_model(None))
+        except ModelNotFound as exc:
+            log.info("no end-of-utterance model (%s): /v1/eou answers 501", exc)
+            return None
 
     # Lifecycle: load() runs in a thread at start-up (build_app); start/close on the loop.
     def load(self) -> None:
         self.provider.load()
+        if self.eou is not None and not self.eou.loaded:
+            try:
+                self.eou.load()
+            except Exception:  # a GGUF llama.cpp cannot load for this: replies still work
+                log.exception("end-of-utterance model failed to load: /v1/eou answers 501")
+                self.eou = None
 
     async def start(self) -> None:
         await self.provider.start()
@@ -346,6 +374,12 @@ class LLMEngine:
                     usage={"prompt_tokens": prompt, "completion_tokens": completion,
                            "total_tokens": prompt + completion},
                     timings=timings, dropped_messages=dropped, extra=final.extra)
+
+    async def end_of_utterance(self, text: str) -> float:
+        if self.eou is None or not self.eou.loaded:
+            raise APIError(501, "this LLM service has no end-of-utterance model (LLM_EOU is off, or the "
+                           "embedded GGUF is not installed)", "eou_unavailable")
+        return await asyncio.to_thread(self.eou.probability, text)
 
     async def complete(self, req: Request) -> Done:
         done: Done | None = None

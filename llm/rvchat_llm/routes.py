@@ -140,6 +140,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, engine
     return sse_response(events())
 
 
+# --- end of utterance ---------------------------------------------------------------------
+@router.post("/v1/eou", dependencies=Ready, tags=["llm"])
+async def end_of_utterance(body: llm.EouParams, engine: EngineDep) -> dict[str, float]:
+    """P(the user's message is finished after ``text``): the embedded model's probability that the next
+    token is . ? ! or the end of the message (rvchat_llm/eou.py). 501 ``eou_unavailable`` without it."""
+    return {"probability": await engine.end_of_utterance(body.text)}
+
+
 def _tool_call_chunk(d: ToolCallDelta) -> dict[str, Any]:
     """OpenAI's streamed tool call piece: id, type and name in a call's first piece only."""
     out: dict[str, Any] = {"index": d.index}

@@ -124,6 +124,12 @@ class Settings(ServiceSettings):
         "Sorry, I'm not sure about that.", description="Local: what is said when a reply failed the "
         "guard before its first sentence, twice (empty: say nothing).")
 
+    eou: bool = Field(
+        True, description="Answer POST /v1/eou and the WebSocket's eou request (the probability that a user's "
+        "words are a finished utterance, for main_app's end of turn) with the embedded GGUF model, whatever "
+        "the provider: its own small context (~10 MB; the weights are mapped once), one thread. Off, or "
+        "without the model file, they answer 501 and main_app ends turns by the words' punctuation alone.")
+
     # --- generation defaults ---
     temperature: float | None = Field(
         None, ge=0, le=2, description="Default sampling temperature. Unset: 0 (greedy) for local, "

@@ -1,4 +1,4 @@
-"""WS /ws: streamed generation with cancel, and tool calls (docs/protocols.md, LLM).
+"""WS /ws: streamed generation with cancel, tool calls, and end-of-utterance questions (docs/protocols.md, LLM).
 
 Framing, JSON, limits and error events are the shared receive loop's (rvchat_common.ws). A
 ``generate`` runs in its own task, so a ``cancel`` or a new ``generate`` is read at once: a new
@@ -16,7 +16,7 @@ from fastapi import APIRouter, WebSocket
 
 from rvchat_common.app import is_ready
 from rvchat_common.errors import APIError
-from rvchat_common.protocol import ProtocolError, llm
+from rvchat_common.protocol import ErrorEvent, ProtocolError, llm
 from rvchat_common.ws import MAX_FRAME_BYTES, EventSocket, Limits
 
 from .engine import ChatEngine, Request, generation_error
@@ -28,6 +28,7 @@ router = APIRouter()
 
 # A conversation's history can be long: text frames up to the server's own frame limit.
 LIMITS = Limits(max_text_bytes=MAX_FRAME_BYTES)
+MAX_EOU_IN_FLIGHT = 4  # one model answers them one at a time; a flood must not queue without end
 CANCEL_WAIT_S = 10.0  # how long a cancel waits for the generation to stop (a stuck upstream)
 
 
@@ -40,6 +41,7 @@ class LlmSession:
         self.engine = engine
         self.model_ready = model_ready
         self.current: asyncio.Task[None] | None = None
+        self._side: set[asyncio.Task[None]] = set()  # eou answers in progress
 
     async def run(self) -> None:
         try:
@@ -47,8 +49,19 @@ class LlmSession:
         finally:
             if self.current is not None and not self.current.done():
                 self.current.cancel()
+            for task in list(self._side):
+                task.cancel()
 
     async def on_event(self, event: llm.ClientEvent) -> None:
+        if isinstance(event, llm.Eou):  # beside the generation, in its own task: it must not wait for one
+            if len(self._side) >= MAX_EOU_IN_FLIGHT:
+                await self.sock.send(ErrorEvent.of("rate_limited", f"at most {MAX_EOU_IN_FLIGHT} eou requests "
+                                                   "at once per connection", status=429, id=event.id))
+                return
+            task = asyncio.create_task(self._eou(event))
+            self._side.add(task)
+            task.add_done_callback(self._side.discard)
+            return
         if isinstance(event, llm.Cancel):
             if not await self._stop_current():
                 await self.sock.send(llm.Cancelled(content=""))
@@ -62,6 +75,20 @@ class LlmSession:
             return
         await self._stop_current()
         self.current = asyncio.create_task(self._generate(req))
+
+    async def _eou(self, event: llm.Eou) -> None:
+        try:
+            if not self.model_ready():
+                raise APIError(503, "model is still loading; retry shortly", "model_loading")
+            p = await self.engine.end_of_utterance(event.text)
+            await self.sock.send(llm.EouResult(id=event.id, probability=p))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            try:
+                await self.sock.send(generation_error(exc, id=event.id))
+            except Exception:  # the client has gone
+                pass
 
     async def _stop_current(self) -> bool:
         """Cancel the generation in flight and wait until it has said ``cancelled``; False if none."""

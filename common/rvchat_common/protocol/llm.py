@@ -1,7 +1,8 @@
 """The LLM service's WebSocket events (``ws://llm:3004/ws``; docs/protocols.md, LLM).
 
-Client -> server: ``Generate``, ``Cancel``. Server -> client: ``Start``, ``Delta``, ``ToolCallEvent``,
-``Done``, ``Cancelled``, ``ErrorEvent``; every event of a generation carries its ``id``. Tool calling
+Client -> server: ``Generate``, ``Cancel``, ``Eou``. Server -> client: ``Start``, ``Delta``, ``ToolCallEvent``,
+``Done``, ``Cancelled``, ``EouResult``, ``ErrorEvent``; every event of a generation carries its ``id``, and an
+``eou`` request's answer (or error) the request's ``id``. Tool calling
 uses OpenAI's shapes (``Tool``, ``ToolCall``, ``tool`` messages with ``tool_call_id``).
 ``GenerateParams`` is also the body of ``POST /generate`` (plus ``stream``).
 """
@@ -110,7 +111,22 @@ class Cancel(Event):
     type: Literal["cancel"] = "cancel"
 
 
-ClientEvent = Annotated[Generate | Cancel, Field(discriminator="type")]
+class EouParams(WireModel):
+    """What an end-of-utterance question needs (also the body of ``POST /v1/eou``)."""
+
+    text: UnicodeStr = Field(min_length=1, max_length=4000, description="The user's words so far (a "
+                             "transcript); only their last ~48 tokens are read.")
+
+
+class Eou(EouParams, Event):
+    """How likely the user's message is finished after ``text``; answered by ``eou_result`` with the same
+    ``id`` while generations go on (it neither waits for nor cancels one)."""
+
+    type: Literal["eou"] = "eou"
+    id: str = Field(min_length=1, max_length=64, description="Chosen by the client; the answer carries it.")
+
+
+ClientEvent = Annotated[Generate | Cancel | Eou, Field(discriminator="type")]
 client_events: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
 
 
@@ -174,6 +190,15 @@ class Cancelled(Event):
     content: str = ""
 
 
-ServerEvent = Annotated[Start | Delta | ToolCallEvent | Done | Cancelled | ErrorEvent,
+class EouResult(Event):
+    """The answer to ``eou``: P(the message ends here), from the embedded model's next token."""
+
+    type: Literal["eou_result"] = "eou_result"
+    id: str
+    probability: float = Field(ge=0, le=1, description="P(the next token after the words is . ? ! or the "
+                               "end of the message).")
+
+
+ServerEvent = Annotated[Start | Delta | ToolCallEvent | Done | Cancelled | EouResult | ErrorEvent,
                         Field(discriminator="type")]
 server_events: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)
