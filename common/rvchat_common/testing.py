@@ -38,8 +38,10 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.ready_timeout = ready_timeout
+        # No Wyoming port unless the test asks for one: a developer's .env with STT_WYOMING_PORT=10300
+        # would have every test process (several at once) try to bind it.
         self.env = {**os.environ, f"{env_prefix}HOST": "127.0.0.1", f"{env_prefix}PORT": str(self.port),
-                    f"{env_prefix}LOG_JSON": "false", **(env or {})}
+                    f"{env_prefix}LOG_JSON": "false", f"{env_prefix}WYOMING_PORT": "", **(env or {})}
         self.log_path = Path(tempfile.mkstemp(prefix=f"{module}-", suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
