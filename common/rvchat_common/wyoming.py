@@ -251,8 +251,12 @@ class WyomingServer:
         return f"{n} Wyoming request(s) in progress" if n else None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                  limit=self.limits.max_line_bytes)
+        try:
+            self._server = await asyncio.start_server(self._accept, self.host, self.port,
+                                                      limit=self.limits.max_line_bytes)
+        except OSError as exc:  # the service does not start half-configured: say which port and why
+            log.error("%s: cannot serve Wyoming on %s:%s: %s", self.service, self.host, self.port, exc)
+            raise
         bound = self._server.sockets[0].getsockname() if self._server.sockets else (self.host, self.port)
         self.port = bound[1]
         log.info("%s: Wyoming listening on %s:%s", self.service, self.host, self.port)
