@@ -53,15 +53,17 @@ async def trial(app_url: str, clip_path: Path, question: str, kind: str) -> dict
         await asyncio.sleep(0.3)  # into the reply
         onset = page.talk(load_pcm16(clip_path))
         row["onset_s"] = onset
+        clip_s = len(load_pcm16(clip_path)) / 32000
         if kind == "interruption":
-            await page.wait_for(lambda e: e["type"] == "transcript" and e["turn"] != turn
-                                or e["type"] == "reply_end" and e["turn"] == turn and page.of("resume_playback"),
-                                timeout=60)
+            try:  # its words are answered; or they never interrupted the reply (judged 6 s after the clip)
+                await page.wait_for(lambda e: e["type"] == "transcript" and e["turn"] != turn,
+                                    timeout=onset + clip_s + 6.0 - page.now())
+            except TimeoutError:
+                pass
         else:
             # Kept or not, the reply is over once it has played out (or was stopped), and the speech's
             # words (or the resume window) have decided by 3 s after the clip.
             await page.wait_for(lambda e: e["type"] == "reply_end" and e["turn"] == turn, timeout=90)
-            clip_s = len(load_pcm16(clip_path)) / 32000
             while page.now() < onset + clip_s + 3.0 or page.playing(turn) or page.paused_at is not None:
                 await asyncio.sleep(0.05)
         pause = page.of("pause_playback", turn)
@@ -111,23 +113,24 @@ def report(rows: list[dict], note: str) -> str:
     acks = [r for r in rows if r["kind"] == "backchannel"]
     real = [r for r in rows if r["kind"] == "interruption"]
     kept = sum(r["kept"] for r in acks)
-    stopped = [r for r in real if r["stopped"]]
-    pause_ms = [r["pause_ms"] for r in real if r["pause_ms"] is not None]
+    stopped = [r for r in real if r.get("stopped")]
+    pause_ms = [r["pause_ms"] for r in real if r.get("pause_ms") is not None]
     within = sum(1 for ms in pause_ms if ms <= 300)
-    ack_pause = [r["pause_ms"] for r in acks if r["pause_ms"] is not None]
+    ack_pause = [r["pause_ms"] for r in acks if r.get("pause_ms") is not None]
     words = [r["words_ms"] for r in acks if r.get("words_ms") is not None]
     lines = [
         "# Backchannels and false interruptions (bench/backchannel.py)", "",
         note, "",
         "| | count | result |", "|---|---|---|",
-        f"| replies with an acknowledgement or a wordless sound over them | {len(acks)} | **{kept} kept** "
-        f"(paused {sum(r['paused'] for r in acks)}, resumed {sum(bool(r['resumed']) for r in acks)}, "
-        f"cancelled {sum(r['stopped'] for r in acks)}, answered as a turn {sum(bool(r['answered']) for r in acks)}) |",
-        f"| replies with a real utterance over them | {len(real)} | **{len(stopped)} stopped**, "
-        f"{sum(bool(r['answered']) for r in real)} answered |",
-        f"| real utterances paused within 300 ms of speech onset | {len(pause_ms)} | **{within}** "
-        f"(median {statistics.median(pause_ms):.0f} ms, p90 {percentile(pause_ms, 90):.0f}, "
-        f"max {max(pause_ms):.0f}) |" if pause_ms else "| real utterances paused | 0 | - |",
+        (f"| replies with an acknowledgement or a wordless sound over them | {len(acks)} | **{kept} kept** "
+         f"(paused {sum(r.get('paused', False) for r in acks)}, resumed {sum(bool(r.get('resumed')) for r in acks)}, "
+         f"cancelled {sum(bool(r.get('stopped')) for r in acks)}, answered as a turn "
+         f"{sum(bool(r.get('answered')) for r in acks)}) |"),
+        (f"| replies with a real utterance over them | {len(real)} | **{len(stopped)} stopped**, "
+         f"{sum(bool(r.get('answered')) for r in real)} answered |"),
+        (f"| real utterances paused within 300 ms of speech onset | {len(pause_ms)} | **{within}** "
+         f"(median {statistics.median(pause_ms):.0f} ms, p90 {percentile(pause_ms, 0.9):.0f}, "
+         f"max {max(pause_ms):.0f}) |") if pause_ms else "| real utterances paused | 0 | - |",
     ]
     if ack_pause:
         lines.append(f"| acknowledgements: onset to pause | {len(ack_pause)} | median "
@@ -139,10 +142,10 @@ def report(rows: list[dict], note: str) -> str:
               "|---|---|---|---|---|---|---|"]
     for clip in dict.fromkeys(r["clip"] for r in rows):
         rs = [r for r in rows if r["clip"] == clip]
-        reasons = ", ".join(sorted({str(r["resumed"]) for r in rs if r["resumed"]})) or "-"
-        ms = [r["pause_ms"] for r in rs if r["pause_ms"] is not None]
+        reasons = ", ".join(sorted({str(r["resumed"]) for r in rs if r.get("resumed")})) or "-"
+        ms = [r["pause_ms"] for r in rs if r.get("pause_ms") is not None]
         lines.append(f"| {clip} | {rs[0]['kind']} | {len(rs)} | {sum(r['kept'] for r in rs)} | "
-                     f"{sum(r['paused'] for r in rs)} | {reasons} | {', '.join(map(str, ms)) or '-'} |")
+                     f"{sum(r.get('paused', False) for r in rs)} | {reasons} | {', '.join(map(str, ms)) or '-'} |")
     errors = [r for r in rows if "error" in r]
     if errors:
         lines += ["", "Errors:", ""] + [f"- {r['clip']}: {r['error']}" for r in errors]
@@ -154,6 +157,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--app", help="an app already running (its URL); default: start the stack here")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--note", default="", help="what else ran, the settings of an --app")
     args = ap.parse_args()
     t0 = time.time()
     if args.app:
@@ -166,7 +170,7 @@ def main() -> None:
     note = (f"{len(rows)} trials, {time.time() - t0:.0f} s, {os.cpu_count()} CPUs, default settings "
             "(APP_BACKCHANNELS=true, APP_RESUME_WINDOW_MS=1500, barge-in VAD threshold 0.7, minimum speech "
             "200 ms), embedded models (tiny.en, SmolLM2-135M, Piper joe). No echo in the mic: the page client "
-            "plays the replies on a clock only.")
+            "plays the replies on a clock only." + (f" {args.note}" if args.note else ""))
     text = report(rows, note)
     Path(args.out).write_text(text)
     print(text)

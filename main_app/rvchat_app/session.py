@@ -20,12 +20,13 @@ tests and against the real services in integration tests.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rvchat_common.protocol import ErrorEvent, ProtocolError, llm, page, parse, tts
+from rvchat_common.protocol import ErrorEvent, ProtocolError, llm, page, parse, tts, vad
 
 from .backchannel import Backchannels, parse_words
 from .clients import Closed, ServiceClosed
@@ -36,6 +37,7 @@ from .recognition import TurnDetector
 from .reply import DEFAULT_TTS_RATE, DirectUpstream, Phase, Reply, ReplyFailed, ReplyStream
 from .settings import Settings
 from .store import Store
+from .tools import Hooks, Result, Toolbox, answer_calls
 
 log = logging.getLogger("rvchat.app.session")
 
@@ -43,6 +45,17 @@ log = logging.getLogger("rvchat.app.session")
 Send = Callable[[page.Event | bytes], Awaitable[None]]
 Observe = Callable[[str, float], None]
 REPORT_WAIT_S = 0.4  # how long an interruption waits for the page to say how much it played
+# Speech onset over a reply pauses it after this many 32 ms VAD chunks above the threshold, before the
+# VAD confirms speech (after its minimum speech, 200 ms). bench/results/backchannel.md: onset to pause
+# was 225-593 ms (median 255, 3 of 10 over 300 ms) on the VAD's speech start, 83-245 ms (median 122,
+# 18 of 18 within 300 ms) after 3 chunks. A sound that the VAD then does not confirm as speech (a knock)
+# resumes the reply PAUSE_CONFIRM_S after the minimum speech.
+EARLY_PAUSE_CHUNKS = 3
+PAUSE_CONFIRM_S = 0.25
+# The resume window waits on while STT has the speech's words in hand, up to this many windows: with the
+# soak and echo benches on the same 2 CPUs a real 4.6 s utterance's words came 2.5 s after its end, the
+# reply resumed at 1.5 s and was cut off again when they came.
+STT_GRACE = 3
 # Events that end a request on the LLM or TTS link (it is idle again after them).
 TERMINAL = (llm.Done, llm.Cancelled, tts.Done, tts.Cancelled, ErrorEvent, Closed)
 
@@ -52,9 +65,10 @@ class Session:
 
     def __init__(self, *, send: Send, store: Store, settings: Settings,
                  factories: dict[str, StreamFactory], observe: Observe | None = None,
-                 conversation_id: str | None = None) -> None:
+                 conversation_id: str | None = None, toolbox: Toolbox | None = None) -> None:
         self._send_raw = send
         self.settings = settings
+        self.tools = toolbox  # None: this session's replies call no tools (a Realtime client brings its own)
         self.observe = observe or (lambda stage, seconds: None)
         self.history = History(store, settings.history_messages, conversation_id)
         self.links = Links(factories, self._on_service_event, self._on_link_status)
@@ -76,6 +90,7 @@ class Session:
         self._acks = Backchannels(self.backchannel["backchannel_words"])
         self._paused: Reply | None = None
         self._resume_timer: asyncio.TimerHandle | None = None
+        self._loud_chunks = 0  # consecutive VAD chunks above the threshold while a reply plays
 
     @property
     def conversation_id(self) -> str | None:
@@ -150,10 +165,7 @@ class Session:
                 await self._send_raw(pcm)
             except Exception:
                 self._closed = True
-        reply = self._recent.get(header.turn)
-        if reply is not None:  # the echo guard's reference: the play clock has this chunk ending at play_end
-            rate = header.sample_rate
-            self.detector.on_reply_audio(pcm, rate, reply.playout.play_end - len(pcm) / 2 / rate)
+        self.detector.on_reply_audio(pcm, header.sample_rate, time.perf_counter())  # the echo guard's reference
 
     async def notify(self, event: page.Event) -> None:
         await self.send(event)
@@ -214,6 +226,8 @@ class Session:
 
     async def _on_service_event(self, name: str, event: Any) -> None:
         if name == "vad":
+            if isinstance(event, vad.Probability):
+                await self._on_speech_probability(event.probability)
             await self.detector.on_vad(event)
         elif name == "stt":
             await self.detector.on_stt(event)
@@ -349,10 +363,53 @@ class Session:
         ``response.create`` after its own ``conversation.item.create``)."""
         await self._start_reply(None, source="api", timings={"transcript": time.perf_counter()}, voice=voice)
 
+    async def announce(self, message: str) -> None:
+        """A reminder that is due (the timer tool): a notice, then said as its own turn once the user and
+        the assistant are quiet (at most 30 s later)."""
+        await self.send(page.Notice(message=f"Reminder: {message}"))
+        for _ in range(300):
+            if self._closed or self.state == "listening":
+                break
+            await asyncio.sleep(0.1)
+        if not self._closed:
+            await self._start_reply(None, source="reminder", timings={"transcript": time.perf_counter()},
+                                    say=f"Reminder: {message.rstrip('.!')}.")
+
+    async def _remind(self, seconds: float, message: str) -> None:
+        """Set a reminder: said in this session if it is still open when due, else kept in the
+        conversation's history (shown when it is opened again)."""
+        assert self.tools is not None
+        cid = self.conversation_id
+        store = self.history.store
+
+        async def deliver() -> None:
+            if not self._closed:
+                await self.announce(message)
+            elif cid is not None:
+                await store.add_message(cid, "assistant", f"Reminder: {message}", source="reminder",
+                                        meta={"reminder": True})
+
+        self.tools.reminders.add(seconds, deliver)
+
+    def _tool_hooks(self, reply: Reply) -> Hooks:
+        async def on_call(call: llm.ToolCall) -> None:
+            await reply.committed.wait()  # a speculative reply acts (sets a timer, posts a webhook) once it is the turn
+            await reply.playout.emit(page.ToolCall(turn=reply.id, id=call.id, name=call.function.name,
+                                                   arguments=_arguments(call)))
+
+        async def on_result(call: llm.ToolCall, result: Result) -> None:
+            await reply.playout.emit(page.ToolResult(turn=reply.id, id=call.id, name=call.function.name,
+                                                     ok=result.ok, result=result.content[:300]))
+
+        async def remember(messages: list[dict]) -> None:
+            await self.history.add_tool_messages(messages, "voice" if reply.voice else "text")
+
+        return Hooks(on_call=on_call, on_result=on_result, remember=remember, remind=self._remind)
+
     # ----------------------------------------------------------------- replies
     async def _start_reply(self, text: str | None, *, source: str, timings: dict[str, float],
                            voice: bool | None = None, commit_at: float | None = None,
-                           replaces: int | None = None) -> None:
+                           replaces: int | None = None, say: str | None = None) -> None:
         old = self.reply
         if old is not None and old.phase is Phase.SPECULATIVE:
             await self._drop_speculation(old, carry=False)
@@ -367,7 +424,7 @@ class Session:
         playout = Playout(turn, self.send, self._send_audio, on_first_audio=self._first_audio_cb(turn),
                           on_chunk_sent=lambda: self._save_progress(turn))
         reply = Reply(id=turn, user_text=text or "", source=source, voice=bool(want_voice and tts is not None and tts.up),
-                      user_message_id=user_mid, playout=playout, t=dict(timings))
+                      user_message_id=user_mid, playout=playout, t=dict(timings), say=say)
         if llm is not None:
             reply.stream = ReplyStream(llm, tts, _PageSink(self, reply), voice=reply.voice,
                                        max_sentences=self.settings.max_reply_sentences,
@@ -435,12 +492,23 @@ class Session:
             if reply.voice and tts is not None and not tts.idle.is_set() and not await tts.wait_idle(2.0):
                 await tts.restart()
             s = self.settings
-            if not await reply.stream.start(messages, system=s.system_prompt, max_tokens=s.max_tokens,
-                                            temperature=s.temperature, model=s.llm_model):
+            options = dict(system=s.system_prompt, max_tokens=s.max_tokens, temperature=s.temperature,
+                           model=s.llm_model)
+            if reply.say is not None:
+                await reply.playout.emit(page.ReplyStart(turn=reply.id, voice=reply.voice))
+                await reply.stream.speak(reply.say)
+                await reply.stream.run()
+                await self._finish(reply)
+                return
+            choice = self.tools.choose(reply.user_text) if self.tools is not None else {}
+            if not await reply.stream.start(messages, **options, **choice):
                 await self._fail(reply, "llm", "the language model service connection was lost")
                 return
             await reply.playout.emit(page.ReplyStart(turn=reply.id, voice=reply.voice))
             await reply.stream.run()
+            if self.tools is not None:
+                await answer_calls(reply.stream, self.tools, messages, options, reply.user_text,
+                                   self._tool_hooks(reply))
             await self._finish(reply)
         except ReplyFailed as exc:
             await self._fail(reply, exc.source, exc.message)
@@ -516,6 +584,22 @@ class Session:
         log.info("turn %s: speculative reply dropped (the user went on)", reply.id)
 
     # ----------------------------------------------------------------- pause and resume (backchannels)
+    async def _on_speech_probability(self, p: float) -> None:
+        """Speech onset over the reply, before the VAD confirms it: pause at once (the sooner the better)."""
+        reply = self.reply
+        if self._paused is not None or self.detector.user_speaking or not self._pausable(reply):
+            self._loud_chunks = 0
+            return
+        base = self.detector.config["threshold"]
+        threshold = max(self.settings.barge_in_threshold, base) if self._shown_state == "speaking" else base
+        self._loud_chunks = self._loud_chunks + 1 if p >= threshold else 0
+        if self._loud_chunks >= EARLY_PAUSE_CHUNKS and reply is not None:
+            self._loud_chunks = 0
+            await self._pause(reply)
+            # Not confirmed as speech (a click, a knock): play on.
+            self._start_resume_timer(reply, self.detector.config["min_speech_ms"] / 1000 + PAUSE_CONFIRM_S,
+                                     "no_words")
+
     def _pausable(self, reply: Reply | None) -> bool:
         """Speech over this reply pauses it (rather than interrupting it at once)."""
         return (self.backchannel["backchannels"] and reply is not None and reply.phase is not Phase.SPECULATIVE
@@ -527,6 +611,7 @@ class Session:
         reply.playout.pause(time.perf_counter())
         await self.send(page.PausePlayback(turn=reply.id))
         log.info("turn %s: paused (speech over the reply)", reply.id)
+        await self._sync_state()
 
     async def _resume(self, reply: Reply, reason: str, text: str = "") -> None:
         """A false interruption: play on from where the page paused."""
@@ -545,11 +630,21 @@ class Session:
             self._sync_state_at(reply.playout.drained_at())
         await self._sync_state()
 
-    def _start_resume_timer(self, reply: Reply) -> None:
+    def _start_resume_timer(self, reply: Reply, delay: float | None = None, reason: str = "timeout") -> None:
         self._cancel_resume_timer()
-        delay = self.backchannel["resume_window_ms"] / 1000
-        self._resume_timer = asyncio.get_running_loop().call_later(
-            delay, lambda: self._spawn(self._resume(reply, "timeout"), f"resume-{reply.id}"))
+        if delay is None:
+            delay = self.backchannel["resume_window_ms"] / 1000
+        deadline = time.perf_counter() + delay * STT_GRACE
+
+        def fire() -> None:
+            # STT is still writing the speech's words (a loaded CPU): wait for them rather than play on
+            # and cut the reply off again a moment later, up to STT_GRACE times the window.
+            if reason == "timeout" and self.detector.awaiting_final and time.perf_counter() < deadline:
+                self._resume_timer = asyncio.get_running_loop().call_later(0.1, fire)
+                return
+            self._spawn(self._resume(reply, reason), f"resume-{reply.id}")
+
+        self._resume_timer = asyncio.get_running_loop().call_later(delay, fire)
 
     def _cancel_resume_timer(self) -> None:
         if self._resume_timer is not None:
@@ -617,6 +712,14 @@ class Session:
         log.info("turn %s interrupted (%s) after %.0f ms of audio", reply.id, reason, played)
 
 
+def _arguments(call: llm.ToolCall) -> dict | str:
+    try:
+        args = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        return call.function.arguments
+    return args if isinstance(args, dict) else call.function.arguments
+
+
 class _PageSink:
     """A voice session's reply output: text deltas and audio to the page, through the playout."""
 
@@ -661,8 +764,32 @@ class _Collect:
         raise APIError(502, f"speech synthesis failed: {why}", "tts_failed")
 
 
+def _api_hooks(history: History, toolbox: Toolbox, calls: list[dict]) -> Hooks:
+    """``POST /api/message``'s tool calls: listed in the answer, kept in the history; a reminder, with no
+    page to say it, is written into the conversation when due."""
+    cid = history.conversation_id
+
+    async def on_call(call: llm.ToolCall) -> None:
+        calls.append({"id": call.id, "name": call.function.name, "arguments": _arguments(call)})
+
+    async def on_result(call: llm.ToolCall, result: Result) -> None:
+        calls[-1].update(ok=result.ok, result=result.content)
+
+    async def remember(messages: list[dict]) -> None:
+        await history.add_tool_messages(messages, "api")
+
+    async def remind(seconds: float, message: str) -> None:
+        async def deliver() -> None:
+            if cid is not None:
+                await history.store.add_message(cid, "assistant", f"Reminder: {message}", source="reminder",
+                                                meta={"reminder": True})
+        toolbox.reminders.add(seconds, deliver)
+
+    return Hooks(on_call=on_call, on_result=on_result, remember=remember, remind=remind)
+
+
 async def reply_once(*, store: Store, settings: Settings, factories: dict[str, StreamFactory],
-                     text: str, conversation_id: str | None, audio: bool) -> dict:
+                     text: str, conversation_id: str | None, audio: bool, toolbox: Toolbox | None = None) -> dict:
     """A whole reply to one typed message (for ``POST /api/message``): text, and optionally WAV audio.
 
     Uses fresh LLM/TTS connections and the same :class:`ReplyStream` as a voice session.
@@ -674,6 +801,7 @@ async def reply_once(*, store: Store, settings: Settings, factories: dict[str, S
     user_id = await history.add_user(text, "api")
     messages = await history.recent()
     upstreams: dict[str, DirectUpstream] = {}
+    calls: list[dict] = []  # the tool calls made, for the answer
     try:
         for name in ("llm", "tts") if audio else ("llm",):
             stream = factories[name]()
@@ -691,11 +819,17 @@ async def reply_once(*, store: Store, settings: Settings, factories: dict[str, S
         for upstream in upstreams.values():
             upstream.feed(reply)
         t0 = time.perf_counter()
-        if not await reply.start(messages, system=settings.system_prompt, max_tokens=settings.max_tokens,
-                                 temperature=settings.temperature, model=settings.llm_model):
+        options = dict(system=settings.system_prompt, max_tokens=settings.max_tokens,
+                       temperature=settings.temperature, model=settings.llm_model)
+        choice = toolbox.choose(text) if toolbox is not None else {}
+        if not await reply.start(messages, **options, **choice):
             raise APIError(502, "the language model connection was lost", "llm_failed")
         try:
-            text_out = (await reply.run()).strip()
+            await reply.run()
+            if toolbox is not None:
+                await answer_calls(reply, toolbox, messages, options, text, _api_hooks(
+                    history, toolbox, calls))
+            text_out = reply.text.strip()
         except ReplyFailed as exc:
             if exc.timeout:
                 raise APIError(504, "the reply took too long", "timeout") from None
@@ -709,6 +843,8 @@ async def reply_once(*, store: Store, settings: Settings, factories: dict[str, S
     message_id = await history.add_assistant(text_out, source="api")
     out: dict[str, Any] = {"conversation_id": history.conversation_id, "text": text_out, "message_id": message_id,
                            "user_message_id": user_id, "elapsed_ms": round((time.perf_counter() - t0) * 1000)}
+    if calls:
+        out["tool_calls"] = calls
     if audio:
         out["audio"] = base64_audio(bytes(sink.pcm), sink.rate or 22050)
     return out

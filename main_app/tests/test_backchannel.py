@@ -15,7 +15,7 @@ from rvchat_app.backchannel import DEFAULT_WORDS, Backchannels, words_of
 from rvchat_app.playout import Playout
 from rvchat_app.store import Store
 from rvchat_app.testing import FakeHub, ScriptedUser, until
-from rvchat_common.protocol import stt
+from rvchat_common.protocol import stt, vad
 
 from .test_session import make, speak
 
@@ -249,5 +249,65 @@ async def test_backchannel_settings_from_the_page(store):
         hub.last("vad").emit({"type": "speech_start", "timestamp": 9.0})
         await page.wait("stop_playback", count=2)
         assert len(page.of("pause_playback")) == 1
+    finally:
+        await session.close()
+
+
+async def loud(hub: FakeHub, at: float, chunks: int) -> None:
+    for i in range(chunks):
+        hub.last("vad").emit(vad.Probability(timestamp=round(at + i * 0.032, 3), probability=0.9))
+
+
+async def test_speech_onset_pauses_before_the_vad_confirms_speech(store):
+    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        user = await reply_playing(session, page, hub)
+        await loud(hub, 3.0, 2)  # 64 ms: not yet
+        await asyncio.sleep(0.05)
+        assert not page.of("pause_playback")
+        await loud(hub, 3.1, 3)  # 96 ms above the barge-in threshold: pause now
+        await page.wait("pause_playback")
+        assert len(page.of("speech_start")) == 1  # the question's: the VAD has not confirmed this one yet
+        # The VAD confirms it as speech, and its words are real: a barge-in.
+        await user.says(start=3.1, end=3.6, text="Stop, please.")
+        await page.wait("interrupted")
+        assert len(page.of("pause_playback")) == 1 and not page.of("resume_playback")
+    finally:
+        await session.close()
+
+
+async def test_a_sound_the_vad_does_not_confirm_resumes_the_reply(store):
+    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        await reply_playing(session, page, hub)
+        await loud(hub, 3.0, 3)  # a knock: loud for 96 ms, never 200 ms of speech
+        await page.wait("pause_playback")
+        resume = await page.wait("resume_playback", timeout=2)
+        # Not before the VAD could have confirmed speech (minimum speech 200 ms + 250 ms).
+        assert resume["reason"] == "no_words" and resume["paused_ms"] >= 440
+        assert (await page.wait("reply_end"))["text"] == LONG and not page.of("interrupted")
+    finally:
+        await session.close()
+
+
+async def test_the_window_waits_for_words_stt_is_still_writing(store):
+    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
+    session, page = await make(store, hub, resume_window_ms=300)
+    try:
+        user = await reply_playing(session, page, hub)
+        fake_stt = hub.last("stt")
+
+        async def slow_end() -> None:  # the final comes 0.6 s after the speech's end: twice the window
+            fake_stt.buffer.clear()
+            asyncio.get_running_loop().call_later(0.6, lambda: fake_stt.emit(stt.Final(
+                text="What about Berlin?", language="en", duration=0.8, processing_ms=600.0)))
+
+        fake_stt.end = slow_end
+        await user.says(start=3.0, end=3.8)
+        await page.wait("interrupted")
+        assert not page.of("resume_playback")  # never played on only to be cut off again
+        assert (await page.wait("transcript", count=2))["text"] == "What about Berlin?"
     finally:
         await session.close()
