@@ -26,6 +26,7 @@ from .routes import router
 from .settings import Settings
 from .status import StatusMonitor, probe
 from .store import Store
+from .tools import Toolbox
 from .ws import router as ws_router
 
 log = logging.getLogger("rvchat.app")
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None, factories: dict | None = None,
     store = store or Store(settings.database_url or settings.db_path, synchronous=settings.db_synchronous,
                            pool_size=settings.db_pool_size)
     monitor = ReplicaStatusMonitor(settings)
+    toolbox = Toolbox.from_settings(settings)
 
     async def startup(app: FastAPI) -> None:
         await store.open()
@@ -151,12 +153,14 @@ def create_app(settings: Settings | None = None, factories: dict | None = None,
         await monitor.stop()
         for session in list(app.state.sessions):
             await session.close()
+        await toolbox.close()  # pending reminders are lost with the process
         await store.close()
 
     app = build_app(service="app", settings=settings, ready_check=store.ping, on_startup=startup,
                     on_shutdown=shutdown, title="Realtime Voice Chat")
     app.state.store = store
     app.state.monitor = monitor
+    app.state.toolbox = toolbox
     app.state.factories = factories or default_factories(settings)
     app.state.capacity = Capacity(settings.max_sessions, settings.busy_retry_s, app.state.metrics,
                                   app.state.drain)

@@ -15,10 +15,49 @@ from rvchat_common.errors import APIError
 from .store import Store
 
 
+def _kept(m: dict) -> bool:
+    """A row the LLM sees: a user or assistant turn with words, a tool call, or a tool's result."""
+    meta = m.get("meta") or {}
+    return (m["role"] in ("user", "assistant") and bool(m["content"])) or bool(meta.get("tool_calls")) \
+        or (m["role"] == "tool" and bool(meta.get("tool_call_id")))
+
+
 def chat_messages(rows: list[dict]) -> list[dict]:
-    """Stored messages as LLM chat messages (user and assistant turns with content)."""
-    return [{"role": m["role"], "content": m["content"]} for m in rows
-            if m["role"] in ("user", "assistant") and m["content"]]
+    """Stored messages as LLM chat messages in OpenAI's shapes: user and assistant turns with content,
+    an assistant message's ``tool_calls`` and each ``tool`` result with its ``tool_call_id``.
+
+    A window's edge can cut a call from its result: a result whose call is not in the window, or a call
+    whose results are not all there, is left out (the LLM service refuses either, as OpenAI does)."""
+    out: list[dict] = []
+    for m in rows:
+        if not _kept(m):
+            continue
+        meta = m.get("meta") or {}
+        if m["role"] == "tool":
+            out.append({"role": "tool", "tool_call_id": meta["tool_call_id"], "content": m["content"]})
+        elif meta.get("tool_calls"):
+            out.append({"role": "assistant", "content": m["content"], "tool_calls": meta["tool_calls"]})
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    kept: list[dict] = []
+    for i, msg in enumerate(out):
+        if msg["role"] == "tool":
+            call = next((k for k in reversed(kept) if k.get("tool_calls")), None)
+            if call is None or msg["tool_call_id"] not in {c["id"] for c in call["tool_calls"]}:
+                continue
+        elif msg.get("tool_calls"):
+            ids = {c["id"] for c in msg["tool_calls"]}
+            answered = set()
+            for later in out[i + 1:]:
+                if later["role"] != "tool":
+                    break
+                answered.add(later["tool_call_id"])
+            if not ids <= answered:
+                if not msg["content"]:
+                    continue
+                msg = {"role": "assistant", "content": msg["content"]}
+        kept.append(msg)
+    return kept
 
 
 class History:
@@ -81,6 +120,18 @@ class History:
         await self.store.update_message(message_id, content=text, interrupted=interrupted, meta=meta or {})
         return message_id
 
+    async def add_tool_messages(self, messages: list[dict], source: str) -> None:
+        """A turn's tool calls and results (tools.answer_calls), kept as rows: an assistant row with the
+        calls in ``meta.tool_calls`` and a ``tool`` row per result with ``meta.tool_call_id`` and ``name``."""
+        cid, _ = await self.ensure()
+        for m in messages:
+            if m["role"] == "tool":
+                await self.store.add_message(cid, "tool", m["content"], source=source,
+                                             meta={"tool_call_id": m["tool_call_id"], "name": m.get("name")})
+            else:
+                await self.store.add_message(cid, "assistant", m.get("content") or "", source=source,
+                                             meta={"tool_calls": m["tool_calls"]})
+
     async def mark_interrupted(self, message_id: int, heard: str, meta: dict[str, Any]) -> None:
         await self.store.update_message(message_id, content=heard, interrupted=True, meta=meta)
 
@@ -100,11 +151,14 @@ class History:
         """
         cid = self.conversation_id
         recent = await self.store.messages(cid, last=self.history_messages + 8)
-        recent = [m for m in recent if m["role"] in ("user", "assistant") and m["content"]]
+        recent = [m for m in recent if _kept(m)]
         start = self._window_start.get(cid)
         window = [m for m in recent if start is not None and m["id"] >= start]
         if start is None or not window or len(window) > self.history_messages:
-            window = recent[-3:]  # the last exchange and the new message
+            at = max(0, len(recent) - 3)  # the last exchange and the new message
+            while at > 0 and recent[at]["role"] != "user":
+                at -= 1  # from the exchange's user message, with its tool calls and results
+            window = recent[at:]
             self._window_start[cid] = window[0]["id"] if window else None
         return chat_messages(window)
 

@@ -96,6 +96,9 @@ class ReplyStream:
         self.tts_used = False
         self.tts_done = False
         self.capped = False  # the reply reached max_sentences and the LLM was stopped
+        self.provider: str | None = None  # the LLM's provider (local, ollama, openai), from its start event
+        self.tool_calls: list[llm.ToolCall] = []  # the calls the latest generation ended with
+        self.round_text = ""  # the latest generation's text (a model may speak before it calls a tool)
         # Counts complete sentences for the cap: "Dr." or the "3." of a still-arriving "3.14" are no ends.
         self._sentences = SentenceCounter()
 
@@ -103,12 +106,24 @@ class ReplyStream:
         self.queue.put_nowait((service, event))
 
     async def start(self, messages: list[dict], **options: Any) -> bool:
-        """Ask the LLM for the reply; False when its connection is gone."""
+        """Ask the LLM for the reply; False when its connection is gone.
+
+        Called again after a tool's result (tools.answer_calls): the reply goes on in the same stream,
+        and TTS, done with what came before the call, takes the new text as a new request."""
+        self.llm_done, self.llm_id, self.tool_calls, self.round_text = False, None, [], ""
+        if self.tts_done and self.voice:
+            self.tts_used = self.tts_done = False
         self.llm.idle.clear()
         ok = await self.llm.call("generate", messages, **options)
         if not ok:
             self.llm.idle.set()
         return ok
+
+    async def speak(self, text: str) -> None:
+        """A fixed sentence (a reminder that is due) through the same path, without the LLM."""
+        self.llm_done = True
+        await self._say(text)
+        await self._flush_tts()
 
     async def cancel(self) -> list[str]:
         """Stop the upstream work in flight; the services whose work was cancelled."""
@@ -153,6 +168,7 @@ class ReplyStream:
     async def _on_llm(self, event: llm.ServerEvent | Closed) -> None:
         if isinstance(event, llm.Start):
             self.llm_id = event.id or "?"
+            self.provider = event.provider
             return
         if not self._ours(event):
             return
@@ -168,11 +184,16 @@ class ReplyStream:
                 await self._say(delta)
             if self.capped:  # enough for a spoken answer: stop the model rather than speak a monologue
                 await self.llm.call("cancel")
+        elif isinstance(event, llm.ToolCallEvent):
+            if all(c.id != event.call.id for c in self.tool_calls):
+                self.tool_calls.append(event.call)
         elif isinstance(event, llm.Done):
             self.llm_done = True
             self.usage = event.usage
+            if event.message.tool_calls:  # the whole list, as the model wrote it
+                self.tool_calls = list(event.message.tool_calls)
             final = event.message.content
-            if final.strip() and not self.text.strip():
+            if final.strip() and not self.round_text.strip():
                 await self._say(final)  # a provider that answered without streaming
             await self._flush_tts()
         elif isinstance(event, llm.Cancelled):
@@ -202,6 +223,7 @@ class ReplyStream:
 
     async def _say(self, delta: str) -> None:
         self.text += delta
+        self.round_text += delta
         await self.sink.on_text(delta)
         if self.voice and self.tts is not None:
             if not self.tts_used:
@@ -253,6 +275,7 @@ class Reply:
     suspended: bool = False  # a speculative reply held back while the user (or a noise) sounds again
     save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # the reply's row is written in order
     saved_at: float = 0.0
+    say: str | None = None  # a fixed text to speak instead of asking the LLM (a reminder that is due)
 
     @property
     def ended(self) -> bool:

@@ -95,4 +95,5 @@ async def post_message(request: Request, body: MessageRequest) -> dict:
     with app.state.capacity.api_reply():  # 503 + Retry-After past APP_MAX_SESSIONS
         return await reply_once(store=app.state.store, settings=app.state.settings,
                                 factories=app.state.factories, text=text,
-                                conversation_id=body.conversation_id, audio=body.audio)
+                                conversation_id=body.conversation_id, audio=body.audio,
+                                toolbox=app.state.toolbox)

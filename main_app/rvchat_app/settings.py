@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from rvchat_common.settings import ServiceSettings
@@ -129,6 +129,51 @@ class Settings(ServiceSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On SIGTERM, the longest wait for replies in progress to finish before "
         "shutting down (new sessions go elsewhere meanwhile); 0 stops at once.")
+
+    # ---- tools in a conversation (issue 13)
+    tools: bool = Field(
+        True, description="Let the assistant call tools during a conversation: the built-ins of "
+        "APP_TOOLS_BUILTINS and the webhooks of APP_TOOLS_WEBHOOKS. A remote LLM (Ollama, OpenAI-compatible) "
+        "is offered them all and decides; the embedded model never picks one itself (0 of 24 in "
+        "bench/results/tools.md), so main_app names the tool when the user's words plainly ask for it "
+        "(the time or date, a sum, a timer, a webhook's keywords) and offers none otherwise.")
+    tools_builtins: str = Field(
+        "time,calculator,timer", description="Comma-separated built-in tools: time (the current date and "
+        "time in APP_TIMEZONE), calculator (arithmetic, evaluated safely), timer (a reminder spoken after a "
+        "delay). Empty: none.")
+    tools_webhooks: str = Field(
+        "", description='Your own tools as a JSON list: [{"name": "get_weather", "description": "...", '
+        '"parameters": {JSON Schema}, "url": "http://...", "timeout_s": 10, "keywords": ["weather"], '
+        '"headers": {}}]. The call\'s arguments are POSTed as JSON to url and the response text is the '
+        "result; an error or a timeout becomes a result saying so. keywords name the tool for the embedded "
+        "model when the user's words contain one.")
+    timezone: str | None = Field(
+        None, description="Time zone of the time tool (an IANA name such as Europe/Paris). Unset: the "
+        "server's.")
+
+    @field_validator("tools_builtins")
+    @classmethod
+    def _known_builtins(cls, v: str) -> str:
+        from .tools import parse_builtins
+
+        parse_builtins(v)
+        return v
+
+    @field_validator("tools_webhooks")
+    @classmethod
+    def _valid_webhooks(cls, v: str) -> str:
+        from .tools import parse_webhooks
+
+        parse_webhooks(v)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        from .tools import _zone
+
+        _zone(v)
+        return v
 
     def service_urls(self) -> dict[str, str]:
         return {"vad": self.vad_url, "stt": self.stt_url, "llm": self.llm_url, "tts": self.tts_url}

@@ -137,8 +137,26 @@ class FakeLlm(FakeStream):
             self.running = None
             self.emit(self.hub.llm_error.model_copy(update={"id": gid}))
             return
+        request = self.sent[-1]
+        choice = request.get("tool_choice")
+        if isinstance(choice, dict):  # a named function: the call, as the embedded model makes it
+            name = choice["function"]["name"]
+            call = llm.ToolCall(id=f"call_{gid}", function=llm.FunctionCall(
+                name=name, arguments=self.hub.tool_arguments.get(name, "{}")))
+            await asyncio.sleep(self.hub.token_delay)
+            self.emit(llm.ToolCallEvent(id=gid, call=call))
+            self.running = None
+            self.emit(llm.Done(id=gid, message=llm.Message(role="assistant", content="", tool_calls=[call]),
+                               model="fake", provider="fake", finish_reason="tool_calls",
+                               timings=llm.Timings(total_ms=1.0),
+                               usage=llm.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)))
+            return
+        text = self.hub.reply
+        last = request["messages"][-1]
+        if last["role"] == "tool":  # answer with the result, so a test sees it reached the model
+            text = self.hub.tool_reply.format(result=last["content"])
         out = ""
-        for i, word in enumerate(self.hub.reply.split(" ")):
+        for i, word in enumerate(text.split(" ")):
             await asyncio.sleep(self.hub.token_delay)
             delta = word if i == 0 else " " + word
             out += delta
@@ -219,6 +237,10 @@ class FakeHub:
         self.ms_per_word = ms_per_word
         self.down: set[str] = set()
         self.llm_error: ErrorEvent | None = None  # the LLM answers every generation with this error
+        # Tool calls: a generation whose tool_choice names a function calls it with these arguments (JSON
+        # text by name, else {}); the generation after a result says tool_reply with the result in it.
+        self.tool_arguments: dict[str, str] = {}
+        self.tool_reply = "Here it is: {result}."
         self.streams: dict[str, list[FakeStream]] = {}
 
     def factories(self) -> dict:

@@ -43,7 +43,7 @@ async def voice_ws(ws: WebSocket) -> None:
 
     turn_latency = app.state.turn_latency
     session = Session(send=send, store=app.state.store, settings=app.state.settings,
-                      factories=app.state.factories,
+                      factories=app.state.factories, toolbox=app.state.toolbox,
                       conversation_id=ws.query_params.get("conversation_id") or None,
                       observe=lambda stage, s: turn_latency.labels(stage).observe(s))
     # Counted from here, with no await since the capacity check: two pages cannot take the last place.

@@ -215,6 +215,28 @@ class Audio(Event):
     duration_ms: float
 
 
+class ToolCall(Event):
+    """The assistant calls a tool during the turn (shown while it runs); ``tool_result`` follows."""
+
+    type: Literal["tool_call"] = "tool_call"
+    turn: int
+    id: str = Field(description="The call's id (a ``tool`` message in the history answers it).")
+    name: str
+    arguments: dict[str, Any] | str = Field(description="The arguments the model wrote (its text when "
+                                            "they are not a JSON object).")
+
+
+class ToolResult(Event):
+    """A tool call's outcome; its result goes back to the LLM and the reply continues."""
+
+    type: Literal["tool_result"] = "tool_result"
+    turn: int
+    id: str
+    name: str
+    ok: bool
+    result: str = Field(description="What the tool answered (shortened to 300 characters).")
+
+
 class AudioEnd(Event):
     type: Literal["audio_end"] = "audio_end"
     turn: int
@@ -330,7 +352,7 @@ class Pong(Event):
 
 ServerEvent = Annotated[
     Hello | Notice | State | Services | AudioFormat | SpeechStarted | SpeechEnded | Partial | NoSpeech
-    | Transcript | ReplyStart | ReplyDelta | Audio | AudioEnd | Latency | ReplyEnd | PausePlayback | ResumePlayback
+    | Transcript | ReplyStart | ReplyDelta | ToolCall | ToolResult | Audio | AudioEnd | Latency | ReplyEnd | PausePlayback | ResumePlayback
     | StopPlayback | Interrupted
     | SessionError | Conversation | ConversationCreated | ConfigApplied | Pong,
     Field(discriminator="type")]

@@ -1,0 +1,360 @@
+"""Tools in a conversation (issue 13, section 2): the built-ins, the choice of tools per turn, and the
+call -> result -> spoken answer sequence, its cancel and its history, with the fakes of the four services
+and a real local HTTP server for the webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from datetime import datetime
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from rvchat_app.app import create_app
+from rvchat_app.history import History, chat_messages
+from rvchat_app.settings import Settings
+from rvchat_app.tools import Toolbox, calculate, parse_duration, parse_webhooks
+from rvchat_app.testing import FakeHub
+from rvchat_common.protocol import llm, page
+from rvchat_common.testing import ThreadServer
+
+from .test_session import make, store  # noqa: F401 (the fixture)
+
+
+# ----------------------------------------------------------------------------- the built-ins
+@pytest.mark.parametrize(("text", "value"), [
+    ("12 * 7", 84), ("12 times 7", 84), ("What is 12 times 7?", 84), ("twelve times seven", 84),
+    ("(3 + 4) / 2", 3.5), ("2 ** 10", 1024), ("10 divided by 4", 2.5), ("square root of 144", 12),
+    ("-5 + 2", -3), ("1,000 plus 1", 1001), ("15 percent of 200", 30),
+])
+def test_calculator(text, value):
+    assert calculate(text) == value
+
+
+@pytest.mark.parametrize("text", [
+    "__import__('os').system('id')", "().__class__", "2 ** 100000", "1 / 0", "hello", "", "open('x')",
+])
+def test_calculator_refuses_what_is_not_arithmetic(text):
+    with pytest.raises((ValueError, SyntaxError)):
+        calculate(text)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("5 minutes", 300), ("in 2 hours", 7200), ("90 seconds", 90), ("half an hour", 1800), ("1h30m", 5400),
+    ("remind me in five minutes to stretch", 300), ("30", 30),
+])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_routing_for_the_embedded_model_and_auto_for_a_remote_one():
+    box = Toolbox(webhooks=parse_webhooks(json.dumps([{
+        "name": "get_weather", "url": "http://127.0.0.1:9/", "keywords": ["weather"],
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}])))
+    named = {"What time is it?": "get_current_time", "what's the date today": "get_current_time",
+             "What is 12 times 7?": "calculate", "how much is 3 + 4": "calculate",
+             "Remind me in 5 minutes to check the oven": "set_timer", "set a timer for 10 minutes": "set_timer",
+             "What's the weather in Paris?": "get_weather"}
+    for text, name in named.items():
+        choice = box.choose(text)
+        assert choice["tool_choice"].function == {"name": name}, text
+        assert [t.function.name for t in choice["tools"]] == [name]
+    for text in ("Tell me a joke.", "Who wrote Hamlet?", "I have 2 cats", "Take your time."):
+        assert box.choose(text) == {}, text  # no tools at all: the embedded model's auto never calls
+    box.provider = "ollama"
+    choice = box.choose("Tell me a joke.")
+    assert choice["tool_choice"] == "auto"
+    assert {t.function.name for t in choice["tools"]} == {"get_current_time", "calculate", "set_timer",
+                                                         "get_weather"}
+    assert Toolbox(enabled=False).choose("What time is it?") == {}
+    assert Toolbox(builtins=["calculator"]).choose("What time is it?") == {}
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    ("not json", "not JSON"), ('[{"name": "x"}]', "url"), ('[{"name": "bad name!", "url": "http://a"}]', "name"),
+    ('[{"name": "calculate", "url": "http://a"}]', "built-in"), ('"a string"', "list"),
+    ('[{"name": "a", "url": "http://a"}, {"name": "a", "url": "http://b"}]', "same name"),
+    ('[{"name": "a", "url": "ftp://a"}]', "url"),
+])
+def test_bad_webhook_settings_say_what_is_wrong(raw, words):
+    with pytest.raises(ValueError, match=words):
+        Settings(tools_webhooks=raw)
+
+
+def test_the_time_tool_uses_app_timezone():
+    box = Toolbox(timezone="Asia/Tokyo")
+    call = llm.ToolCall(id="c1", function=llm.FunctionCall(name="get_current_time", arguments="{}"))
+    result = asyncio.run(box.run(call, _ctx()))
+    from zoneinfo import ZoneInfo
+
+    now = datetime.now(ZoneInfo("Asia/Tokyo"))
+    assert result.ok and f"{now:%H}:" in result.content and now.strftime("%A") in result.content
+    with pytest.raises(ValueError, match="time zone"):
+        Settings(timezone="Mars/Olympus")
+
+
+def _ctx():
+    from rvchat_app.tools import Context
+
+    return Context()
+
+
+# ----------------------------------------------------------------------------- history shapes
+def test_history_sends_calls_in_openai_shape_and_drops_halves_cut_by_the_window():
+    call = {"id": "c1", "type": "function", "function": {"name": "calculate", "arguments": "{}"}}
+    rows = [
+        {"role": "user", "content": "12 times 7?", "meta": None},
+        {"role": "assistant", "content": "", "meta": {"tool_calls": [call]}},
+        {"role": "tool", "content": "12 * 7 = 84", "meta": {"tool_call_id": "c1", "name": "calculate"}},
+        {"role": "assistant", "content": "It is 84.", "meta": None},
+    ]
+    assert chat_messages(rows) == [
+        {"role": "user", "content": "12 times 7?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "12 * 7 = 84"},
+        {"role": "assistant", "content": "It is 84."}]
+    # A window that starts at the result, or a call never answered (cancelled), leaves them out.
+    assert chat_messages(rows[2:]) == [{"role": "assistant", "content": "It is 84."}]
+    assert chat_messages(rows[:2]) == [{"role": "user", "content": "12 times 7?"}]
+    # Every message passes the LLM protocol's own checks.
+    for m in chat_messages(rows):
+        llm.Message.model_validate(m)
+
+
+# ----------------------------------------------------------------------------- a turn with a call
+async def _text_turn(store_, hub, text, toolbox=None, **settings):
+    session, pg = await make(store_, hub, **settings)
+    session.tools = toolbox or Toolbox()
+    await session.on_event(page.Text(text=text, voice=False))
+    return session, pg
+
+
+async def test_call_result_and_answer_in_one_turn_kept_in_history(store):
+    hub = FakeHub()
+    hub.tool_arguments["calculate"] = json.dumps({"expression": "12 * 7"})
+    session, pg = await _text_turn(store, hub, "What is 12 times 7?")
+    try:
+        end = await pg.wait("reply_end")
+        types = pg.types()
+        assert types.index("reply_start") < types.index("tool_call") < types.index("tool_result") \
+            < types.index("reply_delta") < types.index("reply_end")
+        assert pg.of("tool_call")[0] | {"id": None} == {"type": "tool_call", "turn": 1, "id": None,
+                                                       "name": "calculate", "arguments": {"expression": "12 * 7"}}
+        result = pg.of("tool_result")[0]
+        assert result["ok"] and result["result"] == "12 * 7 = 84"
+        assert end["text"] == "Here it is: 12 * 7 = 84."
+        gens = hub.last("llm").calls("generate")
+        assert gens[0]["tool_choice"] == {"type": "function", "function": {"name": "calculate"}}
+        assert [t["function"]["name"] for t in gens[0]["tools"]] == ["calculate"]
+        # The result went back in OpenAI's shape, and the embedded model answers with no tools offered.
+        assert [m["role"] for m in gens[1]["messages"]] == ["user", "assistant", "tool"]
+        assert gens[1]["messages"][2] == {"role": "tool", "tool_call_id": result["id"], "content": "12 * 7 = 84"}
+        assert "tools" not in gens[1]
+        conv = await store.get_conversation(session.conversation_id)
+        assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+            ("user", "What is 12 times 7?"), ("assistant", ""), ("tool", "12 * 7 = 84"),
+            ("assistant", "Here it is: 12 * 7 = 84.")]
+        # The next turn's context has them too.
+        hub.reply = "Sure."
+        await session.on_event(page.Text(text="Thanks!", voice=False))
+        await pg.wait("reply_end", count=2)
+        ctx = hub.last("llm").calls("generate")[-1]["messages"]
+        assert [m["role"] for m in ctx] == ["user", "assistant", "tool", "assistant", "user"]
+        assert ctx[1]["tool_calls"][0]["function"]["name"] == "calculate"
+    finally:
+        await session.close()
+
+
+async def test_spoken_turn_speaks_the_answer_after_the_call(store):
+    hub = FakeHub(transcript="What time is it?")
+    session, pg = await make(store, hub)
+    session.tools = Toolbox()
+    try:
+        await session.on_event(page.Text(text="What time is it?"))
+        await pg.wait("reply_end")
+        hour = datetime.now().astimezone().strftime("%H:")
+        assert hour in pg.of("tool_result")[0]["result"]
+        spoken = " ".join(e["text"] for e in pg.of("audio"))
+        assert hour in spoken and "Here it is" in spoken
+        tts = hub.last("tts")
+        assert len(tts.calls("flush")) == 1  # one spoken request: the call said nothing before itself
+    finally:
+        await session.close()
+
+
+class Webhook:
+    """A real HTTP server for webhook tools: records each request; ``delay`` holds the answer."""
+
+    def __init__(self) -> None:
+        self.app = FastAPI()
+        self.got: list[dict] = []
+        self.delay = 0.0
+        self.status = 200
+        self.finished = 0
+        self.started = threading.Event()
+
+        @self.app.post("/weather")
+        async def weather(request: Request):
+            body = await request.json()
+            self.got.append(body)
+            self.started.set()
+            await asyncio.sleep(self.delay)
+            self.finished += 1
+            from fastapi.responses import JSONResponse
+
+            return JSONResponse({"city": body.get("city"), "forecast": "sunny, 21 C"}, status_code=self.status)
+
+
+def _weather_toolbox(url: str, timeout_s: float = 5) -> Toolbox:
+    return Toolbox(webhooks=parse_webhooks(json.dumps([{
+        "name": "get_weather", "description": "The weather in a city", "url": f"{url}/weather",
+        "timeout_s": timeout_s, "keywords": ["weather"],
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}])))
+
+
+async def test_webhook_tool_posts_the_arguments_and_its_answer_is_the_result(store):
+    hook = Webhook()
+    with ThreadServer(hook.app) as server:
+        hub = FakeHub()
+        hub.tool_arguments["get_weather"] = '{"city": "Paris"}'
+        session, pg = await _text_turn(store, hub, "What's the weather in Paris?", _weather_toolbox(server.url))
+        try:
+            end = await pg.wait("reply_end")
+            assert hook.got == [{"city": "Paris"}]
+            assert json.loads(pg.of("tool_result")[0]["result"]) == {"city": "Paris", "forecast": "sunny, 21 C"}
+            assert "sunny" in end["text"]
+        finally:
+            await session.close()
+
+
+@pytest.mark.parametrize("failure", ["status", "timeout", "unreachable"])
+async def test_a_failing_webhook_is_a_result_saying_so_not_a_failed_turn(store, failure):
+    hook = Webhook()
+    with ThreadServer(hook.app) as server:
+        hook.status = 500 if failure == "status" else 200
+        hook.delay = 2.0 if failure == "timeout" else 0.0
+        url = "http://127.0.0.1:9" if failure == "unreachable" else server.url
+        hub = FakeHub()
+        hub.tool_arguments["get_weather"] = '{"city": "Paris"}'
+        session, pg = await _text_turn(store, hub, "weather in Paris?", _weather_toolbox(url, timeout_s=0.5))
+        try:
+            end = await pg.wait("reply_end")
+            result = pg.of("tool_result")[0]
+            assert not result["ok"]
+            assert {"status": "HTTP 500", "timeout": "did not answer within 0.5 s",
+                    "unreachable": "could not be reached"}[failure] in result["result"]
+            assert "error" not in end and end["text"].startswith("Here it is: Error:")
+            assert not pg.of("error")
+        finally:
+            await session.close()
+
+
+async def test_interrupting_cancels_the_webhook_in_flight(store):
+    hook = Webhook()
+    hook.delay = 5.0
+    with ThreadServer(hook.app) as server:
+        hub = FakeHub()
+        hub.tool_arguments["get_weather"] = '{"city": "Oslo"}'
+        session, pg = await _text_turn(store, hub, "What's the weather in Oslo?", _weather_toolbox(server.url))
+        try:
+            await pg.wait("tool_call")
+            await asyncio.get_running_loop().run_in_executor(None, hook.started.wait, 5)
+            await session.on_event(page.Interrupt())
+            await pg.wait("interrupted")
+            assert not pg.of("tool_result")
+            await asyncio.sleep(0.3)
+            # The request was dropped (the server's handler never finished answering us) and no answer was asked.
+            assert hook.finished == 0
+            assert len(hub.last("llm").calls("generate")) == 1
+            conv = await store.get_conversation(session.conversation_id)
+            assert [m["role"] for m in conv["messages"]] == ["user"]  # a call never answered is not kept
+            assert session.reply.ended
+            # The session goes on: the next turn answers.
+            await session.on_event(page.Text(text="Never mind. Hello!", voice=False))
+            end = await pg.wait("reply_end", count=1)
+            assert end["text"] == hub.reply
+        finally:
+            await session.close()
+
+
+async def test_a_timer_speaks_its_reminder_when_due(store):
+    hub = FakeHub()
+    hub.tool_arguments["set_timer"] = json.dumps({"duration": "1 second", "message": "check the oven"})
+    session, pg = await _text_turn(store, hub, "Remind me in 1 second to check the oven")
+    try:
+        await pg.wait("reply_end")
+        assert "Timer set for 1 second" in pg.of("tool_result")[0]["result"]
+        notice = await pg.wait("notice", timeout=5)
+        assert notice["message"] == "Reminder: check the oven"
+        end = await pg.wait("reply_end", count=2, timeout=5)
+        assert end["text"] == "Reminder: check the oven."
+        assert len(hub.last("llm").calls("generate")) == 2  # the reminder is said without the LLM
+        conv = await store.get_conversation(session.conversation_id)
+        assert conv["messages"][-1]["content"] == "Reminder: check the oven."
+    finally:
+        await session.close()
+
+
+async def test_a_timer_due_after_the_page_left_is_kept_in_the_history(store):
+    hub = FakeHub()
+    hub.tool_arguments["set_timer"] = json.dumps({"duration": "1 second", "message": "call Sam"})
+    box = Toolbox()
+    session, pg = await _text_turn(store, hub, "Remind me in 1 second to call Sam", box)
+    await pg.wait("reply_end")
+    cid = session.conversation_id
+    await session.close()
+    await asyncio.sleep(1.4)
+    conv = await store.get_conversation(cid)
+    assert conv["messages"][-1]["content"] == "Reminder: call Sam"
+    assert conv["messages"][-1]["source"] == "reminder"
+    await box.close()
+
+
+async def test_no_tools_when_the_words_ask_for_none_or_tools_are_off(store):
+    hub = FakeHub()
+    session, pg = await _text_turn(store, hub, "Tell me about Paris.")
+    try:
+        await pg.wait("reply_end")
+        assert "tools" not in hub.last("llm").calls("generate")[0]
+        session.tools = None  # APP_TOOLS=false
+        await session.on_event(page.Text(text="What time is it?", voice=False))
+        await pg.wait("reply_end", count=2)
+        assert "tools" not in hub.last("llm").calls("generate")[-1]
+        assert not pg.of("tool_call")
+    finally:
+        await session.close()
+
+
+def test_api_message_uses_the_same_tools(tmp_path):
+    hub = FakeHub()
+    hub.tool_arguments["calculate"] = json.dumps({"expression": "12 * 7"})
+    settings = Settings(db_path=str(tmp_path / "h.sqlite3"))
+    with TestClient(create_app(settings, factories=hub.factories())) as c:
+        r = c.post("/api/message", json={"text": "What is 12 times 7?"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["text"] == "Here it is: 12 * 7 = 84."
+        assert body["tool_calls"] == [{"id": body["tool_calls"][0]["id"], "name": "calculate",
+                                       "arguments": {"expression": "12 * 7"}, "ok": True, "result": "12 * 7 = 84"}]
+        conv = c.get(f"/api/conversations/{body['conversation_id']}").json()
+        assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "tool", "assistant"]
+    with TestClient(create_app(Settings(db_path=str(tmp_path / "o.sqlite3"), tools=False),
+                               factories=hub.factories())) as c:
+        body = c.post("/api/message", json={"text": "What is 12 times 7?"}).json()
+        assert "tool_calls" not in body and "tools" not in hub.last("llm").calls("generate")[-1]
+
+
+async def test_history_context_of_a_reopened_conversation(store):
+    """A new session's context (another page, or after a restart) has the calls in OpenAI's shape."""
+    history = History(store, 8)
+    await history.add_user("12 times 7?", "text")
+    call = {"id": "c9", "type": "function", "function": {"name": "calculate", "arguments": "{}"}}
+    await history.add_tool_messages([{"role": "assistant", "content": "", "tool_calls": [call]},
+                                     {"role": "tool", "tool_call_id": "c9", "name": "calculate",
+                                      "content": "84"}], "text")
+    await history.add_assistant("84.", source="text")
+    again = History(store, 8, history.conversation_id)
+    assert [m["role"] for m in await again.context()] == ["user", "assistant", "tool", "assistant"]
