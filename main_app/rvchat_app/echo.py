@@ -36,8 +36,11 @@ in bench/results/echo.md).
 from __future__ import annotations
 
 import collections
+import logging
 
 import numpy as np
+
+log = logging.getLogger("rvchat.app.echo")
 
 RATE = 16000
 HOP = 256  # 16 ms: the frame step, and the residual's delay behind the mic
@@ -48,6 +51,8 @@ SEARCH_BINS = slice(4, 193)
 SEARCH_FRAMES = 125  # 2 s of frames in one delay search
 SEARCH_EVERY = 8  # frames between searches (128 ms)
 SEARCH_MIN_ACTIVE = 30  # frames of reference (~0.5 s) before a search can be trusted
+JITTER_EARLY, JITTER_LATE = 2, 4
+PAGE_LEAD_S = 0.03  # static/player.js LEAD_S: a chunk that finds the queue empty plays this long after it arrives
 TAIL_FRAMES = 6  # reverberation kept after the echo's direct path: ~100 ms
 TAIL_DECAY = 0.5  # per frame (-3 dB / 16 ms: a room of RT60 ~0.3 s)
 GAIN_STEP_DB = 1.0  # the gain trackers move by at most this a frame
@@ -110,7 +115,7 @@ class EchoGuard:
         self._ref_base = 0
         self._ref_until = 0  # the last reference sample placed (mic clock)
         self._held: list[np.ndarray] | None = None  # playback paused: the reference waiting to play
-        depth = self.max_delay + TAIL_FRAMES + 2
+        depth = self.max_delay + JITTER_LATE + TAIL_FRAMES + 2
         self._ref_pow = np.zeros((depth, BINS))  # [k] = reference power spectrum k frames ago
         width = SEARCH_BINS.stop - SEARCH_BINS.start
         self._ref_log = np.full((SEARCH_FRAMES + self.max_delay, width), np.log10(REF_FLOOR))
@@ -128,15 +133,16 @@ class EchoGuard:
         self.echo_frames = 0  # frames in which an echo was expected (for the bench)
 
     # ------------------------------------------------------------------ the reference
-    def far(self, pcm: np.ndarray, play_at: float) -> None:
-        """Reply audio (float32 at 16 kHz) that the page plays from server time ``play_at`` on
-        (while playback is paused: after what is already waiting, whenever it resumes)."""
+    def far(self, pcm: np.ndarray, sent_at: float) -> None:
+        """Reply audio (float32 at 16 kHz) sent to the page at server time ``sent_at``. It plays as the
+        page's player plays it: right after what is queued, or ``PAGE_LEAD_S`` after it arrives if
+        nothing is (while playback is paused: after what waits, whenever it resumes)."""
         if self.offset is None or pcm.size == 0:
             return  # no mic yet: nothing to guard
         if self._held is not None:
             self._held.append(pcm)
             return
-        pos = round((play_at - self.offset) * RATE)
+        pos = max(round((sent_at + PAGE_LEAD_S - self.offset) * RATE), self._ref_until)
         end = pos + pcm.size
         first_kept = self.samples - WIN
         if end <= first_kept:
@@ -258,13 +264,18 @@ class EchoGuard:
             echo = self._start_gain * window.max(axis=0)
         else:
             d = self.delay
+            # The gain is learnt at the delay found (+-1 frame) ...
             near = self._ref_pow[max(0, d - 1): d + 2].max(axis=0)
             tail = self._ref_pow[d + 2: d + 2 + TAIL_FRAMES]
             if tail.size:
                 decay = TAIL_DECAY ** np.arange(1, tail.shape[0] + 1)[:, None]
                 near = np.maximum(near, (tail * decay).max(axis=0))
             self._aligned.update(mic_pow, near, near > REF_FLOOR)
-            echo = self._aligned.power * near
+            # ... and applied to the loudest reference of a wider span: each time the page's player runs dry
+            # and starts again it adds its lead, and the network its jitter, so a sentence's echo can come
+            # tens of ms off the delay found so far (the search needs ~0.3 s to follow it).
+            around = self._ref_pow[max(0, d - JITTER_EARLY): d + JITTER_LATE + 1].max(axis=0)
+            echo = self._aligned.power * np.maximum(near, around)
         residual = mic_pow - self.margin * echo
         return np.sqrt(np.clip(residual / (mic_pow + 1e-12), 0.0, 1.0))
 
@@ -279,7 +290,9 @@ class EchoGuard:
         self._ref_active[ref_at] = active
         if self.delay is None and not self.no_echo and active:
             self._searched += 1
-            self.no_echo = self._searched >= NO_ECHO_AFTER
+            if self._searched == NO_ECHO_AFTER:
+                self.no_echo = True
+                log.info("echo guard: no echo of the reply in the mic; standing aside")
         if self._frames % SEARCH_EVERY:
             return
         # Oldest first: mic frames t = 0..N-1, reference frames t = 0..N+K-1 (the last N are the mic's).
@@ -308,9 +321,14 @@ class EchoGuard:
         if best < self.min_correlation or (others and best - max(others) < 0.05):
             return  # no echo, or no clear delay (yet)
         if self.delay is None or abs(best_k - self.delay) <= 1:
+            if self.delay is None:
+                log.info("echo guard: the reply's echo is %d ms late (correlation %.2f)", best_k * HOP * 1000 // RATE,
+                         best)
             self.delay, self._candidate, self.no_echo = best_k, None, False
         elif self._candidate is not None and abs(best_k - self._candidate) <= 1:
             # A new delay seen twice in a row (the page's buffering changed): follow it.
+            log.info("echo guard: the echo moved from %d to %d ms late", self.delay * HOP * 1000 // RATE,
+                     best_k * HOP * 1000 // RATE)
             self.delay, self._candidate = best_k, None
             self._aligned = _GainTracker(self._start_gain_db, ALIGNED_QUANTILE, GAIN_STEP_DB)
         else:

@@ -315,7 +315,7 @@ def guarded(mic: np.ndarray, reply: np.ndarray, reply_start: int, guard) -> np.n
     for i in range(len(pcm) // (2 * FRAME)):
         out.append(guard.near(pcm[i * 2 * FRAME:(i + 1) * 2 * FRAME], (i + 1) * FRAME / RATE))
         if i == 0:
-            guard.far(reply.astype(np.float32), reply_start / RATE)
+            guard.far(reply.astype(np.float32), reply_start / RATE - PLAYER_LEAD_S)  # sent just before
     res = np.frombuffer(b"".join(out), dtype="<i2").astype(np.float32) / 32768.0
     res = res[guard.latency:]
     return np.concatenate([res, np.zeros(mic.size - res.size, np.float32)])

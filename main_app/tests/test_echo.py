@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rvchat_app.echo import HOP, EchoGuard
+from rvchat_app.echo import HOP, PAGE_LEAD_S, EchoGuard
 from rvchat_app.loopback import RATE, Room, guarded, through_room
 from rvchat_app.testing import load_pcm16
 from rvchat_common.testing import speech_sample
@@ -100,7 +100,7 @@ def test_a_stopped_reply_no_longer_masks_the_user():
         t = (i + 1) * 320 / RATE
         out.append(guard.near(pcm[i * 640:(i + 1) * 640], t))
         if i == 0:
-            guard.far(reply, start / RATE)  # the whole reply was sent ahead of time
+            guard.far(reply, start / RATE - PAGE_LEAD_S)  # the whole reply, sent as it starts
         if abs(t - stop_s) < 0.01:
             guard.stop(t)
     res = np.frombuffer(b"".join(out), dtype="<i2").astype(np.float32)[HOP:] / 32768.0
@@ -126,7 +126,7 @@ def test_pause_and_resume_move_the_reference():
         t = (i + 1) * 320 / RATE
         out.append(guard.near(pcm[i * 640:(i + 1) * 640], t))
         if i == 0:
-            guard.far(reply, start / RATE)
+            guard.far(reply, start / RATE - PAGE_LEAD_S)
         if abs(t - pause_s) < 0.01:
             guard.pause(t)
         if abs(t - resume_s) < 0.01:
