@@ -288,3 +288,40 @@ async def wyoming_transcribe(port: int, pcm16: bytes, rate: int = 16000, languag
         await client.write_event(AudioStop().event())
         last = (await wyoming_events(client, {"transcript"}))[-1]
         return {**last.data, "error": True} if last.type == "error" else last.data
+
+
+def wyoming_hostile_events(types: list[str], fields: list[str]) -> list:
+    """Well-framed Wyoming events with wrong, missing, huge and odd values, for a hostile sweep: each
+    type with no data, then each field set to each bad value, then with odd and random audio."""
+    from wyoming.event import Event
+
+    values: list[object] = [None, 0, -1, 2 ** 63, 1e308, True, "", "x" * 20000, "é 中 🙂",
+                            [], {}, [1, "a"], {"name": 5, "language": [], "text": {}}]
+    rng = __import__("random").Random(0)
+    events = []
+    for kind in types:
+        events.append(Event(kind, {}))
+        events += [Event(kind, {field: value}) for field in fields for value in values]
+        fmt = {"rate": 16000, "width": 2, "channels": 1}
+        events.append(Event(kind, fmt, payload=b"\1" * 3))
+        events.append(Event(kind, fmt, payload=rng.randbytes(3200)))
+    return events
+
+
+async def wyoming_sweep(port: int, events: list, host: str = "127.0.0.1") -> list[dict]:
+    """Send each event on one connection, with a ``ping`` after it as a barrier; the error events
+    the service answered. The service closing the connection is an AssertionError."""
+    from wyoming.client import AsyncTcpClient
+    from wyoming.ping import Ping
+
+    errors = []
+    async with AsyncTcpClient(host, port) as client:
+        for event in events:
+            await client.write_event(event)
+            await client.write_event(Ping().event())
+            while True:
+                got = (await wyoming_events(client, {"pong"}))[-1]
+                if got.type == "pong":
+                    break
+                errors.append({**got.data, "after": event.type})
+    return errors

@@ -185,8 +185,12 @@ class SttWyoming:
             self.language = self.app.state.engine.check_language(language)
         except ValueError as exc:
             raise WyomingError("unsupported_language", str(exc)) from None
-        bias = [t for key in ("transcript_names", "transcript_terms")
-                for t in (data.get(key) or []) if isinstance(t, str) and t.strip()]
+        bias = []
+        for key in ("transcript_names", "transcript_terms"):
+            items = data.get(key)
+            if items is not None and not (isinstance(items, list) and all(isinstance(t, str) for t in items)):
+                raise WyomingError("invalid_event", f"{key} must be a list of strings")
+            bias += [t for t in items or [] if t.strip()]
         self.prompt = ", ".join(t.strip() for t in bias)[:MAX_PROMPT_CHARS] or None
 
     def _session(self) -> SttSession:

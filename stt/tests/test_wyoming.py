@@ -25,6 +25,8 @@ from rvchat_common.testing import (
     speech_sample,
     wer,
     wyoming_events,
+    wyoming_hostile_events,
+    wyoming_sweep,
     wyoming_transcribe,
 )
 
@@ -267,3 +269,17 @@ async def test_sigterm_waits_for_the_command_being_spoken():
         assert await asyncio.to_thread(proc.proc.wait, 30) in (0, -signal.SIGTERM)  # type: ignore[union-attr]
     finally:
         proc.stop()
+
+
+async def test_hostile_sweep_never_breaks_a_connection_or_the_service(stt):
+    """Every STT event (and TTS's) with wrong, missing, huge and odd values: each answered or
+    ignored, never an internal error, never a dropped connection."""
+    events = wyoming_hostile_events(
+        ["transcribe", "audio-start", "audio-chunk", "audio-stop", "describe", "synthesize"],
+        ["language", "name", "rate", "width", "channels", "transcript_names", "timestamp"])
+    errors = await wyoming_sweep(stt.wyoming_port, events)
+    assert errors and all(isinstance(e.get("code"), str) and e.get("text") for e in errors)
+    assert not [e for e in errors if e["code"] == "internal_error"], errors
+    assert httpx.get(stt.url + "/readyz", timeout=10).status_code == 200
+    result = await wyoming_transcribe(stt.wyoming_port, pcm16("mfa_english_slow.wav"))
+    assert wer(MANIFEST["mfa_english_slow.wav"]["text"], result["text"]) <= MAX_WER

@@ -16,7 +16,15 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
-from rvchat_common.testing import ServiceProcess, free_port, normalise, wyoming_events, wyoming_transcribe
+from rvchat_common.testing import (
+    ServiceProcess,
+    free_port,
+    normalise,
+    wyoming_events,
+    wyoming_hostile_events,
+    wyoming_sweep,
+    wyoming_transcribe,
+)
 
 from .conftest import spoken_wer
 
@@ -225,3 +233,18 @@ async def test_sigterm_finishes_the_stream_in_flight_then_closes():
         pytest.fail(f"TTS did not exit after SIGTERM:\n{proc.log_tail()}")
     finally:
         proc.stop()
+
+
+async def test_hostile_sweep_never_breaks_a_connection_or_the_service(tts):
+    """Every TTS event (and STT's) with wrong, missing, huge and odd values: each answered or
+    ignored, never an internal error, never a dropped connection."""
+    events = wyoming_hostile_events(
+        ["synthesize", "synthesize-start", "synthesize-chunk", "synthesize-stop", "describe", "audio-chunk"],
+        ["text", "voice", "text_format", "context"])
+    errors = await wyoming_sweep(tts.wyoming_port, events)
+    assert errors and all(isinstance(e.get("code"), str) and e.get("text") for e in errors)
+    assert not [e for e in errors if e["code"] == "internal_error"], errors
+    assert httpx.get(tts.url + "/readyz", timeout=10).status_code == 200
+    async with client(tts) as c:
+        await c.write_event(Synthesize(text="All good.").event())
+        assert audio_of(await wyoming_events(c, {"audio-stop"}))[0]
