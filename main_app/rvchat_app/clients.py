@@ -15,6 +15,7 @@ replica that just failed; a session keeps the replica it got until its connectio
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -26,7 +27,7 @@ import websockets
 from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection, connect
 
-from rvchat_common.protocol import Event, ProtocolError, dump, llm, parse, stt, tts, vad
+from rvchat_common.protocol import ErrorEvent, Event, ProtocolError, dump, llm, parse, stt, tts, vad
 
 log = logging.getLogger("rvchat.app.clients")
 
@@ -275,11 +276,43 @@ class SttStream(ServiceStream):
 
 
 class LlmStream(ServiceStream):
-    """Token streaming: ``generate`` -> start, delta..., done | cancelled."""
+    """Token streaming: ``generate`` -> start, delta..., done | cancelled; and ``eou`` -> the probability that
+    the user's words are finished, answered beside the generation (its answers never reach ``events()``'s
+    reader, which is the reply's)."""
 
     name = "llm"
     expects_ready = False  # the LLM protocol has no greeting: the socket is usable once open
     server_events = llm.server_events
+    EOU_PREFIX = "eou-"  # the ids of eou requests (generation ids are the service's hex)
+
+    def __init__(self, base_url: str | Replicas, api_key: str | None = None) -> None:
+        super().__init__(base_url, api_key)
+        self._eou: dict[str, asyncio.Future[float | None]] = {}
+        self._eou_ids = itertools.count(1)
+
+    async def eou(self, text: str) -> float | None:
+        """P(the user's message is finished after ``text``); None when the service cannot tell (no model,
+        an error). The caller bounds the wait; a late answer is dropped."""
+        rid = f"{self.EOU_PREFIX}{next(self._eou_ids)}"
+        future: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        self._eou[rid] = future
+        try:
+            await self.send_event(llm.Eou(id=rid, text=text))
+            return await future
+        finally:
+            self._eou.pop(rid, None)
+
+    async def events(self) -> AsyncIterator[Any]:
+        while True:
+            event = await self._next_event()
+            if isinstance(event, (llm.EouResult, ErrorEvent)) and (event.id or "").startswith(self.EOU_PREFIX):
+                future = self._eou.get(event.id or "")
+                if future is not None and not future.done():
+                    future.set_result(event.probability if isinstance(event, llm.EouResult) else None)
+                    if isinstance(event, ErrorEvent):
+                        log.info("llm: no end-of-utterance probability: %s", event.error.message)
+                continue
+            yield event
 
     async def generate(self, messages: list[dict], **options: Any) -> None:
         # The user's own words may be more tokens than the LLM's context holds (4,000 characters of

@@ -4,6 +4,12 @@ A fixed silence hold is either slow or rude: short, it cuts readers off at their
 reply waits for it. Here the hold follows the words of the utterance so far (the STT final of the
 speculative start, with the punctuation Whisper adds): short after a finished sentence, long after
 a comma, a dash or a word that promises more ("and", "because", "the"), in between otherwise.
+
+Whisper's punctuation is a weak witness: it closes half a sentence with a full stop at a pause ("And
+so my fellow American."), so the words rule held long at only 2 of 68 mid-sentence pauses its
+punctuation could see (bench/results/turns.md). With ``APP_TURN_END_EOU`` the LLM service's
+end-of-utterance probability (``POST /v1/eou``: the embedded model's next token after the words,
+their punctuation stripped) decides instead: :meth:`Holds.for_turn`.
 """
 
 from __future__ import annotations
@@ -53,6 +59,16 @@ class Holds:
     complete_ms: int
     unsure_ms: int
     incomplete_ms: int
+
+    def for_turn(self, text: str, eou: float | None, threshold: float) -> int:
+        """The hold for ``text`` given the end-of-utterance probability ``eou`` (None: unknown, the words
+        rule). Words that promise more (a comma, "and", "the") hold long whatever the model says; the
+        rest hold short when ``eou >= threshold`` and long below it."""
+        if eou is None:
+            return self.for_text(text)
+        if completeness(text) is Completeness.INCOMPLETE or eou < threshold:
+            return max(self.incomplete_ms, self.unsure_ms)
+        return min(self.complete_ms, self.unsure_ms)
 
     def for_text(self, text: str) -> int:
         kind = completeness(text)

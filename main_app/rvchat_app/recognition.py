@@ -24,7 +24,7 @@ from typing import Protocol
 from rvchat_common.audio import pcm16_to_float, resample
 from rvchat_common.protocol import ErrorEvent, page, stt, vad
 
-from .clients import Closed
+from .clients import Closed, ServiceClosed
 from .echo import EchoGuard
 from .endpointing import Holds
 from .links import Link, Links
@@ -54,6 +54,10 @@ class TurnHooks(Protocol):
 
     def speculating(self) -> bool:
         """A speculative reply is in progress (speech now means the user was only pausing)."""
+
+    async def on_turn_end_hold(self, commit_at: float) -> None:
+        """The speculative reply of the last end of turn may reach the page at ``commit_at`` (decided after
+        it started: the LLM's end-of-utterance probability)."""
 
     async def on_user_resumed(self) -> None:
         """Speech during a speculative reply: drop it (and carry its words over)."""
@@ -90,6 +94,7 @@ class TurnDetector:
         self._carry_text = ""  # an utterance the user continued before the reply was heard
         self._carry_message_id: int | None = None
         self._stt_lock = asyncio.Lock()
+        self._decisions = 0  # ends of turn so far: an end-of-utterance answer counts for the latest only
         self._tasks: set[asyncio.Task] = set()
 
     # ----------------------------------------------------------------- settings
@@ -338,12 +343,20 @@ class TurnDetector:
                 self._carry_text = text
                 await self.hooks.notify(page.Partial(text=text))
                 return
-            commit_at = None
+            commit_at, eou = None, None
             if pending.pop("speculative", None):
-                commit_at = pending["speech_end"] + self.holds().for_text(text) / 1000
+                holds = self.holds()
+                eou = self._ask_eou(text)
+                # Asking the LLM: the reply is prepared meanwhile and held for the longest silence until the
+                # answer (or the timeout) says which (see _decide_hold).
+                commit_at = pending["speech_end"] + (holds.for_turn(text, 0.0, 1.0) if eou is not None
+                                                     else holds.for_text(text)) / 1000
             replaces = self._carry_message_id
             self.clear_carry()
             await self.hooks.on_end_of_turn(text, pending, commit_at, replaces)
+            self._decisions += 1
+            if eou is not None:
+                self._spawn(self._decide_hold(eou, text, pending["speech_end"], self._decisions))
         elif isinstance(event, (ErrorEvent, Closed)):
             if self._pending is not None:
                 self._pending = None
@@ -351,6 +364,34 @@ class TurnDetector:
                 await self.hooks.notify(page.SessionError.upstream(
                     "stt", f"speech recognition failed: {msg}", "stt_failed"))
                 await self.hooks.on_user_state()
+
+    # ----------------------------------------------------------------- end of turn from the words
+    def _ask_eou(self, text: str) -> asyncio.Task[float | None] | None:
+        """Ask the LLM service how likely ``text`` is finished (None: not asked, the words rule decides)."""
+        llm = self.links.get("llm")
+        ask = getattr(llm.stream, "eou", None) if llm is not None and llm.up else None
+        if not self.settings.turn_end_eou or ask is None:
+            return None
+
+        async def asked() -> float | None:
+            try:
+                return await asyncio.wait_for(ask(text), self.settings.turn_end_eou_timeout_ms / 1000)
+            except (TimeoutError, ServiceClosed):
+                return None
+
+        return asyncio.create_task(asked())
+
+    async def _decide_hold(self, eou: asyncio.Task[float | None], text: str, speech_end: float,
+                           decision: int) -> None:
+        try:
+            p = await eou
+        finally:
+            eou.cancel()
+        if decision != self._decisions:  # a newer transcript decides (the user went on)
+            return
+        hold = self.holds().for_turn(text, p, self.settings.turn_end_eou_threshold)
+        log.info("turn end: end-of-utterance %s -> hold %d ms", "unknown" if p is None else f"{p:.2f}", hold)
+        await self.hooks.on_turn_end_hold(speech_end + hold / 1000)
 
     # ----------------------------------------------------------------- tasks
     def _spawn(self, coro) -> None:

@@ -260,6 +260,14 @@ class Session:
         reply = self.reply
         return reply is not None and reply.phase is Phase.SPECULATIVE and not reply.suspended
 
+    async def on_turn_end_hold(self, commit_at: float) -> None:
+        reply = self.reply
+        if reply is None or reply.phase is not Phase.SPECULATIVE:
+            return  # committed already (the answer came after its hold) or dropped
+        reply.commit_at = commit_at
+        if not reply.suspended:
+            self._spawn(self._commit_after(reply, commit_at - time.perf_counter()), f"commit-{reply.id}")
+
     async def on_user_resumed(self) -> None:
         if self.reply is not None and self.reply.phase is Phase.SPECULATIVE:
             self._suspend(self.reply)
@@ -472,6 +480,8 @@ class Session:
         await asyncio.sleep(max(0.0, delay))
         if self.reply is not reply or reply.phase is not Phase.SPECULATIVE or reply.suspended:
             return
+        if time.perf_counter() < reply.commit_at - 0.002:
+            return  # its hold grew since (on_turn_end_hold): a later commit is waiting
         reply.t["commit"] = time.perf_counter()
         reply.phase = Phase.COMMITTED
         await reply.playout.release()

@@ -70,6 +70,17 @@ class Settings(ServiceSettings):
         "comma or dash, 'and', 'because', 'the', a number being dictated); at least the turn-end silence. "
         "bench/results/turns.md: 900 ms cut 75 of 120 paused utterances off, 1200 ms 70, the fixed 500 ms 82; "
         "but every reply to words that end in a comma waits it (p90 voice-to-voice 1.16 s with 1200).")
+    turn_end_eou: bool = Field(
+        True, description="Decide the turn-end silence from the LLM service's end-of-utterance probability "
+        "(POST /v1/eou: the embedded model's chance that the user's words are finished): at least "
+        "APP_TURN_END_EOU_THRESHOLD, the complete hold; below, the incomplete hold; words that promise more "
+        "(a comma, 'and', 'the') hold long anyway. Off, unanswered in time or unsupported: Whisper's "
+        "punctuation decides alone (it ends half sentences with a full stop at a pause).")
+    turn_end_eou_threshold: float = Field(
+        0.2, ge=0, le=1, description="End-of-utterance probability from which the words count as finished.")
+    turn_end_eou_timeout_ms: int = Field(
+        300, ge=0, le=5000, description="Longest wait for the end-of-utterance probability after the "
+        "transcript (the reply is being prepared meanwhile); then the punctuation decides.")
     vad_min_speech_ms: int = Field(200, description="Default shortest speech that counts as a turn, in ms.")
     vad_speech_pad_ms: int = Field(30, description="Padding the VAD adds around speech, in ms.")
     barge_in_threshold: float = Field(

@@ -121,6 +121,7 @@ class FakeLlm(FakeStream):
         self.task: asyncio.Task | None = None
         self.gen = 0
         self.running: str | None = None
+        self.eou_asked: list[str] = []  # the texts of eou requests (not in sent: its last is the generate)
 
     async def generate(self, messages: list[dict], **options: Any) -> None:
         self._check()
@@ -166,6 +167,13 @@ class FakeLlm(FakeStream):
         self.emit(llm.Done(id=gid, message=llm.Message(role="assistant", content=out), model="fake",
                            provider="fake", finish_reason="stop", timings=llm.Timings(total_ms=1.0),
                            usage=llm.Usage(prompt_tokens=1, completion_tokens=n, total_tokens=n + 1)))
+
+    async def eou(self, text: str) -> float | None:
+        """The hub's end-of-utterance answer after its delay (None: the service cannot tell)."""
+        self._check()
+        self.eou_asked.append(text)
+        await asyncio.sleep(self.hub.eou_delay)
+        return self.hub.eou
 
     async def cancel(self) -> None:
         self._check()
@@ -241,6 +249,9 @@ class FakeHub:
         # text by name, else {}); the generation after a result says tool_reply with the result in it.
         self.tool_arguments: dict[str, str] = {}
         self.tool_reply = "Here it is: {result}."
+        # End of utterance: what the LLM answers an eou request, after eou_delay s (None: it cannot tell).
+        self.eou: float | None = None
+        self.eou_delay = 0.0
         self.streams: dict[str, list[FakeStream]] = {}
 
     def factories(self) -> dict:

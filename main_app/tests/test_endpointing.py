@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from rvchat_app.endpointing import Completeness, Holds, completeness
+from rvchat_app.session import Session
+from rvchat_app.settings import Settings
+from rvchat_app.store import Store
+from rvchat_app.testing import FakeHub, ScriptedUser, until
 
 
 @pytest.mark.parametrize("text,kind", [
@@ -35,3 +41,83 @@ def test_hold_is_short_after_a_finished_sentence_and_long_after_a_comma():
     # The page's turn-end silence bounds both ways: shorter than it never for unfinished words.
     assert Holds(complete_ms=300, unsure_ms=200, incomplete_ms=1200).for_text("Yes.") == 200
     assert Holds(complete_ms=300, unsure_ms=1500, incomplete_ms=1200).for_text("and,") == 1500
+
+
+# ---------------------------------------------------------------- the LLM's end-of-utterance probability
+def test_probability_decides_unless_the_words_promise_more():
+    holds = Holds(complete_ms=300, unsure_ms=500, incomplete_ms=1200)
+    # "And so my fellow American." reads finished to the words rule; the model says 0.04.
+    assert holds.for_turn("And so my fellow American.", 0.04, 0.2) == 1200
+    assert holds.for_turn("what time is it", 0.7, 0.2) == 300
+    assert holds.for_turn("What time is it?", 0.2, 0.2) == 300  # the threshold counts as finished
+    assert holds.for_turn("I would like to know,", 0.9, 0.2) == 1200  # a comma promises more
+    assert holds.for_turn("and the", 0.9, 0.2) == 1200
+    # Unknown (no answer in time, no model): the words rule.
+    assert holds.for_turn("What time is it?", None, 0.2) == holds.for_text("What time is it?") == 300
+    assert holds.for_turn("what time is it", None, 0.2) == 500
+    # The page's turn-end silence still bounds both ways.
+    assert Holds(complete_ms=300, unsure_ms=200, incomplete_ms=1200).for_turn("Yes", 0.9, 0.2) == 200
+    assert Holds(complete_ms=300, unsure_ms=1500, incomplete_ms=1200).for_turn("Yes", 0.1, 0.2) == 1500
+
+
+class Page:
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    async def send(self, event) -> None:
+        if not isinstance(event, bytes):
+            self.events.append(event.model_dump(mode="json"))
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def commit_ms(tmp_path, hub: FakeHub, **settings) -> float:
+    """One utterance over fakes (speculative start at 150 ms); how long after the speech ended its reply
+    reached the page (the latency event's commit_ms)."""
+    store = Store(str(tmp_path / "t.sqlite3"))
+    await store.open()
+    page = Page()
+    settings = {"speculative_silence_ms": 150, "vad_min_silence_ms": 400, "turn_end_complete_ms": 300,
+                "turn_end_incomplete_ms": 1200, "turn_end_eou_timeout_ms": 200, **settings}
+    session = Session(send=page.send, store=store, settings=Settings(db_path=":memory:", **settings),
+                      factories=hub.factories(), observe=lambda *_: None)
+    await session.start()
+    try:
+        for name in ("vad", "stt", "llm", "tts"):
+            await asyncio.wait_for(session.links[name].up_event.wait(), 2)
+        await ScriptedUser(session, hub).says(start=0.4, end=1.0)
+        await until(lambda: page.of("latency"), timeout=10, what="the reply's latency event")
+        return page.of("latency")[0]["commit_ms"]
+    finally:
+        await session.close()
+        await store.close()
+
+
+# The fake services answer in a few ms, so the commit comes right at the chosen hold; the bounds below
+# are 800 ms apart, so they tell the holds apart, not how fast anything ran.
+SHORT, LONG = (290, 1100), (1190, 5000)
+
+
+@pytest.mark.parametrize("transcript,eou,delay,expected", [
+    ("What is the capital of France?", 0.9, 0.0, SHORT),  # finished by both
+    ("And so my fellow American.", 0.04, 0.0, LONG),  # Whisper's full stop after half a sentence
+    ("tell me about the weather", 0.6, 0.0, SHORT),  # no punctuation: the model says finished
+    ("I would like to know,", 0.9, 0.0, LONG),  # a comma promises more, whatever the model says
+    ("What is the capital of France?", None, 0.0, SHORT),  # no model in the LLM service: the words rule
+    ("And so my fellow American.", 0.04, 3.0, SHORT),  # no answer within the timeout: the words rule
+])
+async def test_the_hold_follows_the_llm_probability(tmp_path, transcript, eou, delay, expected):
+    hub = FakeHub(transcript=transcript, token_delay=0.001)
+    hub.eou, hub.eou_delay = eou, delay
+    waited = await commit_ms(tmp_path, hub)
+    assert hub.last("llm").eou_asked == [transcript]
+    assert expected[0] <= waited < expected[1], waited
+
+
+async def test_off_the_llm_is_not_asked(tmp_path):
+    hub = FakeHub(transcript="And so my fellow American.", token_delay=0.001)
+    hub.eou = 0.01
+    waited = await commit_ms(tmp_path, hub, turn_end_eou=False)
+    assert hub.last("llm").eou_asked == []
+    assert SHORT[0] <= waited < SHORT[1], waited
