@@ -104,7 +104,7 @@ _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCS = {"sqrt": math.sqrt, "abs": abs, "round": round}
 _WORDS = [  # spoken operators, longest first
     (r"to the power of", "**"), (r"multiplied by", "*"), (r"divided by", "/"), (r"square root of", "sqrt "),
-    (r"percent of", "/100*"), (r"times", "*"), (r"plus", "+"), (r"minus", "-"), (r"over", "/"),
+    (r"percent of", "/100*"), (r"% of", "/100*"), (r"times", "*"), (r"plus", "+"), (r"minus", "-"), (r"over", "/"),
     (r"x", "*"), (r"×", "*"), (r"÷", "/"), (r"\^", "**"), (r"squared", "**2"), (r"cubed", "**3"),
 ]
 _NUMBER_WORDS = {w: i for i, w in enumerate(
@@ -223,6 +223,7 @@ _INTENTS = {
 class Result:
     ok: bool
     content: str
+    arguments: dict[str, Any] | None = None  # what the tool really used (the history keeps these)
 
 
 @dataclass
@@ -232,6 +233,9 @@ class Context:
 
     user_text: str = ""
     remind: Callable[[float, str], Awaitable[None]] | None = None
+    # The call was named by main_app for the embedded model, whose arguments are often not what was asked:
+    # where the user's words hold them (a sum, a duration), those win.
+    words_first: bool = False
 
 
 class Reminders:
@@ -334,17 +338,15 @@ class Toolbox:
     async def run(self, call: llm.ToolCall, ctx: Context) -> Result:
         """Run one call; any failure is a result that says so (the model tells the user)."""
         name = call.function.name
-        try:
-            args = json.loads(call.function.arguments or "{}")
-        except ValueError as exc:
-            return Result(False, f"Error: the arguments of {name} are not valid JSON ({exc}).")
-        if not isinstance(args, dict):
-            return Result(False, f"Error: the arguments of {name} are not a JSON object.")
+        args = _object(call.function.arguments)
         try:
             if name in self.webhooks:
+                if args is None:
+                    return Result(False, f"Error: the arguments of {name} are not a JSON object.", {})
                 return await self._webhook(self.webhooks[name], args)
+            args = args or {}
             if name == "get_current_time" and "time" in self.builtins:
-                return Result(True, self._now())
+                return Result(True, self._now(), {})
             if name == "calculate" and "calculator" in self.builtins:
                 return self._calculate(args, ctx)
             if name == "set_timer" and "timer" in self.builtins:
@@ -363,33 +365,48 @@ class Toolbox:
                 f"({now.tzname() or 'local time'}).")
 
     def _calculate(self, args: dict, ctx: Context) -> Result:
-        expression = str(args.get("expression") or "")
-        try:
-            value = calculate(expression)
-        except (ValueError, SyntaxError, OverflowError, TypeError):
-            # The embedded model sometimes writes a sum that is not the one asked ("12 * 7" as "12"): the
-            # user's own words are the sum then.
+        # The embedded model's expression is rarely the sum asked (for "What is 12 times 7?" it wrote text
+        # that is not JSON; for "345 plus 12", "{245} + 12"): when main_app named the tool, the arithmetic
+        # in the user's own words comes first, the model's expression only when the words hold none.
+        tries = [str(args.get("expression") or "")]
+        if ctx.words_first:
+            tries.insert(0, ctx.user_text)
+        else:
+            tries.append(ctx.user_text)
+        error: Exception | None = None
+        for expression in tries:
+            if not expression.strip():
+                continue
             try:
-                expression = ctx.user_text
                 value = calculate(expression)
             except (ValueError, SyntaxError, OverflowError, TypeError) as exc:
-                return Result(False, f"Error: could not work out {expression!r}: {exc}.")
-        shown = _spoken_to_symbols(expression).strip() if expression else expression
-        return Result(True, f"{_clean(shown)} = {_words(value)}")
+                error = error or exc
+                continue
+            shown = _sum_text(expression)
+            return Result(True, f"{shown} = {_words(value)}", {"expression": shown})
+        return Result(False, f"Error: could not work out {tries[0]!r}: {error or 'no arithmetic'}.",
+                      {"expression": tries[0]})
 
     async def _timer(self, args: dict, ctx: Context) -> Result:
-        seconds = parse_duration(str(args.get("duration") or ""))
-        if seconds is None or seconds <= 0:
-            seconds = parse_duration(ctx.user_text)
+        # For "Set a timer for 10 minutes" the embedded model wrote duration "" and the message "How long to
+        # remind the user of.": named by main_app, the duration and the "to ..." come from the words first.
+        said = [parse_duration(ctx.user_text), parse_duration(str(args.get("duration") or ""))]
+        seconds = next((d for d in (said if ctx.words_first else said[::-1]) if d), None)
         if seconds is None or seconds <= 0:
             return Result(False, "Error: how long the timer should run is missing; ask the user.")
         if seconds > MAX_TIMER_S:
             return Result(False, "Error: a timer can run for at most 24 hours.")
-        message = str(args.get("message") or "").strip() or "your timer is done"
+        asked = re.search(r"\bremind me (?:in [^,]*? )?(?:to|that|about) (.+?)(?: in \d.*)?[.!?]*$", ctx.user_text,
+                          re.IGNORECASE)
+        message = str(args.get("message") or "").strip()
+        if ctx.words_first or not message:
+            message = asked.group(1).strip() if asked else ("your timer is done" if ctx.words_first else message)
+        message = message or "your timer is done"
         if ctx.remind is None:
             return Result(False, "Error: timers are not available here.")
         await ctx.remind(seconds, message)
-        return Result(True, f"Timer set for {_span(seconds)}: the user will be reminded to {message!r}.")
+        return Result(True, f"Timer set for {_span(seconds)}: the user will be reminded: {message}.",
+                      {"duration": _span(seconds), "message": message})
 
     async def _webhook(self, hook: WebhookSpec, args: dict) -> Result:
         if self._client is None:
@@ -402,12 +419,24 @@ class Toolbox:
             return Result(False, f"Error: {hook.name} could not be reached ({type(exc).__name__}).")
         text = resp.text.strip()
         if resp.status_code >= 400:
-            return Result(False, f"Error: {hook.name} failed with HTTP {resp.status_code}: {text[:300]}")
-        return Result(True, text[:RESULT_CHARS] or "(no content)")
+            return Result(False, f"Error: {hook.name} failed with HTTP {resp.status_code}: {text[:300]}", args)
+        return Result(True, text[:RESULT_CHARS] or "(no content)", args)
 
 
-def _clean(expression: str) -> str:
-    return " ".join(expression.split())
+def _sum_text(expression: str) -> str:
+    """The arithmetic of ``expression`` as symbols ("What is 12 times 7?" -> "12 * 7")."""
+    s = _spoken_to_symbols(expression)
+    s = re.sub(r"[^0-9.+\-*/%()a-z ]", " ", s)
+    tokens = re.findall(r"sqrt|abs|round|\*\*|//|[0-9.]+|[-+*/%()]", s)
+    return " ".join(tokens)
+
+
+def _object(arguments: str | None) -> dict | None:
+    try:
+        args = json.loads(arguments or "{}")
+    except ValueError:
+        return None
+    return args if isinstance(args, dict) else None
 
 
 def _span(seconds: float) -> str:
@@ -458,19 +487,25 @@ async def answer_calls(stream: Any, toolbox: Toolbox, messages: list[dict], opti
     turn = Turn()
     if stream.provider:
         toolbox.provider = stream.provider
-    ctx = Context(user_text=user_text, remind=hooks.remind)
+    ctx = Context(user_text=user_text, remind=hooks.remind,
+                  words_first=toolbox.provider is None or toolbox.provider in LOCAL_PROVIDERS)
     while stream.tool_calls:
         calls = list(stream.tool_calls)
         said = stream.round_text.strip()
-        new = [{"role": "assistant", "content": said,
-                "tool_calls": [c.model_dump(mode="json") for c in calls]}]
+        made, results = [], []
         for call in calls:
             turn.calls += 1
             await hooks.on_call(call)
             result = await toolbox.run(call, ctx)
             await hooks.on_result(call, result)
-            new.append({"role": "tool", "tool_call_id": call.id, "name": call.function.name,
-                        "content": result.content[:RESULT_CHARS]})
+            # Kept and sent back with the arguments the tool used: the model's own may not even be JSON
+            # (the LLM service then refuses the whole conversation).
+            used = result.arguments if result.arguments is not None else _object(call.function.arguments) or {}
+            made.append({"id": call.id, "type": "function",
+                         "function": {"name": call.function.name, "arguments": json.dumps(used)}})
+            results.append({"role": "tool", "tool_call_id": call.id, "name": call.function.name,
+                            "content": result.content[:RESULT_CHARS]})
+        new = [{"role": "assistant", "content": said, "tool_calls": made}, *results]
         await hooks.remember(new)
         turn.messages += new
         last = turn.calls >= MAX_ROUNDS

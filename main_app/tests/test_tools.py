@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 from datetime import datetime
 
@@ -28,7 +29,7 @@ from .test_session import make, store  # noqa: F401 (the fixture)
 @pytest.mark.parametrize(("text", "value"), [
     ("12 * 7", 84), ("12 times 7", 84), ("What is 12 times 7?", 84), ("twelve times seven", 84),
     ("(3 + 4) / 2", 3.5), ("2 ** 10", 1024), ("10 divided by 4", 2.5), ("square root of 144", 12),
-    ("-5 + 2", -3), ("1,000 plus 1", 1001), ("15 percent of 200", 30),
+    ("-5 + 2", -3), ("1,000 plus 1", 1001), ("15 percent of 200", 30), ("15% of 80", 12),
 ])
 def test_calculator(text, value):
     assert calculate(text) == value
@@ -168,6 +169,23 @@ async def test_call_result_and_answer_in_one_turn_kept_in_history(store):
         await session.close()
 
 
+async def test_the_embedded_models_broken_arguments_give_way_to_the_users_words(store):
+    """What SmolLM2 wrote for "What is 12 times 7?" under the named choice: not JSON."""
+    hub = FakeHub()
+    hub.tool_arguments["calculate"] = '{"expression": "}}\n</tool_call>\n12 * 7 = 80\n\nYou can call " }'
+    session, pg = await _text_turn(store, hub, "What is 12 times 7?")
+    try:
+        await pg.wait("reply_end")
+        assert pg.of("tool_call")[0]["arguments"] == hub.tool_arguments["calculate"]  # shown as written
+        assert pg.of("tool_result")[0]["result"] == "12 * 7 = 84"
+        # Sent back (and kept) with what the tool used, so the LLM service accepts the conversation.
+        call = hub.last("llm").calls("generate")[1]["messages"][1]["tool_calls"][0]
+        assert json.loads(call["function"]["arguments"]) == {"expression": "12 * 7"}
+        llm.GenerateParams.model_validate(hub.last("llm").calls("generate")[1])
+    finally:
+        await session.close()
+
+
 async def test_spoken_turn_speaks_the_answer_after_the_call(store):
     hub = FakeHub(transcript="What time is it?")
     session, pg = await make(store, hub)
@@ -195,6 +213,7 @@ class Webhook:
         self.status = 200
         self.finished = 0
         self.started = threading.Event()
+        self.plain = False  # answer a sentence rather than JSON
 
         @self.app.post("/weather")
         async def weather(request: Request):
@@ -203,8 +222,11 @@ class Webhook:
             self.started.set()
             await asyncio.sleep(self.delay)
             self.finished += 1
-            from fastapi.responses import JSONResponse
+            from fastapi.responses import JSONResponse, PlainTextResponse
 
+            if self.plain:
+                return PlainTextResponse(f"The forecast for {body.get('city')}: sunny, 21 C",
+                                         status_code=self.status)
             return JSONResponse({"city": body.get("city"), "forecast": "sunny, 21 C"}, status_code=self.status)
 
 
@@ -358,3 +380,68 @@ async def test_history_context_of_a_reopened_conversation(store):
     await history.add_assistant("84.", source="text")
     again = History(store, 8, history.conversation_id)
     assert [m["role"] for m in await again.context()] == ["user", "assistant", "tool", "assistant"]
+
+
+# ----------------------------------------------------------------------------- over the real LLM service
+@pytest.fixture(scope="module")
+def weather_hook():
+    hook = Webhook()
+    # The embedded model uses a sentence, not JSON: told {"city": "Paris", "forecast": "sunny, 21 C"} it
+    # answered "Paris is a beautiful city with many amazing things to do."; told "The forecast for Paris:
+    # sunny, 21 C", "The weather in Paris is sunny, 21 degrees Celsius."
+    hook.plain = True
+    with ThreadServer(hook.app) as server:
+        hook.url = server.url
+        yield hook
+
+
+@pytest.fixture(scope="module")
+def tools_app(llm_service, weather_hook, tmp_path_factory):
+    """main_app as a process over the real LLM service (the embedded SmolLM2), with a webhook tool served
+    by a local HTTP server; typed chat needs no other service."""
+    from rvchat_app.testing import app_env
+    from rvchat_common.testing import ServiceProcess
+
+    hooks = [{"name": "get_weather", "description": "The weather forecast for a city",
+              "url": f"{weather_hook.url}/weather", "keywords": ["weather", "forecast"],
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    env = app_env({"llm": llm_service}, tmp_path_factory.mktemp("tools") / "h.sqlite3",
+                  APP_TOOLS_WEBHOOKS=json.dumps(hooks))
+    with ServiceProcess("rvchat_app", "APP_", env) as proc:
+        yield proc
+
+
+def _ask(app, text: str) -> dict:
+    import httpx
+
+    r = httpx.post(f"{app.url}/api/message", json={"text": text}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_real_arithmetic_tool_answers_84(tools_app):
+    body = _ask(tools_app, "What is 12 times 7?")
+    calls = body["tool_calls"]
+    assert [c["name"] for c in calls] == ["calculate"] and calls[0]["ok"], calls
+    assert calls[0]["result"].endswith("= 84")
+    assert "84" in body["text"], body["text"]
+    conv = __import__("httpx").get(f"{tools_app.url}/api/conversations/{body['conversation_id']}").json()
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert conv["messages"][1]["meta"]["tool_calls"][0]["function"]["name"] == "calculate"
+
+
+def test_real_time_tool_answer_says_the_hour(tools_app):
+    now = datetime.now().astimezone()
+    body = _ask(tools_app, "What time is it?")
+    assert [c["name"] for c in body["tool_calls"]] == ["get_current_time"]
+    hours = {now.strftime("%H"), now.strftime("%I").lstrip("0"), str(now.hour)}
+    later = (now.hour + 1) % 24  # the turn may straddle the hour
+    hours |= {f"{later:02d}", str(later), str(later % 12 or 12)}
+    assert any(re.search(rf"\b{h}[:.]\d\d|\b{h} ?(?:am|pm|o'clock)", body["text"], re.I) for h in hours), body["text"]
+
+
+def test_real_webhook_tool(tools_app, weather_hook):
+    body = _ask(tools_app, "What's the weather in Paris?")
+    assert [c["name"] for c in body["tool_calls"]] == ["get_weather"] and body["tool_calls"][0]["ok"]
+    assert weather_hook.got and isinstance(weather_hook.got[-1].get("city"), str)
+    assert "sunny" in body["text"].lower() or "21" in body["text"], body["text"]
