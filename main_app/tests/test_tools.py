@@ -445,3 +445,35 @@ def test_real_webhook_tool(tools_app, weather_hook):
     assert [c["name"] for c in body["tool_calls"]] == ["get_weather"] and body["tool_calls"][0]["ok"]
     assert weather_hook.got and isinstance(weather_hook.got[-1].get("city"), str)
     assert "sunny" in body["text"].lower() or "21" in body["text"], body["text"]
+
+
+@pytest.mark.browser
+def test_page_shows_the_call_in_the_reply_bubble(tools_app, tmp_path):
+    """The real page in Chromium, typed chat over the real LLM: the call runs in the turn's bubble above the
+    answer, and a reopened conversation shows it as a line of its own."""
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        try:
+            pg = browser.new_page()
+            errors: list[str] = []
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.goto(tools_app.url)
+            pg.wait_for_function("window.rvchat && window.rvchat.connected", timeout=10000)
+            pg.fill("#text", "What is 12 times 7?")
+            pg.press("#text", "Enter")
+            pg.wait_for_selector("#messages .msg.assistant .tool.ok", timeout=60000)
+            pg.wait_for_function("window.rvchat.events.includes('reply_end')", timeout=60000)
+            bubble = pg.evaluate("""() => { const m = [...document.querySelectorAll('#messages .msg.assistant')].pop();
+                return {tool: m.querySelector('.tool').textContent, body: m.querySelector('.body').textContent}; }""")
+            assert bubble["tool"] == "⚙ calculate: 12 * 7 = 84"
+            assert "84" in bubble["body"]
+            pg.reload()
+            pg.wait_for_selector("#messages .msg.tool", timeout=10000)
+            shown = pg.evaluate("() => [...document.querySelectorAll('#messages .msg')].map((m) => m.className)")
+            assert shown == ["msg user", "msg tool", "msg assistant"]
+            assert not errors, errors
+        finally:
+            browser.close()

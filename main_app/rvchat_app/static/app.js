@@ -151,6 +151,8 @@ function handle(ev) {
       break;
     case "reply_start": ui.replyBubble(ev.turn); break;
     case "reply_delta": ui.appendReply(ev.turn, ev.text); break;
+    case "tool_call": ui.showToolCall(ev); break;  // shown while it runs
+    case "tool_result": ui.showToolResult(ev); break;
     case "reply_end":
       keep(stats.replies, ev.text);
       ui.endReply(ev);

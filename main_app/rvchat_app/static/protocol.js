@@ -62,11 +62,11 @@
  * A stored message, as `conversation` events list them.
  * @typedef {object} StoredMessage
  * @property {number} id
- * @property {"user" | "assistant"} role
+ * @property {"user" | "assistant" | "tool"} role  a tool's result (the call is in the assistant's `meta.tool_calls`)
  * @property {string} content
  * @property {boolean | number} interrupted
  * @property {string} source
- * @property {{latency?: Latency} & Record<string, unknown> | null} meta
+ * @property {{latency?: Latency, tool_calls?: unknown[], name?: string} & Record<string, unknown> | null} meta
  */
 
 /**
@@ -117,6 +117,11 @@
  */
 /** @typedef {{type: "reply_start", turn: number, voice: boolean}} ReplyStartEvent */
 /** @typedef {{type: "reply_delta", turn: number, text: string}} ReplyDeltaEvent */
+/**
+ * The assistant calls a tool during the turn; `tool_result` follows, then the reply goes on.
+ * @typedef {{type: "tool_call", turn: number, id: string, name: string, arguments: Record<string, unknown> | string}} ToolCallEvent
+ */
+/** @typedef {{type: "tool_result", turn: number, id: string, name: string, ok: boolean, result: string}} ToolResultEvent */
 /**
  * The header of one reply audio chunk; the binary frame right after it holds its PCM16 mono samples.
  * @typedef {object} AudioEvent
@@ -172,7 +177,8 @@
 /**
  * @typedef {HelloEvent | NoticeEvent | StateEvent | AudioFormatEvent | ServicesEvent | SpeechEdgeEvent
  *   | PartialEvent | NoSpeechEvent | PongEvent | ConversationEvent | ConversationCreatedEvent | ConfigEvent
- *   | ErrorEvent | TranscriptEvent | ReplyStartEvent | ReplyDeltaEvent | AudioEvent | AudioEndEvent
+ *   | ErrorEvent | TranscriptEvent | ReplyStartEvent | ReplyDeltaEvent | ToolCallEvent | ToolResultEvent
+ *   | AudioEvent | AudioEndEvent
  *   | LatencyEvent | ReplyEndEvent | PausePlaybackEvent | ResumePlaybackEvent | StopPlaybackEvent
  *   | InterruptedEvent} ServerEvent
  */

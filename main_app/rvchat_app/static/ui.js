@@ -13,6 +13,8 @@
 /** @typedef {import("./protocol.js").TranscriptEvent} TranscriptEvent */
 /** @typedef {import("./protocol.js").ReplyEndEvent} ReplyEndEvent */
 /** @typedef {import("./protocol.js").InterruptedEvent} InterruptedEvent */
+/** @typedef {import("./protocol.js").ToolCallEvent} ToolCallEvent */
+/** @typedef {import("./protocol.js").ToolResultEvent} ToolResultEvent */
 /** @typedef {import("./protocol.js").Latency} Latency */
 
 /**
@@ -72,7 +74,7 @@ export function showBanner(text) {
 // ------------------------------------------------------------------ chat bubbles
 
 /**
- * @param {"user" | "assistant" | "error"} role
+ * @param {"user" | "assistant" | "error" | "tool"} role
  * @param {string} text
  * @param {{cls?: string, meta?: string, turn?: number}} [opts]
  * @returns {HTMLElement}
@@ -134,6 +136,11 @@ export function renderMessages(messages) {
     box.appendChild(p);
   }
   for (const m of messages) {
+    if (m.role === "tool") {  // a call and its result, as one line
+      addBubble("tool", `${m.meta && m.meta.name ? m.meta.name : "tool"}: ${m.content}`);
+      continue;
+    }
+    if (m.meta && m.meta.tool_calls && !m.content) continue;  // the call: shown with its result
     const total = m.meta && m.meta.latency && m.meta.latency.total_ms;
     addBubble(m.role, m.content, { meta: m.interrupted ? "interrupted" : total ? latencyMeta(total) : "" });
   }
@@ -178,6 +185,29 @@ export function appendReply(turn, text) {
   const body = bodyOf(replyBubble(turn));
   body.textContent = (body.textContent || "") + text;
   scrollToEnd();
+}
+
+/**
+ * A tool call in the turn's bubble, above the reply's text: "⚙ calculate(…)" while it runs.
+ * @param {ToolCallEvent} ev
+ */
+export function showToolCall(ev) {
+  const div = replyBubble(ev.turn);
+  const line = document.createElement("span");
+  line.className = "tool running";
+  line.dataset.call = ev.id;
+  const args = typeof ev.arguments === "string" ? ev.arguments : Object.values(ev.arguments).join(", ");
+  line.textContent = `⚙ ${ev.name}(${args.length > 60 ? args.slice(0, 60) + "…" : args})`;
+  div.insertBefore(line, bodyOf(div));
+  scrollToEnd();
+}
+
+/** @param {ToolResultEvent} ev */
+export function showToolResult(ev) {
+  const line = document.querySelector(`#messages .tool[data-call="${CSS.escape(ev.id)}"]`);
+  if (!line) return;
+  line.className = `tool ${ev.ok ? "ok" : "failed"}`;
+  line.textContent = `⚙ ${ev.name}: ${ev.result.length > 120 ? ev.result.slice(0, 120) + "…" : ev.result}`;
 }
 
 /** @param {ReplyEndEvent} ev */
