@@ -152,8 +152,7 @@ def _ms(x: float | None) -> str:
 
 
 def report(results: dict[str, list[dict]], cost_us: float, seconds: float, load0: float, load1: float) -> str:
-    lines = ["## Self-hearing guard: echo loopback", "",
-             "main_app over the real services (embedded defaults), the loopback page of "
+    intro = ("main_app over the real services (embedded defaults), the loopback page of "
              "`rvchat_app/loopback.py`: its mic hears its own speaker through a synthetic room (delay "
              f"{', '.join(str(d) for d in DELAYS)} ms x level {', '.join(str(g) for g in GAINS)} dB, early "
              "reflections, 250 ms RT60 tail, -70 dBFS noise), one session per room, typed questions whose replies "
@@ -162,10 +161,10 @@ def report(results: dict[str, list[dict]], cost_us: float, seconds: float, load0
              "1.0-2.5 s into the last reply of each session; its time runs from the speech's onset (Silero, no "
              "padding) to the `pause_playback`/`stop_playback` event at the page. "
              f"Bench time {seconds:.0f} s; load average {load0:.1f} at the start, {load1:.1f} at the end "
-             "(other engineers' jobs shared the two cores).",
-             "",
-             "| main_app | replies (echo only) | self-interruptions | per 100 replies | replies talked over | "
-             "detected | median ms | p90 ms | max ms |", "|---|---|---|---|---|---|---|---|---|"]
+             "(other engineers' jobs shared the two cores).")
+    header = ("| main_app | replies (echo only) | self-interruptions | per 100 replies | replies talked over | "
+              "detected | median ms | p90 ms | max ms |")
+    lines = ["## Self-hearing guard: echo loopback", "", intro, "", header, "|---|---|---|---|---|---|---|---|---|"]
     for mode, label in (("off", "without the guard (APP_ECHO_GUARD=false)"), ("on", "**with the guard** (default)")):
         rows = [r for r in results[mode] if not r.get("headphones")]
         alone = [r for r in rows if "onset" not in r]

@@ -1,9 +1,9 @@
 """The self-hearing guard: the assistant's own voice in the mic must not count as the user speaking.
 
 Owns: the reply audio the page is playing (the reference: what main_app sent, placed on the mic's
-sample clock by when the play clock says it plays), the echo path learnt from it (its delay and its
-gain per frequency), and the mic audio with the assistant's echo taken out (the residual) that the
-VAD listens to. Without headphones the page's speaker reaches its mic, and browser echo cancellation
+sample clock where the page's player plays it: after what is queued, or 30 ms after it arrives),
+the echo path learnt from it (its delay and its gain per frequency), and the mic audio with the
+assistant's echo taken out (the residual) that the VAD listens to. Without headphones the page's speaker reaches its mic, and browser echo cancellation
 is missing or fails on some browsers, speakerphones and loud rooms: the VAD then hears the reply and
 the assistant barges in on itself.
 
@@ -11,26 +11,29 @@ How (the structure of WebRTC AEC3's echo suppressor, in numpy): the mic is cut i
 16 ms (sqrt-Hann, 50% overlap, so with no echo the residual is the mic, 16 ms late). For each frame:
 
 * the reference's power spectrum at the same place on the mic clock is kept for the last
-  ``max_delay`` (the echo arrives 50-500 ms after main_app's play clock says a sample plays: the
-  page's buffering, the room, the mic's frames and the network);
+  ``max_delay`` (the echo arrives 50-500 ms after the reference says a sample plays: the page's
+  output buffer, the room, the mic's frames and the network);
 * the echo's delay is found by correlating the mic's and the reference's log spectra over the last
   2 s at every delay in the window (harmonics of voiced speech make the peak sharp, one 16 ms frame);
 * the echo's gain per frequency bin (room and speaker colouring, -6 to -40 dB) is the running
   median of mic power over reference power in bins where the reference sounds: a median, so the
   user talking over the reply (uncorrelated with it) does not pull it up;
-* the expected echo power (gain x the reference around that delay, with a decaying tail for the
-  room's reverberation) is subtracted from each bin with a margin; bins that are mostly echo go
-  quiet, bins where the user's voice is well above the echo stay. The user's speech and the
-  reply's differ in pitch and formants, so a voice talking over the reply keeps most of its bins.
+* the expected echo power (gain x the loudest reference from 32 ms before to 64 ms after that
+  delay, since a sentence that starts after the page's player ran dry comes back tens of ms off,
+  with a decaying tail for the room's reverberation) is subtracted from each bin with a margin;
+  bins that are mostly echo go quiet, bins where the user's voice is well above the echo stay. The
+  user's speech and the reply's differ in pitch and formants, so a voice talking over the reply
+  keeps most of its bins.
 
-Until the delay is known (the first ~0.5 s of the first reply) the expected echo is the loudest
-reference anywhere in the window with a gain learnt the same way: it takes out more, so the user
-must be louder than the reply to get through, never less safe. With no echo at all (headphones, a
-browser's echo cancellation that works) the gain falls within a second of reference to the floor
-and the residual is the mic.
+Until the delay is known (the first ~0.5 s of reply audio in a session) the expected echo is the
+loudest reference anywhere in the window at -6 dB: it takes out more, so the user must be louder
+than the reply to get through, never less safe. (A gain learnt against that loudest reference
+would follow the user's voice up once they talk over the reply.) After 1.5 s of reference with no
+echo found (headphones, a browser's echo cancellation that works) the guard stands aside and the
+residual is the mic.
 
-Cost: one 512-point FFT and its inverse per 16 ms of mic, and a delay search every 128 ms (measured
-in bench/results/echo.md).
+Cost: one 512-point FFT and its inverse per 16 ms of mic, and a delay search every 128 ms: 150 us
+of CPU per 20 ms mic frame with a reply playing (bench/results/echo.md).
 """
 
 from __future__ import annotations
