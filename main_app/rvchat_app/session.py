@@ -53,8 +53,8 @@ REPORT_WAIT_S = 0.4  # how long an interruption waits for the page to say how mu
 EARLY_PAUSE_CHUNKS = 3
 PAUSE_CONFIRM_S = 0.25
 # The resume window waits on while STT has the speech's words in hand, up to this many windows: with the
-# soak and echo benches on the same 2 CPUs a real 4.6 s utterance's words came 2.5 s after its end, the
-# reply resumed at 1.5 s and was cut off again when they came.
+# soak bench on the same 2 CPUs, a real 4.6 s utterance (mfa_her.wav) over a reply got no words within
+# 1.5 s of its end; the reply played on, to be cut off again when they came.
 STT_GRACE = 3
 # Events that end a request on the LLM or TTS link (it is idle again after them).
 TERMINAL = (llm.Done, llm.Cancelled, tts.Done, tts.Cancelled, ErrorEvent, Closed)
