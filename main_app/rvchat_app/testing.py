@@ -133,22 +133,24 @@ class FakeLlm(FakeStream):
         self.gen += 1
         gid = f"gen-{self.gen}"
         self.running = gid
-        self.emit(llm.Start(id=gid, model="fake", provider="fake"))
+        self.emit(llm.Start(id=gid, model="fake", provider=self.hub.provider))
         if self.hub.llm_error is not None:
             self.running = None
             self.emit(self.hub.llm_error.model_copy(update={"id": gid}))
             return
         request = self.sent[-1]
         choice = request.get("tool_choice")
-        if isinstance(choice, dict):  # a named function: the call, as the embedded model makes it
-            name = choice["function"]["name"]
+        name = choice["function"]["name"] if isinstance(choice, dict) else None  # as the embedded model
+        if choice == "auto" and request["messages"][-1]["role"] == "user":
+            name = self.hub.auto_call  # a remote model's own decision
+        if name is not None:
             call = llm.ToolCall(id=f"call_{gid}", function=llm.FunctionCall(
                 name=name, arguments=self.hub.tool_arguments.get(name, "{}")))
             await asyncio.sleep(self.hub.token_delay)
             self.emit(llm.ToolCallEvent(id=gid, call=call))
             self.running = None
             self.emit(llm.Done(id=gid, message=llm.Message(role="assistant", content="", tool_calls=[call]),
-                               model="fake", provider="fake", finish_reason="tool_calls",
+                               model="fake", provider=self.hub.provider, finish_reason="tool_calls",
                                timings=llm.Timings(total_ms=1.0),
                                usage=llm.Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)))
             return
@@ -165,7 +167,7 @@ class FakeLlm(FakeStream):
         self.running = None
         n = len(out.split())
         self.emit(llm.Done(id=gid, message=llm.Message(role="assistant", content=out), model="fake",
-                           provider="fake", finish_reason="stop", timings=llm.Timings(total_ms=1.0),
+                           provider=self.hub.provider, finish_reason="stop", timings=llm.Timings(total_ms=1.0),
                            usage=llm.Usage(prompt_tokens=1, completion_tokens=n, total_tokens=n + 1)))
 
     async def eou(self, text: str) -> float | None:
@@ -249,6 +251,8 @@ class FakeHub:
         # text by name, else {}); the generation after a result says tool_reply with the result in it.
         self.tool_arguments: dict[str, str] = {}
         self.tool_reply = "Here it is: {result}."
+        self.provider = "fake"  # what the LLM's start event names ("ollama": main_app offers tools on auto)
+        self.auto_call: str | None = None  # with tool_choice auto, call this tool (a remote model deciding)
         # End of utterance: what the LLM answers an eou request, after eou_delay s (None: it cannot tell).
         self.eou: float | None = None
         self.eou_delay = 0.0

@@ -203,6 +203,29 @@ async def test_spoken_turn_speaks_the_answer_after_the_call(store):
         await session.close()
 
 
+async def test_a_remote_llm_is_offered_every_tool_on_auto_once_its_provider_is_known(store):
+    hub = FakeHub()
+    hub.provider = "ollama"
+    hub.auto_call = "get_current_time"
+    session, pg = await _text_turn(store, hub, "Tell me a joke.")
+    try:
+        await pg.wait("reply_end")
+        first = hub.last("llm").calls("generate")[0]
+        assert "tools" not in first  # not heard from yet: treated as the embedded model, and no intent here
+        assert session.tools.provider == "ollama"  # from its start event
+        await session.on_event(page.Text(text="Is it late?", voice=False))
+        await pg.wait("reply_end", count=2)
+        gens = hub.last("llm").calls("generate")
+        assert gens[1]["tool_choice"] == "auto"  # no intent in the words: the remote model decides
+        assert {t["function"]["name"] for t in gens[1]["tools"]} == {"get_current_time", "calculate", "set_timer"}
+        assert pg.of("tool_call")[0]["name"] == "get_current_time"
+        assert gens[2]["tool_choice"] == "auto"  # after the result it may call again (up to 3 calls)
+        assert gens[2]["messages"][-1]["role"] == "tool"
+        assert pg.of("tool_result")[-1]["ok"]
+    finally:
+        await session.close()
+
+
 class Webhook:
     """A real HTTP server for webhook tools: records each request; ``delay`` holds the answer."""
 
@@ -477,3 +500,50 @@ def test_page_shows_the_call_in_the_reply_bubble(tools_app, tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+@pytest.mark.models
+def test_through_the_ollama_provider(tmp_path):
+    """main_app -> the real LLM service (provider ollama) -> the fake Ollama (llm/tests/fake_ollama.py, which
+    speaks Ollama's tool protocol): a named call reaches Ollama as the one tool; once main_app has seen the
+    provider, every tool goes on auto and Ollama's call is run and answered."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from rvchat_app.testing import app_env
+    from rvchat_common.testing import ServiceProcess, free_port
+
+    port = free_port()
+    fake = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[2] / "llm/tests/fake_ollama.py"),
+                             str(port), "llama3.2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ollama = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{ollama}/api/version", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        llm_env = {"LLM_PROVIDER": "ollama", "OLLAMA_BASE_URL": ollama, "LLM_MODEL": "llama3.2"}
+        with ServiceProcess("rvchat_llm", "LLM_", llm_env) as llm_proc, \
+                ServiceProcess("rvchat_app", "APP_", app_env({"llm": llm_proc}, tmp_path / "h.sqlite3")) as app:
+            first = _ask(app, "What is 12 times 7?")
+            asked = [r["body"] for r in httpx.get(f"{ollama}/_requests", timeout=5).json() if r["path"] == "/api/chat"]
+            tools_sent = [[t["function"]["name"] for t in r.get("tools") or []] for r in asked]
+            assert ["calculate"] in tools_sent  # named: sent alone (Ollama has no tool_choice)
+            assert first["tool_calls"][0]["name"] == "calculate" and "84" in first["text"], first
+            second = _ask(app, "Is it late?")
+            asked = [r["body"] for r in httpx.get(f"{ollama}/_requests", timeout=5).json() if r["path"] == "/api/chat"]
+            last_with_tools = [r for r in asked if r.get("tools")][-1]
+            assert {t["function"]["name"] for t in last_with_tools["tools"]} == {
+                "get_current_time", "calculate", "set_timer"}
+            # The fake Ollama calls the first tool it is offered; its answer repeats the result.
+            assert second["tool_calls"][0]["name"] == "get_current_time" and second["tool_calls"][0]["ok"]
+            assert "get_current_time said: It is" in second["text"], second
+    finally:
+        fake.terminate()
+        fake.wait(10)
