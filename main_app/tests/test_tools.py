@@ -547,3 +547,40 @@ def test_through_the_ollama_provider(tmp_path):
     finally:
         fake.terminate()
         fake.wait(10)
+
+
+async def test_spoken_question_calls_the_tool_and_speaks_the_answer(app_service, services):
+    """A voice turn over the four real services: the question as speech (Piper's voice, from the TTS service),
+    the tool called in the turn, and the answer spoken with the result in it."""
+    import httpx
+    import websockets
+
+    from rvchat_app.testing import events_of, voice_turn
+    from rvchat_common.audio import decode_audio, float_to_pcm16
+
+    wav = httpx.post(f"{services['tts'].url}/v1/audio/speech", timeout=60,
+                     json={"model": "tts-1", "input": "What time is it?", "response_format": "wav"}).content
+    question = float_to_pcm16(decode_audio(wav))
+    ws = await websockets.connect(f"{app_service.ws_url}/ws", max_size=None)
+    try:
+        hello = json.loads(await ws.recv())
+        for _ in range(100):  # the session's four service streams up
+            if all(s["up"] for s in hello["services"]["services"].values()):
+                break
+            ev = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if ev["type"] == "services":
+                hello["services"] = ev
+        result = await voice_turn(ws, question, pad_s=1.0)
+    finally:
+        await ws.close()
+    now = datetime.now().astimezone()
+    transcript = events_of(result, "transcript")[0]["text"]
+    assert "time" in transcript.lower(), transcript
+    call, done = events_of(result, "tool_call")[0], events_of(result, "tool_result")[0]
+    assert call["name"] == done["name"] == "get_current_time" and done["ok"]
+    order = [e["type"] for e in result["events"]]
+    assert order.index("transcript") < order.index("tool_call") < order.index("tool_result") < order.index("audio")
+    spoken = " ".join(e["text"] for e in events_of(result, "audio"))
+    hours = {str(h) for h in (now.hour, now.hour % 12 or 12, (now.hour + 1) % 24, (now.hour + 1) % 12 or 12)}
+    assert any(re.search(rf"\b0?{h}[:.]\d\d", spoken) for h in hours), spoken
+    assert len(result["audio"]) > 22050  # at least half a second of speech
