@@ -99,6 +99,7 @@ class ReplyStream:
         self.provider: str | None = None  # the LLM's provider (local, ollama, openai), from its start event
         self.tool_calls: list[llm.ToolCall] = []  # the calls the latest generation ended with
         self.round_text = ""  # the latest generation's text (a model may speak before it calls a tool)
+        self.tool_running: str | None = None  # the tool called now (tools.answer_calls), for the interruption
         # Counts complete sentences for the cap: "Dr." or the "3." of a still-arriving "3.14" are no ends.
         self._sentences = SentenceCounter()
 
@@ -132,6 +133,8 @@ class ReplyStream:
             cancelled.append("llm")
         if self.tts_used and not self.tts_done and self.tts is not None and await self.tts.call("cancel"):
             cancelled.append("tts")
+        if self.tool_running:  # its task is cancelled by the caller (a webhook's request with it)
+            cancelled.append("tool")
         return cancelled
 
     async def run(self) -> str:

@@ -379,9 +379,13 @@ class Session:
             if self._closed or self.state == "listening":
                 break
             await asyncio.sleep(0.1)
-        if not self._closed:
-            await self._start_reply(None, source="reminder", timings={"transcript": time.perf_counter()},
-                                    say=f"Reminder: {message.rstrip('.!')}.")
+        if self._closed:
+            return
+        if self.reply is not None and not self.reply.ended:  # still busy: the notice and the history only
+            await self.history.add_assistant(f"Reminder: {message}", source="reminder")
+            return
+        await self._start_reply(None, source="reminder", timings={"transcript": time.perf_counter()},
+                                say=f"Reminder: {message.rstrip('.!')}.")
 
     async def _remind(self, seconds: float, message: str) -> None:
         """Set a reminder: said in this session if it is still open when due, else kept in the

@@ -496,7 +496,9 @@ async def answer_calls(stream: Any, toolbox: Toolbox, messages: list[dict], opti
         for call in calls:
             turn.calls += 1
             await hooks.on_call(call)
+            stream.tool_running = call.function.name
             result = await toolbox.run(call, ctx)
+            stream.tool_running = None
             await hooks.on_result(call, result)
             # Kept and sent back with the arguments the tool used: the model's own may not even be JSON
             # (the LLM service then refuses the whole conversation).

@@ -308,7 +308,8 @@ async def test_interrupting_cancels_the_webhook_in_flight(store):
             await pg.wait("tool_call")
             await asyncio.get_running_loop().run_in_executor(None, hook.started.wait, 5)
             await session.on_event(page.Interrupt())
-            await pg.wait("interrupted")
+            interrupted = await pg.wait("interrupted")
+            assert interrupted["cancelled"] == ["tool"]
             assert not pg.of("tool_result")
             await asyncio.sleep(0.3)
             # The request was dropped (the server's handler never finished answering us) and no answer was asked.
@@ -321,6 +322,29 @@ async def test_interrupting_cancels_the_webhook_in_flight(store):
             await session.on_event(page.Text(text="Never mind. Hello!", voice=False))
             end = await pg.wait("reply_end", count=1)
             assert end["text"] == hub.reply
+        finally:
+            await session.close()
+
+
+async def test_barge_in_by_voice_cancels_the_call_and_answers_the_new_words(store):
+    from rvchat_app.testing import ScriptedUser
+
+    hook = Webhook()
+    hook.delay = 5.0
+    with ThreadServer(hook.app) as server:
+        hub = FakeHub(transcript="Actually, tell me a joke.")
+        hub.tool_arguments["get_weather"] = '{"city": "Oslo"}'
+        session, pg = await make(store, hub, backchannels=False)
+        session.tools = _weather_toolbox(server.url)
+        try:
+            await session.on_event(page.Text(text="What's the weather in Oslo?", voice=True))
+            await pg.wait("tool_call")
+            await ScriptedUser(session, hub).says(start=0.2, end=0.8)
+            interrupted = await pg.wait("interrupted")
+            assert interrupted["turn"] == 1 and interrupted["cancelled"] == ["tool"]
+            end = await pg.wait("reply_end", turn=2)
+            assert end["text"] == hub.reply
+            assert not pg.of("tool_result") and hook.finished == 0
         finally:
             await session.close()
 
