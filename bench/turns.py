@@ -11,11 +11,18 @@ Offline replay of what main_app does, with the real models: Silero VAD (the VAD 
 detector, 200 ms speculative silence, main_app's resume rule of two loud 32 ms chunks) finds every
 pause; at each one Whisper (the STT service's streaming decode) transcribes the words so far, as the
 speculative final does. A rule cuts the speaker off when a pause outlasts its hold. Fixed holds
-(200/300/500/700 ms) against the adaptive hold of ``rvchat_app.endpointing``.
+(200/300/500/700 ms) against the adaptive hold of ``rvchat_app.endpointing``: by the words alone
+(``Holds.for_text``, APP_TURN_END_EOU off) and with the LLM service's end-of-utterance probability
+(``Holds.for_turn`` over ``rvchat_llm.eou.EndOfUtterance``, the code behind ``POST /v1/eou``), for the
+product's defaults and a grid of thresholds and holds to choose them from.
+
+``BENCH_TURNS_CACHE=path``: keep the replayed pauses (transcripts and probabilities) in a JSON file
+and reuse it, to try rules without the models.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -57,49 +64,38 @@ def pauses(vad_engine, audio: np.ndarray) -> tuple[list[tuple[float, float]], fl
     return out, (ends[-1] if ends else None)
 
 
-class EndOfUtterance:
-    """P(the user's message ends here) from the embedded LLM: the probability that the next token after
-    the words (Whisper's trailing punctuation stripped) is a sentence end or the end of the message."""
+def end_of_utterance():
+    """The LLM service's end-of-utterance model, as the service loads it (rvchat_llm/eou.py)."""
+    from rvchat_common.models import gguf_model
+    from rvchat_llm.eou import EndOfUtterance
 
-    def __init__(self) -> None:
-        import llama_cpp
-
-        from rvchat_common.models import gguf_model
-
-        self.llm = llama_cpp.Llama(model_path=str(gguf_model(None)), n_ctx=1024, n_threads=1,
-                                   n_threads_batch=1, verbose=False, logits_all=True)
-        tok = self.llm.tokenize
-        self.ends = sorted({tok(s.encode(), add_bos=False, special=True)[-1] for s in (".", "?", "!", "<|im_end|>")})
-
-    def __call__(self, text: str) -> float:
-        words = text.strip().rstrip(".?!,;:…-–— ")
-        toks = self.llm.tokenize(f"<|im_start|>user\n{words}".encode(), add_bos=False, special=True)
-        self.llm.reset()
-        self.llm.eval(toks)
-        logits = np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        return float(p[self.ends].sum())
+    eou = EndOfUtterance(gguf_model(None))
+    eou.load()
+    return eou
 
 
-def run() -> str:
-    from rvchat_app.endpointing import Holds
-    from rvchat_app.settings import Settings as AppSettings
+def collect() -> tuple[list[dict], int, float, list[float]]:
+    """Every utterance of the set with its pauses (length, words so far, end-of-utterance probability)
+    and its end; how many clips; how long the replay took (s); the end-of-utterance answers' cost (ms)."""
     from rvchat_app.testing import load_pcm16
     from rvchat_common.testing import speech_manifest, speech_sample
     from rvchat_stt.engine import WhisperEngine
     from rvchat_vad.engine import SileroEngine
 
     t0 = time.perf_counter()
-    app = AppSettings()
-    adaptive = Holds(complete_ms=int(os.environ.get("BENCH_COMPLETE_MS", app.turn_end_complete_ms)),
-                     unsure_ms=int(os.environ.get("BENCH_UNSURE_MS", app.vad_min_silence_ms)),
-                     incomplete_ms=int(os.environ.get("BENCH_INCOMPLETE_MS", app.turn_end_incomplete_ms)))
     vad_engine = SileroEngine()
     vad_engine.load()
     stt = WhisperEngine()
     stt.load()
-    eou = EndOfUtterance()
+    eou = end_of_utterance()
+    eou_ms: list[float] = []
+
+    def probability(text: str) -> float:
+        eou._last = ([], 0.0)  # the cost of an answer, not of the cache
+        t = time.perf_counter()
+        p = eou.probability(text)
+        eou_ms.append((time.perf_counter() - t) * 1000)
+        return p
 
     def text_upto(audio: np.ndarray, t: float) -> str:
         return stt.transcribe_stream(audio[: int(t * RATE)], "en").text.strip()
@@ -124,62 +120,111 @@ def run() -> str:
             item = {"clip": clip["file"], "kind": kind, "pauses": [], "end_text": None}
             for stamp, resumed in found:
                 words = text_upto(a, stamp)
-                item["pauses"].append({"length": resumed - stamp, "text": words, "eou": eou(words)})
+                item["pauses"].append({"length": resumed - stamp, "text": words, "eou": probability(words)})
             if end is not None:
                 item["end_text"] = text_upto(a, end + 0.2)
-                item["end_eou"] = eou(item["end_text"])
+                item["end_eou"] = probability(item["end_text"])
             items.append(item)
+    return items, len(clips), time.perf_counter() - t0, eou_ms
+
+
+def run() -> str:
+    from rvchat_app.endpointing import Holds
+    from rvchat_app.settings import Settings as AppSettings
+
+    app = AppSettings()
+    unsure = int(os.environ.get("BENCH_UNSURE_MS", app.vad_min_silence_ms))
+    words_rule = Holds(complete_ms=int(os.environ.get("BENCH_COMPLETE_MS", app.turn_end_complete_ms)),
+                       unsure_ms=unsure,
+                       incomplete_ms=int(os.environ.get("BENCH_INCOMPLETE_MS", app.turn_end_incomplete_ms)))
+    threshold = float(os.environ.get("BENCH_EOU_THRESHOLD", app.turn_end_eou_threshold))
+    cache = os.environ.get("BENCH_TURNS_CACHE")
+    if cache and os.path.exists(cache):
+        with open(cache) as f:
+            items, n_clips, took, eou_ms = json.load(f)
+    else:
+        items, n_clips, took, eou_ms = collect()
+        if cache:
+            with open(cache, "w") as f:
+                json.dump([items, n_clips, took, eou_ms], f)
 
     def cut(item: dict, hold_of) -> bool:
         return any(p["length"] >= hold_of(p) / 1000 for p in item["pauses"])
 
+    def with_eou(holds: Holds, th: float):
+        # Exactly the product's choice (recognition.py -> Holds.for_turn) with the service's probability.
+        return lambda p: holds.for_turn(p["text"], p["eou"], th)
+
+    product = f"the product: LLM end-of-utterance >= {threshold:g}: {words_rule.complete_ms}, else " \
+              f"{words_rule.incomplete_ms} (APP_TURN_END_EOU defaults)"
     rules = [(f"fixed {ms} ms", lambda _p, ms=ms: ms) for ms in FIXED_MS]
-    rules.append(("adaptive (by the words)", lambda p: adaptive.for_text(p["text"])))
-    for theta in (0.2, 0.4, 0.6):
-        rules.append((f"LLM end-of-utterance >= {theta}: {adaptive.complete_ms}, else {adaptive.incomplete_ms}",
-                      lambda p, th=theta: adaptive.complete_ms if p["eou"] >= th else adaptive.incomplete_ms))
-        rules.append((f"LLM end-of-utterance >= {theta}: {adaptive.complete_ms}, else {adaptive.unsure_ms}",
-                      lambda p, th=theta: adaptive.complete_ms if p["eou"] >= th else adaptive.unsure_ms))
-    with_pauses = [it for it in items if it["pauses"]]
+    rules.append(((f"words alone: {words_rule.complete_ms} after a sentence, {words_rule.unsure_ms} unpunctuated, "
+                   f"{words_rule.incomplete_ms} after a comma or 'and' (APP_TURN_END_EOU=false)"),
+                  lambda p: words_rule.for_text(p["text"])))
+    before = Holds(complete_ms=500, unsure_ms=unsure, incomplete_ms=900)
+    rules.append(("words alone at the defaults before the LLM's probability (500, 500, 900)",
+                  lambda p: before.for_text(p["text"])))
+    rules.append((f"**{product}**", with_eou(words_rule, threshold)))
+    grid = []
+    for complete in (300, 500):
+        for incomplete in (700, 900, 1200):
+            for th in (0.1, 0.2, 0.3, 0.5):
+                holds = Holds(complete_ms=complete, unsure_ms=unsure, incomplete_ms=incomplete)
+                grid.append((f"LLM >= {th:g}: {complete}, else {incomplete}", with_eou(holds, th)))
     ended = [it for it in items if it["end_text"] is not None]
+    paused = [it for it in items if it["kind"] != "natural"]
+    natural = [it for it in items if it["kind"] == "natural"]
+
+    def row(name: str, hold_of) -> str:
+        n_cut = sum(cut(it, hold_of) for it in items)
+        waits = [hold_of({"text": it["end_text"], "eou": it["end_eou"]}) for it in ended]
+        return (f"| {name} | {n_cut}/{len(items)} ({100 * n_cut / len(items):.0f}%) | "
+                f"{sum(cut(it, hold_of) for it in paused)}/{len(paused)} | "
+                f"{sum(cut(it, hold_of) for it in natural)}/{len(natural)} | "
+                f"{statistics.median(waits):.0f} | {percentile(waits, 0.9):.0f} |")
+
+    header = ["| rule | cut off (all) | cut off (paused) | cut off (natural) | wait after the end, median ms | p90 ms |",
+              "|---|---|---|---|---|---|"]
     lines = [
         "## End of turn: cut-offs and waits",
         "",
-        f"{len(items)} utterances from {len(clips)} clips of tests/data/speech (single words, word lists and "
+        f"{len(items)} utterances from {n_clips} clips of tests/data/speech (single words, word lists and "
         f"whispers left out): each clip as recorded, and cut at the word boundary nearest its middle with a "
         f"pause of {', '.join(f'{p:g}' for p in PAUSES_S)} s. Replayed offline with the real models: Silero "
         f"(the VAD service's turn detector, {SPECULATIVE_MS} ms speculative silence; a pause ends when two "
         "loud 32 ms chunks are heard, as in main_app) and Whisper tiny.en (the STT service's streaming decode "
-        "of the words so far at each pause). A rule cuts the speaker off when a pause outlasts its hold; the "
-        "wait is the hold after the real end. Adaptive: "
-        f"{adaptive.complete_ms} ms after a finished sentence, {adaptive.unsure_ms} ms without punctuation, "
-        f"{adaptive.incomplete_ms} ms after a comma, a dash or a dangling word. "
-        f"Bench time {time.perf_counter() - t0:.0f} s.",
+        "of the words so far at each pause), and the LLM service's end-of-utterance model "
+        "(rvchat_llm/eou.py, the code behind POST /v1/eou) on those words. A rule cuts the speaker off when a "
+        "pause outlasts its hold; the wait is the hold after the real end (what it adds to voice-to-voice "
+        "latency when the reply is ready before it). The holds with the LLM are main_app's own "
+        "(rvchat_app.endpointing.Holds.for_turn): words that promise more (a comma, 'and', 'the') hold long "
+        f"whatever the probability; the page's turn-end silence ({unsure} ms) bounds both holds. "
+        f"Replay {took:.0f} s; one end-of-utterance answer (one thread, nothing cached) took a median "
+        f"{statistics.median(eou_ms):.0f} ms, p90 {percentile(eou_ms, 0.9):.0f} ms, max {max(eou_ms):.0f} ms "
+        f"({len(eou_ms)} answers; {os.environ.get('BENCH_LOAD_NOTE', 'see the run notes for what else ran')}).",
         "",
-        "| rule | cut off (all) | cut off (paused) | cut off (natural) | wait after the end, median ms | p90 ms |",
-        "|---|---|---|---|---|---|",
+        *header,
+        *(row(name, hold_of) for name, hold_of in rules),
+        "",
+        "Candidates (threshold: complete hold, else incomplete hold, in ms):",
+        "",
+        *header,
+        *(row(name, hold_of) for name, hold_of in grid),
     ]
-    for name, hold_of in rules:
-        n_cut = sum(cut(it, hold_of) for it in items)
-        paused = [it for it in items if it["kind"] != "natural"]
-        natural = [it for it in items if it["kind"] == "natural"]
-        waits = [hold_of({"text": it["end_text"], "eou": it["end_eou"]}) for it in ended]
-        lines.append(
-            f"| {name} | {n_cut}/{len(items)} ({100 * n_cut / len(items):.0f}%) | "
-            f"{sum(cut(it, hold_of) for it in paused)}/{len(paused)} | "
-            f"{sum(cut(it, hold_of) for it in natural)}/{len(natural)} | "
-            f"{statistics.median(waits):.0f} | {percentile(waits, 0.9):.0f} |")
-    lines += ["", f"Utterances with at least one pause of {SPECULATIVE_MS} ms or more: {len(with_pauses)}.", "",
+    lines += ["", (f"Utterances with at least one pause of {SPECULATIVE_MS} ms or more: "
+                   f"{sum(1 for it in items if it['pauses'])}."), "",
               "<details><summary>Pauses and the words before them</summary>", "",
-              "| clip | kind | pause ms | words so far | adaptive hold ms | LLM end-of-utterance |",
-              "|---|---|---|---|---|---|"]
+              "| clip | kind | pause ms | words so far | words-alone hold ms | LLM end-of-utterance | product hold ms |",
+              "|---|---|---|---|---|---|---|"]
+    chosen = with_eou(words_rule, threshold)
     for it in items:
         for p in it["pauses"]:
             lines.append(f"| {it['clip'].removesuffix('.wav')} | {it['kind']} | {p['length'] * 1000:.0f} | "
-                         f"{p['text'][-60:]} | {adaptive.for_text(p['text'])} | {p['eou']:.2f} |")
+                         f"{p['text'][-60:]} | {words_rule.for_text(p['text'])} | {p['eou']:.2f} | {chosen(p)} |")
         if it["end_text"] is not None:
+            end = {"text": it["end_text"], "eou": it["end_eou"]}
             lines.append(f"| {it['clip'].removesuffix('.wav')} | {it['kind']} (end) | – | {it['end_text'][-60:]} "
-                         f"| {adaptive.for_text(it['end_text'])} | {it['end_eou']:.2f} |")
+                         f"| {words_rule.for_text(it['end_text'])} | {it['end_eou']:.2f} | {chosen(end)} |")
     lines += ["", "</details>"]
     return "\n".join(lines)
 

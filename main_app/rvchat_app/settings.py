@@ -61,15 +61,18 @@ class Settings(ServiceSettings):
         "dropped if the user goes on speaking. 0 turns speculation off.",
     )
     turn_end_complete_ms: int = Field(
-        500, ge=0, le=5000, description="Silence that ends a turn whose words read as a finished sentence "
-        "(Whisper's final punctuation, no dangling 'and' or 'the'); at most the turn-end silence. Not "
-        "shorter by default: Whisper puts a full stop after half a sentence too (bench/results/turns.md: "
-        "300 ms cut 5 of 20 recordings off at their natural pauses, 500 ms 2).")
+        300, ge=0, le=5000, description="Silence that ends a turn whose words read as finished: the LLM's "
+        "end-of-utterance probability at least APP_TURN_END_EOU_THRESHOLD (or, without it, Whisper's final "
+        "punctuation and no dangling 'and' or 'the'); at most the turn-end silence. bench/results/turns.md: "
+        "300 with the LLM cut 2 of 20 recordings off at their natural pauses, as 500 does; by the punctuation "
+        "alone 5 (Whisper puts a full stop after half a sentence too).")
     turn_end_incomplete_ms: int = Field(
-        900, ge=0, le=10000, description="Silence that ends a turn whose words promise more (a trailing "
-        "comma or dash, 'and', 'because', 'the', a number being dictated); at least the turn-end silence. "
-        "bench/results/turns.md: 900 ms cut 75 of 120 paused utterances off, 1200 ms 70, the fixed 500 ms 82; "
-        "but every reply to words that end in a comma waits it (p90 voice-to-voice 1.16 s with 1200).")
+        700, ge=0, le=10000, description="Silence that ends a turn whose words are not finished (end-of-utterance "
+        "probability below the threshold, a trailing comma or dash, 'and', 'because', 'the', a number being "
+        "dictated): the longest hold; at least the turn-end silence. Every reply to such words waits it, and "
+        "the model calls about half of finished read sentences unfinished: bench/results/turns.md, 120 "
+        "utterances with mid-sentence pauses of 0.4-1.2 s: 700 cuts 58% off (median wait after finished ones "
+        "300 ms, p90 700), 900 43% (p90 900), 1200 20% (p90 1200); the punctuation alone at 500/900 62%.")
     turn_end_eou: bool = Field(
         True, description="Decide the turn-end silence from the LLM service's end-of-utterance probability "
         "(POST /v1/eou: the embedded model's chance that the user's words are finished): at least "
@@ -77,7 +80,10 @@ class Settings(ServiceSettings):
         "(a comma, 'and', 'the') hold long anyway. Off, unanswered in time or unsupported: Whisper's "
         "punctuation decides alone (it ends half sentences with a full stop at a pause).")
     turn_end_eou_threshold: float = Field(
-        0.2, ge=0, le=1, description="End-of-utterance probability from which the words count as finished.")
+        0.3, ge=0, le=1, description="End-of-utterance probability from which the words count as finished. "
+        "bench/results/turns.md: 0.3 kept the natural pauses of 20 recordings as 500 ms does (2 cut off, 4 at "
+        "0.1) while a finished sentence waits only the complete hold; above 0.3 the median finished "
+        "utterance waits the long hold.")
     turn_end_eou_timeout_ms: int = Field(
         300, ge=0, le=5000, description="Longest wait for the end-of-utterance probability after the "
         "transcript (the reply is being prepared meanwhile); then the punctuation decides.")
@@ -112,8 +118,9 @@ class Settings(ServiceSettings):
         "echo may reach the mic (the page's playback buffer, the room, the mic's frames and the network).")
     echo_margin_db: float = Field(
         12.0, ge=0, le=40, description="How far above the expected echo a sound must be, per frequency, to "
-        "count as the user. 6 dB let 7 of 9 loopback rooms interrupt the assistant (the echo's spread around "
-        "its learnt gain); 12 dB none, and the user's speech over the reply was still heard in 200-300 ms.")
+        "count as the user. Offline over 9 rooms (the real VAD on the guard's output, main_app's barge-in "
+        "settings) 6 dB let the echo start speech 12 times, 9 and 12 dB never, and a user talking over the "
+        "reply was heard as soon with 12 as with 9 (median 264 ms); 12 leaves room for echo off its delay.")
     preroll_ms: int = Field(
         300, description="Audio kept from before the VAD's speech start and sent to STT, so no first word is cut."
     )

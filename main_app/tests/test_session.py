@@ -342,7 +342,8 @@ async def test_reply_is_capped_at_max_sentences(store):
 
 async def test_speculative_reply_is_held_until_the_turn_end_silence(store):
     hub = FakeHub(token_delay=0.001)
-    session, page = await make(store, hub, speculative_silence_ms=150, vad_min_silence_ms=400)
+    session, page = await make(store, hub, speculative_silence_ms=150, vad_min_silence_ms=400,
+                               turn_end_complete_ms=500)
     try:
         assert hub.last("vad").calls("config")[-1]["min_silence_ms"] == 150
         assert hub.last("vad").calls("config")[-1]["probabilities"] is True
