@@ -506,8 +506,8 @@ class Session:
             if reply.voice and tts is not None and not tts.idle.is_set() and not await tts.wait_idle(2.0):
                 await tts.restart()
             s = self.settings
-            options = dict(system=s.system_prompt, max_tokens=s.max_tokens, temperature=s.temperature,
-                           model=s.llm_model)
+            options = {"system": s.system_prompt, "max_tokens": s.max_tokens, "temperature": s.temperature,
+                       "model": s.llm_model}
             if reply.say is not None:
                 await reply.playout.emit(page.ReplyStart(turn=reply.id, voice=reply.voice))
                 await reply.stream.speak(reply.say)
@@ -833,8 +833,8 @@ async def reply_once(*, store: Store, settings: Settings, factories: dict[str, S
         for upstream in upstreams.values():
             upstream.feed(reply)
         t0 = time.perf_counter()
-        options = dict(system=settings.system_prompt, max_tokens=settings.max_tokens,
-                       temperature=settings.temperature, model=settings.llm_model)
+        options = {"system": settings.system_prompt, "max_tokens": settings.max_tokens,
+                   "temperature": settings.temperature, "model": settings.llm_model}
         choice = toolbox.choose(text) if toolbox is not None else {}
         if not await reply.start(messages, **options, **choice):
             raise APIError(502, "the language model connection was lost", "llm_failed")

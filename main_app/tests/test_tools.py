@@ -13,16 +13,24 @@ from datetime import datetime
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
-
 from rvchat_app.app import create_app
 from rvchat_app.history import History, chat_messages
 from rvchat_app.settings import Settings
-from rvchat_app.tools import Toolbox, calculate, parse_duration, parse_webhooks
+from rvchat_app.store import Store
 from rvchat_app.testing import FakeHub
+from rvchat_app.tools import Toolbox, calculate, parse_duration, parse_webhooks
 from rvchat_common.protocol import llm, page
 from rvchat_common.testing import ThreadServer
 
-from .test_session import make, store  # noqa: F401 (the fixture)
+from .test_session import make
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = Store(str(tmp_path / "t.sqlite3"))
+    await s.open()
+    yield s
+    await s.close()
 
 
 # ----------------------------------------------------------------------------- the built-ins
@@ -484,7 +492,7 @@ def test_real_time_tool_answer_says_the_hour(tools_app):
     hours = {now.strftime("%H"), now.strftime("%I").lstrip("0"), str(now.hour)}
     later = (now.hour + 1) % 24  # the turn may straddle the hour
     hours |= {f"{later:02d}", str(later), str(later % 12 or 12)}
-    assert any(re.search(rf"\b{h}[:.]\d\d|\b{h} ?(?:am|pm|o'clock)", body["text"], re.I) for h in hours), body["text"]
+    assert any(re.search(rf"\b{h}[:.]\d\d|\b{h} ?(?:am|pm|o'clock)", body["text"], re.IGNORECASE) for h in hours), body["text"]
 
 
 def test_real_webhook_tool(tools_app, weather_hook):
@@ -537,7 +545,6 @@ def test_through_the_ollama_provider(tmp_path):
     from pathlib import Path
 
     import httpx
-
     from rvchat_app.testing import app_env
     from rvchat_common.testing import ServiceProcess, free_port
 
@@ -578,12 +585,12 @@ async def test_spoken_question_calls_the_tool_and_speaks_the_answer(app_service,
     the tool called in the turn, and the answer spoken with the result in it."""
     import httpx
     import websockets
-
     from rvchat_app.testing import events_of, voice_turn
     from rvchat_common.audio import decode_audio, float_to_pcm16
 
-    wav = httpx.post(f"{services['tts'].url}/v1/audio/speech", timeout=60,
-                     json={"model": "tts-1", "input": "What time is it?", "response_format": "wav"}).content
+    async with httpx.AsyncClient(timeout=60) as client:
+        wav = (await client.post(f"{services['tts'].url}/v1/audio/speech",
+                                 json={"model": "tts-1", "input": "What time is it?", "response_format": "wav"})).content
     question = float_to_pcm16(decode_audio(wav))
     ws = await websockets.connect(f"{app_service.ws_url}/ws", max_size=None)
     try:
