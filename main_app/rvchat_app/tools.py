@@ -112,6 +112,8 @@ _NUMBER_WORDS = {w: i for i, w in enumerate(
 _NUMBER_WORDS.update({"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
                       "ninety": 90, "hundred": 100, "thousand": 1000, "a": 1, "an": 1})
 MAX_POWER = 1000  # 9**9**9 would take the event loop for minutes
+MAX_TOKENS = 200  # "1+1+...+1" 2,000 terms long nests deeper than Python's recursion limit
+WEBHOOK_MAX_BYTES = 64 * 1024  # read of a webhook's answer (the LLM sees RESULT_CHARS of it)
 
 
 def _spoken_to_symbols(text: str) -> str:
@@ -129,7 +131,10 @@ def calculate(expression: str) -> float | int:
     text = _spoken_to_symbols(expression)
     text = re.sub(r"[^0-9.+\-*/%()a-z ]", " ", text)
     # Whatever else is left (what is, equal, ?) is not part of the sum.
-    text = " ".join(t for t in re.findall(r"sqrt|abs|round|\*\*|//|[0-9.]+|[-+*/%()]", text))
+    tokens = re.findall(r"sqrt|abs|round|\*\*|//|[0-9.]+|[-+*/%()]", text)
+    if len(tokens) > MAX_TOKENS:
+        raise ValueError(f"too long (more than {MAX_TOKENS} numbers and operators)")
+    text = " ".join(tokens)
     text = re.sub(r"(sqrt|abs|round) ([0-9.]+)", r"\1(\2)", text)  # "square root of 144"
     if not text:
         raise ValueError("no arithmetic in it")
@@ -379,7 +384,7 @@ class Toolbox:
                 continue
             try:
                 value = calculate(expression)
-            except (ValueError, SyntaxError, OverflowError, TypeError) as exc:
+            except (ValueError, SyntaxError, OverflowError, TypeError, RecursionError) as exc:
                 error = error or exc
                 continue
             shown = _sum_text(expression)
@@ -412,12 +417,18 @@ class Toolbox:
         if self._client is None:
             self._client = httpx.AsyncClient()
         try:
-            resp = await self._client.post(hook.url, json=args, headers=hook.headers, timeout=hook.timeout_s)
-        except httpx.TimeoutException:
-            return Result(False, f"Error: {hook.name} did not answer within {hook.timeout_s:g} s.")
+            async with asyncio.timeout(hook.timeout_s), self._client.stream(
+                    "POST", hook.url, json=args, headers=hook.headers, timeout=hook.timeout_s) as resp:
+                body = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    body.extend(chunk)
+                    if len(body) >= WEBHOOK_MAX_BYTES:  # a whole page answered: the start is enough
+                        break
+        except (httpx.TimeoutException, TimeoutError):
+            return Result(False, f"Error: {hook.name} did not answer within {hook.timeout_s:g} s.", args)
         except httpx.HTTPError as exc:
-            return Result(False, f"Error: {hook.name} could not be reached ({type(exc).__name__}).")
-        text = resp.text.strip()
+            return Result(False, f"Error: {hook.name} could not be reached ({type(exc).__name__}).", args)
+        text = bytes(body[:WEBHOOK_MAX_BYTES]).decode(resp.encoding or "utf-8", errors="replace").strip()
         if resp.status_code >= 400:
             return Result(False, f"Error: {hook.name} failed with HTTP {resp.status_code}: {text[:300]}", args)
         return Result(True, text[:RESULT_CHARS] or "(no content)", args)

@@ -45,6 +45,7 @@ def test_calculator(text, value):
 
 @pytest.mark.parametrize("text", [
     "__import__('os').system('id')", "().__class__", "2 ** 100000", "1 / 0", "hello", "", "open('x')",
+    "+".join(["1"] * 2000), "(" * 300 + "1" + ")" * 300,
 ])
 def test_calculator_refuses_what_is_not_arithmetic(text):
     with pytest.raises((ValueError, SyntaxError)):
@@ -246,6 +247,22 @@ class Webhook:
         self.started = threading.Event()
         self.plain = False  # answer a sentence rather than JSON
 
+        @self.app.post("/huge")
+        async def huge():
+            from fastapi.responses import PlainTextResponse
+
+            return PlainTextResponse("rain " * 200_000)  # 1 MB
+
+        @self.app.post("/drip")
+        async def drip():
+            from fastapi.responses import StreamingResponse
+
+            async def slowly():
+                for _ in range(100):
+                    yield b"x"
+                    await asyncio.sleep(0.1)
+            return StreamingResponse(slowly())
+
         @self.app.post("/weather")
         async def weather(request: Request):
             body = await request.json()
@@ -303,6 +320,22 @@ async def test_a_failing_webhook_is_a_result_saying_so_not_a_failed_turn(store, 
             assert not pg.of("error")
         finally:
             await session.close()
+
+
+async def test_a_webhook_answering_too_much_or_too_slowly_is_cut_off():
+    hook = Webhook()
+    with ThreadServer(hook.app) as server:
+        box = Toolbox(webhooks=parse_webhooks(json.dumps([
+            {"name": "huge", "url": f"{server.url}/huge"}, {"name": "drip", "url": f"{server.url}/drip",
+                                                          "timeout_s": 0.5}])))
+        from rvchat_app.tools import RESULT_CHARS, Context
+
+        huge = await box.run(llm.ToolCall(id="a", function=llm.FunctionCall(name="huge", arguments="{}")), Context())
+        assert huge.ok and len(huge.content) == RESULT_CHARS and huge.content.startswith("rain rain")
+        # Headers at once, then a byte every 0.1 s: the timeout is the whole answer's, not each read's.
+        drip = await box.run(llm.ToolCall(id="b", function=llm.FunctionCall(name="drip", arguments="{}")), Context())
+        assert not drip.ok and "did not answer within 0.5 s" in drip.content
+        await box.close()
 
 
 async def test_interrupting_cancels_the_webhook_in_flight(store):
