@@ -1,5 +1,6 @@
-"""The page's player in a real Chromium: pausing when the user speaks over a reply, and resuming where it
-paused (main_app's pause_playback / resume_playback); no services needed, only the static files."""
+"""Backchannels in the page, in a real Chromium: the player pausing when the user speaks over a reply and
+resuming where it paused (main_app's pause_playback / resume_playback; only the static files needed), and
+the turn-taking panel's backchannel settings (against main_app)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_browser_page import browser, page  # noqa: F401  (the fixtures)
+from .test_browser_page import browser, page, sent_events  # noqa: F401  (the fixtures)
 
 pytestmark = [pytest.mark.browser]
 
@@ -75,3 +76,29 @@ def test_pause_keeps_the_rest_and_resume_plays_it_from_there(static_url, page): 
     assert out["end"]["done"] is True and out["end"]["played_ms"] == pytest.approx(1200, abs=2)
     assert out["chunksPlayed"] == 3
     assert out["resumedFor"] >= (1200 - out["atPause"]) / 1000 - 0.05
+
+
+@pytest.mark.models
+def test_backchannel_settings_are_shown_and_sent(app_service, page):  # noqa: F811
+    """The turn-taking panel shows main_app's backchannel settings, and a change goes out as `config`."""
+    sent = sent_events(page)
+    page.goto(app_service.url)
+    page.wait_for_function("window.rvchat && window.rvchat.events.includes('hello')", timeout=15000)
+    shown = page.evaluate("""() => {
+        const el = (id) => document.getElementById(id);
+        return {on: el('bc').checked, words: el('bc-words').value, resume: el('resume').value,
+                range: [el('resume').min, el('resume').max, el('resume').step], disabled: el('resume').disabled,
+                out: el('resume-out').textContent};
+    }""")
+    assert shown["on"] is True and shown["words"].startswith("mm-hm, uh-huh, hmm, yeah")
+    assert shown["resume"] == "1500" and shown["out"] == "1500 ms"
+    assert shown["range"] == ["200", "5000", "50"] and shown["disabled"] is False
+    page.click("#breakdown-panel summary")
+    page.fill("#bc-words", "yeah, okay ,, oui")
+    page.press("#bc-words", "Enter")
+    page.uncheck("#bc")
+    page.wait_for_function("window.rvchat.events.filter((t) => t === 'config').length >= 2", timeout=10000)
+    assert sent == [{"type": "config", "backchannel_words": ["yeah", "okay", "oui"]},
+                    {"type": "config", "backchannels": False}]
+    page.wait_for_function("!document.getElementById('bc').checked")
+    assert page.locator("#bc-words").input_value() == "yeah, okay, oui"  # as main_app has them now
