@@ -633,8 +633,10 @@ class Session:
             return
         self._paused = None
         self._cancel_resume_timer()
-        if reply.phase in (Phase.FAILED, Phase.INTERRUPTED):
+        if reply.phase is Phase.INTERRUPTED:  # stopped in the page already
             return
+        # A reply that failed while paused resumes too: what it had sent was said, and the page's player
+        # would otherwise hold the next reply's audio behind the pause.
         paused_s = reply.playout.resume(time.perf_counter())
         await self.send(page.ResumePlayback(turn=reply.id, reason=reason, text=text,
                                             paused_ms=round(paused_s * 1000, 1)))

@@ -311,3 +311,19 @@ async def test_the_window_waits_for_words_stt_is_still_writing(store):
         assert (await page.wait("transcript", count=2))["text"] == "What about Berlin?"
     finally:
         await session.close()
+
+
+async def test_a_reply_that_fails_while_paused_is_resumed_in_the_page(store):
+    hub = FakeHub(reply=LONG, token_delay=0.05, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        user = await speak(session, hub)
+        await page.wait("audio")
+        hub.last("llm").kill()  # the LLM dies mid-reply, while the user says "okay"
+        await user.says(start=3.0, end=3.3, text="Okay.")
+        await page.wait("error")
+        resume = await page.wait("resume_playback")
+        assert resume["turn"] == page.of("pause_playback")[0]["turn"]
+        assert not page.of("stop_playback")
+    finally:
+        await session.close()
