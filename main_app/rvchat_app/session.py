@@ -515,7 +515,7 @@ class Session:
                 await self._finish(reply)
                 return
             choice = self.tools.choose(reply.user_text) if self.tools is not None else {}
-            if not await reply.stream.start(messages, **options, **choice):
+            if not await reply.stream.start(messages, **{**options, **choice}):
                 await self._fail(reply, "llm", "the language model service connection was lost")
                 return
             await reply.playout.emit(page.ReplyStart(turn=reply.id, voice=reply.voice))
@@ -838,7 +838,7 @@ async def reply_once(*, store: Store, settings: Settings, factories: dict[str, S
         options = {"system": settings.system_prompt, "max_tokens": settings.max_tokens,
                    "temperature": settings.temperature, "model": settings.llm_model}
         choice = toolbox.choose(text) if toolbox is not None else {}
-        if not await reply.start(messages, **options, **choice):
+        if not await reply.start(messages, **{**options, **choice}):
             raise APIError(502, "the language model connection was lost", "llm_failed")
         try:
             await reply.run()

@@ -67,7 +67,7 @@ def test_routing_for_the_embedded_model_and_auto_for_a_remote_one():
     named = {"What time is it?": "get_current_time", "what's the date today": "get_current_time",
              "What is 12 times 7?": "calculate", "how much is 3 + 4": "calculate",
              "Remind me in 5 minutes to check the oven": "set_timer", "set a timer for 10 minutes": "set_timer",
-             "What's the weather in Paris?": "get_weather"}
+             "What's the weather in Paris?": "get_weather", "Tell me the time.": "get_current_time"}
     for text, name in named.items():
         choice = box.choose(text)
         assert choice["tool_choice"].function == {"name": name}, text
@@ -154,19 +154,21 @@ async def test_call_result_and_answer_in_one_turn_kept_in_history(store):
         assert pg.of("tool_call")[0] | {"id": None} == {"type": "tool_call", "turn": 1, "id": None,
                                                        "name": "calculate", "arguments": {"expression": "12 * 7"}}
         result = pg.of("tool_result")[0]
-        assert result["ok"] and result["result"] == "12 * 7 = 84"
-        assert end["text"] == "Here it is: 12 * 7 = 84."
+        assert result["ok"] and result["result"] == "12 * 7 = 84. The answer is 84."
+        assert end["text"] == "Here it is: 12 * 7 = 84. The answer is 84.."
         gens = hub.last("llm").calls("generate")
         assert gens[0]["tool_choice"] == {"type": "function", "function": {"name": "calculate"}}
+        assert gens[0]["max_tokens"] == 40 and gens[1]["max_tokens"] == 80  # the call cut short, not the answer
         assert [t["function"]["name"] for t in gens[0]["tools"]] == ["calculate"]
         # The result went back in OpenAI's shape, and the embedded model answers with no tools offered.
         assert [m["role"] for m in gens[1]["messages"]] == ["user", "assistant", "tool"]
-        assert gens[1]["messages"][2] == {"role": "tool", "tool_call_id": result["id"], "content": "12 * 7 = 84"}
+        assert gens[1]["messages"][2] == {"role": "tool", "tool_call_id": result["id"],
+                                          "content": "12 * 7 = 84. The answer is 84."}
         assert "tools" not in gens[1]
         conv = await store.get_conversation(session.conversation_id)
         assert [(m["role"], m["content"]) for m in conv["messages"]] == [
-            ("user", "What is 12 times 7?"), ("assistant", ""), ("tool", "12 * 7 = 84"),
-            ("assistant", "Here it is: 12 * 7 = 84.")]
+            ("user", "What is 12 times 7?"), ("assistant", ""), ("tool", "12 * 7 = 84. The answer is 84."),
+            ("assistant", "Here it is: 12 * 7 = 84. The answer is 84..")]
         # The next turn's context has them too.
         hub.reply = "Sure."
         await session.on_event(page.Text(text="Thanks!", voice=False))
@@ -186,7 +188,7 @@ async def test_the_embedded_models_broken_arguments_give_way_to_the_users_words(
     try:
         await pg.wait("reply_end")
         assert pg.of("tool_call")[0]["arguments"] == hub.tool_arguments["calculate"]  # shown as written
-        assert pg.of("tool_result")[0]["result"] == "12 * 7 = 84"
+        assert pg.of("tool_result")[0]["result"] == "12 * 7 = 84. The answer is 84."
         # Sent back (and kept) with what the tool used, so the LLM service accepts the conversation.
         call = hub.last("llm").calls("generate")[1]["messages"][1]["tool_calls"][0]
         assert json.loads(call["function"]["arguments"]) == {"expression": "12 * 7"}
@@ -446,9 +448,10 @@ def test_api_message_uses_the_same_tools(tmp_path):
         r = c.post("/api/message", json={"text": "What is 12 times 7?"})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["text"] == "Here it is: 12 * 7 = 84."
+        assert body["text"] == "Here it is: 12 * 7 = 84. The answer is 84.."
         assert body["tool_calls"] == [{"id": body["tool_calls"][0]["id"], "name": "calculate",
-                                       "arguments": {"expression": "12 * 7"}, "ok": True, "result": "12 * 7 = 84"}]
+                                       "arguments": {"expression": "12 * 7"}, "ok": True,
+                                       "result": "12 * 7 = 84. The answer is 84."}]
         conv = c.get(f"/api/conversations/{body['conversation_id']}").json()
         assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "tool", "assistant"]
     with TestClient(create_app(Settings(db_path=str(tmp_path / "o.sqlite3"), tools=False),
@@ -511,7 +514,7 @@ def test_real_arithmetic_tool_answers_84(tools_app):
     body = _ask(tools_app, "What is 12 times 7?")
     calls = body["tool_calls"]
     assert [c["name"] for c in calls] == ["calculate"] and calls[0]["ok"], calls
-    assert calls[0]["result"].endswith("= 84")
+    assert calls[0]["result"].startswith("12 * 7 = 84.")
     assert "84" in body["text"], body["text"]
     conv = __import__("httpx").get(f"{tools_app.url}/api/conversations/{body['conversation_id']}").json()
     assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "tool", "assistant"]
@@ -556,7 +559,7 @@ def test_page_shows_the_call_in_the_reply_bubble(tools_app, tmp_path):
             pg.wait_for_function("window.rvchat.events.includes('reply_end')", timeout=60000)
             bubble = pg.evaluate("""() => { const m = [...document.querySelectorAll('#messages .msg.assistant')].pop();
                 return {tool: m.querySelector('.tool').textContent, body: m.querySelector('.body').textContent}; }""")
-            assert bubble["tool"] == "⚙ calculate: 12 * 7 = 84"
+            assert bubble["tool"] == "⚙ calculate: 12 * 7 = 84. The answer is 84."
             assert "84" in bubble["body"]
             pg.reload()
             pg.wait_for_selector("#messages .msg.tool", timeout=10000)
