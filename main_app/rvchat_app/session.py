@@ -316,7 +316,7 @@ class Session:
     async def on_event(self, event: page.ClientEvent) -> None:
         """One (validated) event from the page."""
         if isinstance(event, page.Text):
-            if self.reply is not None and not self.reply.ended or self.state == "speaking":
+            if self.reply is not None and not self.reply.ended or self.state == "speaking" or self._paused:
                 await self._interrupt(reason="new message")
             self.detector.clear_carry()
             voice = self.voice_out if event.voice is None else event.voice

@@ -70,6 +70,17 @@ async def test_the_play_clock_stands_still_while_paused():
 
 
 # ------------------------------------------------------------------ the session
+def stt_without_answer(hub: FakeHub):
+    """STT from now on takes the speech but sends no words for it (slow, or they come later by hand)."""
+    fake_stt = hub.last("stt")
+
+    async def end() -> None:
+        fake_stt.buffer.clear()
+
+    fake_stt.end = end
+    return fake_stt
+
+
 async def reply_playing(session, page, hub) -> ScriptedUser:
     user = await speak(session, hub)
     await page.wait("audio", count=2)
@@ -150,12 +161,7 @@ async def test_no_words_within_the_window_resumes_and_late_words_still_interrupt
     session, page = await make(store, hub, resume_window_ms=300)
     try:
         user = await reply_playing(session, page, hub)
-        fake_stt = hub.last("stt")
-
-        async def end_without_answer() -> None:  # STT is slow: its final comes after the window
-            fake_stt.buffer.clear()
-
-        fake_stt.end = end_without_answer
+        fake_stt = stt_without_answer(hub)  # STT is slow: its final comes after the window
         await user.says(start=3.0, end=3.8)
         resume = await page.wait("resume_playback", timeout=3)
         assert resume["reason"] == "timeout"
@@ -210,7 +216,8 @@ async def test_a_page_that_leaves_while_paused_keeps_what_it_heard_before_the_pa
     user = await speak(session, hub)
     await page.wait("audio", count=2)  # the first sentence (300 ms) and the second (600 ms) are out
     await asyncio.sleep(0.35)
-    await user.says(start=3.0, end=3.2, text=None)  # still waiting for its words
+    stt_without_answer(hub)  # still waiting for its words when the page leaves
+    await user.says(start=3.0, end=3.2)
     await page.wait("pause_playback")
     await asyncio.sleep(1.0)  # paused: nothing more is heard, however long the page waits
     await session.close()
@@ -325,5 +332,22 @@ async def test_a_reply_that_fails_while_paused_is_resumed_in_the_page(store):
         resume = await page.wait("resume_playback")
         assert resume["turn"] == page.of("pause_playback")[0]["turn"]
         assert not page.of("stop_playback")
+    finally:
+        await session.close()
+
+
+async def test_a_message_typed_while_paused_stops_the_paused_reply(store):
+    hub = FakeHub(reply=LONG, token_delay=0.001, ms_per_word=300)
+    session, page = await make(store, hub)
+    try:
+        user = await speak(session, hub)
+        await page.wait("reply_end")  # all generated, still playing
+        stt_without_answer(hub)  # the speech's words are not in yet
+        await user.says(start=2.0, end=2.3)
+        await page.wait("pause_playback")
+        await session.on_text_event({"type": "text", "text": "Something else."})
+        stop = await page.wait("stop_playback")
+        assert stop["reason"] == "new message" and stop["turn"] == page.of("pause_playback")[0]["turn"]
+        await page.wait("reply_end", count=2)
     finally:
         await session.close()
