@@ -165,6 +165,10 @@ class LLMEngine:
     # Lifecycle: load() runs in a thread at start-up (build_app); start/close on the loop.
     def load(self) -> None:
         self.provider.load()
+        if self.provider.name == "local":
+            self._load_eou()
+
+    def _load_eou(self) -> None:
         if self.eou is not None and not self.eou.loaded:
             try:
                 self.eou.load()
@@ -174,6 +178,9 @@ class LLMEngine:
 
     async def start(self) -> None:
         await self.provider.start()
+        if self.eou is not None and not self.eou.loaded:
+            # A remote provider is ready without it (its readiness is the upstream's): load it behind.
+            self._eou_loading = asyncio.create_task(asyncio.to_thread(self._load_eou))
 
     async def close(self) -> None:
         await self.provider.close()
@@ -376,7 +383,9 @@ class LLMEngine:
                     timings=timings, dropped_messages=dropped, extra=final.extra)
 
     async def end_of_utterance(self, text: str) -> float:
-        if self.eou is None or not self.eou.loaded:
+        if self.eou is not None and not self.eou.loaded:
+            raise APIError(503, "the end-of-utterance model is still loading; retry shortly", "model_loading")
+        if self.eou is None:
             raise APIError(501, "this LLM service has no end-of-utterance model (LLM_EOU is off, or the "
                            "embedded GGUF is not installed)", "eou_unavailable")
         return await asyncio.to_thread(self.eou.probability, text)

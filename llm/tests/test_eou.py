@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -90,7 +91,11 @@ async def test_ws_eou_beside_a_generation(llm_service):
 def test_other_providers_use_the_embedded_model(ollama_llm, llm_service):
     """Ollama offers no such probability: the service answers with the embedded model all the same."""
     text = {"text": "What is the capital of France?"}
-    assert eou(ollama_llm.url, text).json() == eou(llm_service.url, text).json()
+    deadline = time.monotonic() + 30
+    while (r := eou(ollama_llm.url, text)).status_code == 503:  # it loads after the service is ready
+        assert r.json()["error"]["code"] == "model_loading" and time.monotonic() < deadline, r.text
+        time.sleep(0.2)
+    assert r.json() == eou(llm_service.url, text).json()
 
 
 def test_without_the_model_it_is_a_501():
