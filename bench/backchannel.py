@@ -1,5 +1,6 @@
 """Backchannels and real interruptions over real replies: main_app and the four services as processes,
-a page client (``rvchat_app.testing.VoicePage``) that plays the replies on a clock and talks over them.
+a page client (``rvchat_app.loopback.LoopbackPage`` without a room: a page with headphones) that plays
+the replies on a clock, pauses, resumes and stops as the page does, and talks over them.
 
 Each trial asks for a spoken reply and, once it is playing, plays one recording into the mic:
 - an acknowledgement or a sound without words (tests/data/speech/backchannel: a real "uh" and
@@ -31,40 +32,39 @@ QUESTIONS = ["Tell me about the moon.", "What is a good breakfast?", "Why is the
              "Tell me about dogs.", "How do trees grow?", "What is the ocean like?"]
 
 
+def playing(page, turn: int) -> bool:
+    """Audio of ``turn`` is coming out of the page's speaker now (not paused)."""
+    now = page.now_sample()
+    return page.paused is None and any(s <= now < e for s, e, t in page.speaker.turn_of if t == turn)
+
+
 async def trial(app_url: str, clip_path: Path, question: str, kind: str) -> dict:
-    import websockets
+    from rvchat_app.loopback import LoopbackPage
+    from rvchat_app.testing import load_pcm16, speech_start_seconds
 
-    from rvchat_app.testing import VoicePage, load_pcm16
-
-    ws = await websockets.connect(app_url.replace("http", "ws") + "/ws", max_size=None)
-    hello = json.loads(await ws.recv())
-    page = VoicePage(ws)
-    page.start()
+    page = await LoopbackPage.open(app_url.replace("http", "ws"), None)  # a page with headphones: no echo
     row: dict = {"clip": clip_path.name, "kind": kind}
     try:
-        if not all(s["up"] for s in hello["services"]["services"].values()):
-            await page.wait_for(lambda e: e["type"] == "services"
-                                and all(s["up"] for s in e["services"].values()), timeout=30)
-        await page.send({"type": "text", "text": question})
-        turn = (await page.wait_for(lambda e: e["type"] == "reply_start", timeout=90))["turn"]
-        await page.wait_for(lambda e: e["type"] == "audio" and e["turn"] == turn, timeout=90)
-        while not page.playing(turn):
+        turn = (await page.ask(question))["turn"]
+        while not playing(page, turn):
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # into the reply
-        onset = page.talk(load_pcm16(clip_path))
-        row["onset_s"] = onset
-        clip_s = len(load_pcm16(clip_path)) / 32000
+        pcm = load_pcm16(clip_path)
+        at = page.now_s() + 0.3  # into the reply
+        page.talk(pcm, at)
+        onset = at + speech_start_seconds(pcm)
+        clip_s = len(pcm) / 32000
+        row["onset_s"] = round(onset, 3)
         if kind == "interruption":
             try:  # its words are answered; or they never interrupted the reply (judged 6 s after the clip)
                 await page.wait_for(lambda e: e["type"] == "transcript" and e["turn"] != turn,
-                                    timeout=onset + clip_s + 6.0 - page.now())
+                                    timeout=onset + clip_s + 6.0 - page.now_s())
             except TimeoutError:
                 pass
         else:
             # Kept or not, the reply is over once it has played out (or was stopped), and the speech's
             # words (or the resume window) have decided by 3 s after the clip.
-            await page.wait_for(lambda e: e["type"] == "reply_end" and e["turn"] == turn, timeout=90)
-            while page.now() < onset + clip_s + 3.0 or page.playing(turn) or page.paused_at is not None:
+            await page.until_played(turn)
+            while page.now_s() < onset + clip_s + 3.0 or page.paused is not None:
                 await asyncio.sleep(0.05)
         pause = page.of("pause_playback", turn)
         row["paused"] = bool(pause)
@@ -82,7 +82,7 @@ async def trial(app_url: str, clip_path: Path, question: str, kind: str) -> dict
         row["error"] = f"timeout: {exc}; last events {[e['type'] for e in page.events[-8:]]}"
     finally:
         await page.close()
-        await ws.close()
+        await page.ws.close()
     if kind == "backchannel":
         row["kept"] = not row.get("stopped") and not row.get("answered") and "error" not in row
     else:

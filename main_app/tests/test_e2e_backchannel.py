@@ -14,9 +14,9 @@ import json
 
 import httpx
 import pytest
-import websockets
 
-from rvchat_app.testing import VoicePage, app_env, load_pcm16
+from rvchat_app.loopback import LoopbackPage
+from rvchat_app.testing import app_env, load_pcm16, speech_start_seconds
 from rvchat_common.testing import SPEECH_DIR, ServiceProcess, speech_sample, wer
 
 pytestmark = pytest.mark.models
@@ -43,28 +43,31 @@ def app(services, tmp_path_factory):
         yield proc
 
 
-async def open_page(app) -> tuple[VoicePage, str | None]:
-    ws = await websockets.connect(f"{app.ws_url}/ws", max_size=None)
-    hello = json.loads(await ws.recv())
-    page = VoicePage(ws)
-    page.start()
-    if not all(s["up"] for s in hello["services"]["services"].values()):
-        await page.wait_for(lambda e: e["type"] == "services" and all(s["up"] for s in e["services"].values()),
-                            timeout=30)
-    return page, hello["conversation_id"]
+async def open_page(app) -> LoopbackPage:
+    return await LoopbackPage.open(app.ws_url, None)  # a page with headphones: no echo in its mic
 
 
-async def reply_playing(page: VoicePage) -> int:
+def playing(page: LoopbackPage, turn: int) -> bool:
+    now = page.now_sample()
+    return page.paused is None and any(s <= now < e for s, e, t in page.speaker.turn_of if t == turn)
+
+
+async def reply_playing(page: LoopbackPage) -> int:
     """Ask for a spoken reply; its turn, once its first chunk is coming out of the speaker."""
-    await page.send({"type": "text", "text": QUESTION})
-    turn = (await page.wait_for(lambda e: e["type"] == "reply_start", timeout=60))["turn"]
-    await page.wait_for(lambda e: e["type"] == "audio" and e["turn"] == turn, timeout=60)
-    while not page.playing(turn):
+    turn = (await page.ask(QUESTION))["turn"]
+    while not playing(page, turn):
         await asyncio.sleep(0.01)
     return turn
 
 
-async def history(app, page: VoicePage) -> list[dict]:
+def talk(page: LoopbackPage, pcm: bytes) -> float:
+    """Say ``pcm`` into the mic now; the mic-clock second its speech starts."""
+    at = page.now_s() + 0.05
+    page.talk(pcm, at)
+    return at + speech_start_seconds(pcm)
+
+
+async def history(app, page: LoopbackPage) -> list[dict]:
     cid = (await page.wait_for(lambda e: e["type"] == "conversation_created", timeout=5))["id"]
     async with httpx.AsyncClient() as client:
         return (await client.get(f"{app.url}/api/conversations/{cid}")).json()["messages"]
@@ -72,14 +75,15 @@ async def history(app, page: VoicePage) -> list[dict]:
 
 @pytest.mark.parametrize("clip", CLIPS, ids=[c["file"] for c in CLIPS])
 async def test_an_acknowledgement_or_a_noise_does_not_cancel_the_reply(app, clip):
-    page, _ = await open_page(app)
+    page = await open_page(app)
     try:
         turn = await reply_playing(page)
         pcm = load_pcm16(speech_sample(f"backchannel/{clip['file']}"))
-        onset = page.talk(pcm)
+        onset = talk(page, pcm)
         end = await page.wait_for(lambda e: e["type"] == "reply_end" and e["turn"] == turn, timeout=60)
         # Its words (or the resume window) decide within 3 s of the clip; then the reply plays out.
-        while page.now() < onset + len(pcm) / 32000 + 3.0 or page.playing(turn) or page.paused_at is not None:
+        await page.until_played(turn)
+        while page.now_s() < onset + len(pcm) / 32000 + 3.0 or page.paused is not None:
             await asyncio.sleep(0.05)
         assert not page.of("stop_playback") and not page.of("interrupted"), page.events
         assert [e["turn"] for e in page.of("transcript")] == [turn]  # not a turn: not answered
@@ -91,20 +95,23 @@ async def test_an_acknowledgement_or_a_noise_does_not_cancel_the_reply(app, clip
             assert not pauses
         for resume in resumes:
             assert resume["reason"] == "backchannel", resume  # the words were in before the window
-        assert page.played_ms(turn) == pytest.approx(sum(a["duration_ms"] for a in page.of("audio", turn)), abs=5)
+        # Every chunk played, to its end: nothing of the reply was lost in the pause.
+        played = page.speaker.played_ms(turn, page.now_sample())
+        assert played == pytest.approx(sum(a["duration_ms"] for a in page.of("audio", turn)), abs=20)
         messages = await history(app, page)
     finally:
         await page.close()
+        await page.ws.close()
     assert [(m["role"], m["interrupted"]) for m in messages] == [("user", False), ("assistant", False)]
     assert messages[1]["content"] == end["text"]
 
 
 async def test_a_real_utterance_over_the_reply_interrupts_it_and_is_answered(app):
     clip = "mfa_thoughts.wav"
-    page, _ = await open_page(app)
+    page = await open_page(app)
     try:
         turn = await reply_playing(page)
-        page.talk(load_pcm16(speech_sample(clip)))
+        talk(page, load_pcm16(speech_sample(clip)))
         stop = await page.wait_for(lambda e: e["type"] == "stop_playback" and e["turn"] == turn, timeout=30)
         interrupted = await page.wait_for(lambda e: e["type"] == "interrupted" and e["turn"] == turn, timeout=10)
         transcript = await page.wait_for(lambda e: e["type"] == "transcript" and e["turn"] != turn, timeout=30)
@@ -119,6 +126,7 @@ async def test_a_real_utterance_over_the_reply_interrupts_it_and_is_answered(app
         messages = await history(app, page)
     finally:
         await page.close()
+        await page.ws.close()
     assert [(m["role"], m["interrupted"]) for m in messages][:3] == [
         ("user", False), ("assistant", True), ("user", False)]
     assert messages[1]["content"] == spoken and messages[2]["content"] == transcript["text"]
