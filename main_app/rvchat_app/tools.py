@@ -183,11 +183,15 @@ _UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 
 def parse_duration(text: str) -> float | None:
     """Seconds in "5 minutes", "in two hours", "90 seconds", "half an hour", "1h30m"; None if none."""
     s = _spoken_to_symbols(text.replace("half an hour", "30 minutes").replace("a half", "0.5"))
-    total, found = 0.0, False
-    for num, unit in re.findall(r"(\d+(?:\.\d+)?)\s*(hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)(?![a-z])", s):
-        total += float(num) * _UNITS[unit.rstrip("s") if unit not in ("s",) else "s"]
-        found = True
-    if not found:
+    total, last_end = 0.0, None
+    for m in re.finditer(r"(\d+(?:\.\d+)?)\s*(hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)(?![a-z])", s):
+        # "1 hour 30 minutes" / "1h30m" is one duration; "in 5 minutes and again in 10" starts a second one
+        if last_end is not None and not re.fullmatch(r"\s*(?:and\s*)?", s[last_end:m.start()]):
+            break
+        num, unit = m.groups()
+        total += float(num) * _UNITS[unit.rstrip("s") if unit != "s" else "s"]
+        last_end = m.end()
+    if last_end is None:
         bare = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*", s)
         if bare:  # a bare number from the model's arguments: seconds
             return float(bare.group(1))

@@ -17,7 +17,7 @@ from rvchat_app.app import create_app
 from rvchat_app.history import History, chat_messages
 from rvchat_app.settings import Settings
 from rvchat_app.store import Store
-from rvchat_app.testing import FakeHub
+from rvchat_app.testing import FakeHub, until
 from rvchat_app.tools import Toolbox, calculate, parse_duration, parse_webhooks
 from rvchat_common.protocol import llm, page
 from rvchat_common.testing import ThreadServer
@@ -54,7 +54,8 @@ def test_calculator_refuses_what_is_not_arithmetic(text):
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("5 minutes", 300), ("in 2 hours", 7200), ("90 seconds", 90), ("half an hour", 1800), ("1h30m", 5400),
-    ("remind me in five minutes to stretch", 300), ("30", 30),
+    ("remind me in five minutes to stretch", 300), ("30", 30), ("1 hour and 30 minutes", 5400),
+    ("in 5 minutes and again in 10 minutes", 300),
 ])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
@@ -390,6 +391,31 @@ async def test_barge_in_by_voice_cancels_the_call_and_answers_the_new_words(stor
             assert not pg.of("tool_result") and hook.finished == 0
         finally:
             await session.close()
+
+
+async def test_a_speculative_reply_calls_its_tool_only_once_it_is_the_turn(store):
+    """The reply starts on a short pause; a timer must not be set for words the user then goes on from."""
+    from rvchat_app.testing import ScriptedUser
+
+    hub = FakeHub()
+    hub.tool_arguments["set_timer"] = json.dumps({"duration": "1 minute", "message": "stretch"})
+    session, pg = await make(store, hub, speculative_silence_ms=150, vad_min_silence_ms=500,
+                             turn_end_complete_ms=500, turn_end_incomplete_ms=900)
+    session.tools = Toolbox()
+    try:
+        user = ScriptedUser(session, hub)
+        # Speculation starts 150 ms into the pause and its call is made; the user goes on before the turn ends.
+        await user.says(start=0.4, end=1.0, text="Remind me in 1 minute to stretch", tail=0.3)
+        await until(lambda: hub.last("llm").calls("generate"), what="the speculative generation")
+        await user.says(start=1.3, end=2.0, text="and then drink water.")
+        end = await pg.wait("reply_end")
+        calls = pg.of("tool_call")
+        assert len(calls) == 1 and len(session.tools.reminders.tasks) == 1  # one timer, for the whole utterance
+        assert pg.of("tool_result")[0]["result"].endswith("stretch and then drink water.")
+        assert end["turn"] == calls[0]["turn"]
+    finally:
+        await session.close()
+        await session.tools.close()
 
 
 async def test_a_timer_speaks_its_reminder_when_due(store):
