@@ -480,6 +480,16 @@ def test_api_message_uses_the_same_tools(tmp_path):
                                        "result": "12 * 7 = 84. The answer is 84."}]
         conv = c.get(f"/api/conversations/{body['conversation_id']}").json()
         assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "tool", "assistant"]
+        # A timer set through the API has no page to speak in: it is written into the conversation when due.
+        hub.tool_arguments["set_timer"] = json.dumps({"duration": "1 second", "message": "x"})
+        timer = c.post("/api/message", json={"text": "Remind me in 1 second to call Sam",
+                                             "conversation_id": body["conversation_id"]}).json()
+        assert timer["tool_calls"][0]["result"].startswith("Timer set for 1 second")
+        import time
+
+        time.sleep(1.5)
+        conv = c.get(f"/api/conversations/{body['conversation_id']}").json()
+        assert (conv["messages"][-1]["content"], conv["messages"][-1]["source"]) == ("Reminder: call Sam", "reminder")
     with TestClient(create_app(Settings(db_path=str(tmp_path / "o.sqlite3"), tools=False),
                                factories=hub.factories())) as c:
         body = c.post("/api/message", json={"text": "What is 12 times 7?"}).json()
