@@ -84,6 +84,16 @@ def test_routing_for_the_embedded_model_and_auto_for_a_remote_one():
     assert Toolbox(builtins=["calculator"]).choose("What time is it?") == {}
 
 
+def test_routing_leaves_ordinary_speech_alone():
+    """The 28 read sentences of tests/data/speech name no tool (nor did 71 of bench/answers.py's 72 questions;
+    the 72nd is "What is two plus two?", rightly a sum)."""
+    from rvchat_common.testing import speech_manifest
+
+    box = Toolbox()
+    texts = [m["text"] for m in speech_manifest()]
+    assert len(texts) >= 20 and [t for t in texts if box.intent(t)] == []
+
+
 @pytest.mark.parametrize(("raw", "words"), [
     ("not json", "not JSON"), ('[{"name": "x"}]', "url"), ('[{"name": "bad name!", "url": "http://a"}]', "name"),
     ('[{"name": "calculate", "url": "http://a"}]', "built-in"), ('"a string"', "list"),
