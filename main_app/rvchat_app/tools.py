@@ -423,7 +423,11 @@ class Toolbox:
         message = message or "your timer is done"
         if ctx.remind is None:
             return Result(False, "Error: timers are not available here.")
-        await ctx.remind(seconds, message)
+        try:
+            await ctx.remind(seconds, message)
+        except ValueError as exc:  # too many pending
+            return Result(False, f"Error: the timer was not set: {exc}.", {"duration": _span(seconds),
+                                                                         "message": message})
         return Result(True, f"Timer set for {_span(seconds)}: the user will be reminded: {message}.",
                       {"duration": _span(seconds), "message": message})
 

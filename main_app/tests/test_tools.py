@@ -117,6 +117,24 @@ def test_the_time_tool_uses_app_timezone():
         Settings(timezone="Mars/Olympus")
 
 
+async def test_timers_past_the_limit_are_refused_saying_so():
+    from rvchat_app.tools import MAX_REMINDERS, Context
+
+    box = Toolbox()
+
+    async def remind(seconds: float, message: str) -> None:
+        async def deliver() -> None:
+            pass
+        box.reminders.add(seconds, deliver)
+
+    call = llm.ToolCall(id="t", function=llm.FunctionCall(name="set_timer", arguments='{"duration": "1 hour"}'))
+    results = [await box.run(call, Context(remind=remind)) for _ in range(MAX_REMINDERS + 1)]
+    assert all(r.ok for r in results[:-1]) and len(box.reminders.tasks) == MAX_REMINDERS
+    assert not results[-1].ok and "too many timers pending" in results[-1].content
+    await box.close()
+    assert not box.reminders.tasks
+
+
 def _ctx():
     from rvchat_app.tools import Context
 
