@@ -2,10 +2,12 @@
 the Dockerfiles and .dockerignore hold what the images need (built and run for real by
 scripts/docker-e2e.sh, `make docker-test`)."""
 
+import ast
 import fnmatch
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,7 @@ def test_five_services_on_their_ports_with_healthchecks(config):
         kind, command = svc["healthcheck"]["test"]
         assert kind == "CMD-SHELL"
         assert f"http://127.0.0.1:${{{prefix}_PORT:-{port}}}/" in command.replace("$$", "$")
+        assert command.startswith(f"python {HEALTHCHECK_IN_IMAGE} ")
         assert svc["restart"] == "unless-stopped"
         assert (REPO / svc["build"]["dockerfile"]).is_file()
 
@@ -69,6 +72,21 @@ def test_ollama_profile_reserves_a_gpu(config):
     assert ollama["profiles"] == ["ollama"]
     devices = ollama["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
+
+
+HEALTHCHECK_IN_IMAGE = "/app/common/rvchat_common/healthcheck.py"
+
+
+def test_healthcheck_script_needs_only_the_standard_library():
+    # Run as a file, it must not import the package: `-m rvchat_common.healthcheck` loaded FastAPI
+    # first (0.53 s of CPU) and timed out while the composed stack loaded its models.
+    tree = ast.parse((REPO / "common" / "rvchat_common" / "healthcheck.py").read_text())
+    modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names}
+    modules |= {node.module.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
+    assert modules and modules <= sys.stdlib_module_names, modules
 
 
 def dockerfile(service: str) -> str:
@@ -110,8 +128,9 @@ def test_healthcheck_follows_the_configured_port(service):
     # networking) the check probes the port the service really listens on.
     prefix, port = SERVICES[service]
     text = re.sub(r"\\\n\s*", " ", dockerfile(service))
-    check = re.search(r"^HEALTHCHECK .*? CMD (.*)$", text, re.M).group(1)
+    check = re.search(r"^HEALTHCHECK .*? CMD (.*)$", text, re.MULTILINE).group(1)
     assert not check.startswith("["), "exec form: no variable expansion"
+    assert check.startswith(f"python {HEALTHCHECK_IN_IMAGE} "), "run as a file, without the package"
     assert f'"http://127.0.0.1:${{{prefix}_PORT:-{port}}}/' in check
     assert f"EXPOSE {port}" in text
 
@@ -135,7 +154,7 @@ def test_no_wheels_or_build_tools_left_in_the_image(service):
     assert "/wheels" not in stage
     assert "build-essential" not in stage and "cmake" not in stage
     # binutils (strip) is installed and purged in the same layer, or it would stay in the image.
-    for run in re.findall(r"^RUN (?:.*\\\n)*.*$", stage, re.M):
+    for run in re.findall(r"^RUN (?:.*\\\n)*.*$", stage, re.MULTILINE):
         if "install" in run and "binutils" in run:
             assert "purge -y --auto-remove binutils" in run
 
