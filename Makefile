@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rvchat-installed
 
-.PHONY: run test install system-deps provision bench compose-config clean
+.PHONY: run test install system-deps provision bench compose-config docker-test clean
 
 run: install ## install what is missing, then start all five services on embedded defaults
 	@echo ""
@@ -31,6 +31,9 @@ bench: install ## latency and throughput figures into bench/REPORT.md
 
 compose-config:
 	docker-compose -f docker-compose.yml config -q
+
+docker-test: ## build the five images, run each alone and the composed stack through a voice turn (needs a Docker engine; ~40 min the first time; not part of `make test`)
+	bash scripts/docker-e2e.sh $(DOCKER_TEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
