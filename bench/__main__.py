@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["vad", "stt", "tts", "llm", "answers", "tools", "voice", "concurrency", "wyoming"]
+ORDER = ["vad", "stt", "tts", "llm", "answers", "tools", "voice", "echo", "concurrency", "wyoming"]
 
 
 def main(argv: list[str]) -> int:

@@ -17,6 +17,7 @@ room (a room does not change within a conversation), typed questions, the reply 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import tempfile
@@ -115,6 +116,7 @@ def run() -> str:
                                      {"LLM_PROVIDER": "local"} if name == "llm" else {})
                 for name in ("vad", "stt", "tts", "llm")}
     results: dict[str, list[dict]] = {"on": [], "off": []}
+    raw = Path(os.environ["BENCH_ECHO_JSON"]) if os.environ.get("BENCH_ECHO_JSON") else None  # rows as they come
     try:
         for svc in services.values():
             svc.start()
@@ -128,15 +130,27 @@ def run() -> str:
                     for k, room in enumerate(rooms):
                         # The last reply of each session is talked over (guard on; off, it has paused itself).
                         user = users[k % len(users)] if mode == "on" else None
-                        rows = asyncio.run(room_session(app.ws_url, room, replies + (user is not None), user, k))
+                        try:
+                            rows = asyncio.run(room_session(app.ws_url, room, replies + (user is not None), user, k))
+                        except TimeoutError:
+                            # Without the guard the assistant can answer its own echo, and a question's reply
+                            # may never get to speak: the room counts as lost, the run goes on.
+                            print(f"   echo {mode} room {room.delay_ms:.0f} ms {room.gain_db:+.0f} dB: lost (timeout)")
+                            results.setdefault(f"{mode}_lost", []).append({"room": (room.delay_ms, room.gain_db)})
+                            continue
                         results[mode] += rows
+                        if raw:
+                            raw.write_text(json.dumps(results, indent=1))
                         print(f"   echo {mode} room {room.delay_ms:.0f} ms {room.gain_db:+.0f} dB: "
                               f"{sum(r['self'] for r in rows)}/{len(rows)} self, "
                               f"{[round(r['detected_s'], 3) if r.get('detected_s') is not None else None for r in rows if 'onset' in r]}",
                               flush=True)
                     # No echo at all (headphones): how fast a barge-in is without the guard's help or harm.
                     for k in range(len(USERS)):
-                        rows = asyncio.run(room_session(app.ws_url, Room(gain_db=-200), 1, users[k], 100 + k))
+                        try:
+                            rows = asyncio.run(room_session(app.ws_url, Room(gain_db=-200), 1, users[k], 100 + k))
+                        except TimeoutError:
+                            continue
                         for r in rows:
                             r["headphones"] = True
                         results[mode] += rows
