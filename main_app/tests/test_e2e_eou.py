@@ -35,7 +35,10 @@ def paused_clip() -> bytes:
 
 @pytest.fixture(scope="module")
 def eou_app(services, tmp_path_factory):
-    env = app_env(services, tmp_path_factory.mktemp("eou") / "rvchat.sqlite3", **HOLDS)
+    # The answer takes a median 33 ms, but a whole suite on 2 cores can hold it past the default 300 ms
+    # timeout (then the words decide, as the other test shows): here the probability must be used.
+    env = app_env(services, tmp_path_factory.mktemp("eou") / "rvchat.sqlite3", APP_TURN_END_EOU_TIMEOUT_MS="3000",
+                  **HOLDS)
     with ServiceProcess("rvchat_app", "APP_", env) as proc:
         yield proc
 
