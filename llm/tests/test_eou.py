@@ -11,7 +11,6 @@ import httpx
 import pytest
 import websockets
 from fastapi.testclient import TestClient
-
 from rvchat_llm.app import create_app
 from rvchat_llm.engine import LLMEngine
 from rvchat_llm.providers.base import Delta, Final
@@ -47,7 +46,7 @@ def test_unfinished_words_score_lower_than_a_question(llm_service):
     question = eou(llm_service.url, {"text": "What is the capital of France?"})
     assert unfinished.status_code == 200 and question.status_code == 200, (unfinished.text, question.text)
     p_unfinished, p_question = unfinished.json()["probability"], question.json()["probability"]
-    assert 0 <= p_unfinished < 0.1 < 0.5 < p_question <= 1, (p_unfinished, p_question)
+    assert 0 <= p_unfinished < 0.1 and 0.5 < p_question <= 1, (p_unfinished, p_question)
     # Whisper's full stop after half a sentence does not fool it: the words are read without it.
     assert eou(llm_service.url, {"text": "I want to go to the."}).json()["probability"] == p_unfinished
     # Asked again, and after other text (its cached prefix is gone): the same answer.

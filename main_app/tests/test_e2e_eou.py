@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import websockets
-
 from rvchat_app.testing import app_env, events_of, load_pcm16, voice_turn
 from rvchat_common.testing import ServiceProcess, speech_sample
 

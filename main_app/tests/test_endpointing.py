@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from rvchat_app.endpointing import Completeness, Holds, completeness
 from rvchat_app.session import Session
 from rvchat_app.settings import Settings
