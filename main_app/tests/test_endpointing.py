@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from rvchat_app.endpointing import Completeness, Holds, completeness
@@ -120,3 +121,49 @@ async def test_off_the_llm_is_not_asked(tmp_path):
     waited = await commit_ms(tmp_path, hub, turn_end_eou=False)
     assert hub.last("llm").eou_asked == []
     assert SHORT[0] <= waited < SHORT[1], waited
+
+
+async def test_the_llm_link_answers_eou_beside_the_reply_events():
+    """LlmStream: eou answers and errors (ids "eou-...") resolve the question and never reach the reply's
+    reader; a late answer is dropped; the generation's own events pass through."""
+    from rvchat_app.clients import LlmStream
+    from rvchat_common.protocol import ErrorEvent, dump, llm
+
+    stream = LlmStream("http://127.0.0.1:1")
+    incoming: asyncio.Queue = asyncio.Queue()
+    sent: list[str] = []
+
+    async def send(data):
+        sent.append(data)
+
+    async def recv():
+        return await incoming.get()
+
+    stream._send, stream._recv = send, recv
+    reader_saw: list = []
+
+    async def reader():
+        async for event in stream.events():
+            reader_saw.append(event)
+
+    task = asyncio.create_task(reader())
+    try:
+        asked = asyncio.create_task(stream.eou("What is the capital of France?"))
+        await until(lambda: sent)
+        request = json.loads(sent[0])
+        assert request == {"type": "eou", "id": request["id"], "text": "What is the capital of France?"}
+        incoming.put_nowait(dump(llm.Delta(id="g1", content="Par")))
+        incoming.put_nowait(dump(llm.EouResult(id=request["id"], probability=0.88)))
+        assert await asyncio.wait_for(asked, 2) == 0.88
+        asked = asyncio.create_task(stream.eou("hello"))
+        await until(lambda: len(sent) == 2)
+        unavailable = ErrorEvent.of("eou_unavailable", "no model", status=501, id=json.loads(sent[1])["id"])
+        incoming.put_nowait(dump(unavailable))
+        assert await asyncio.wait_for(asked, 2) is None
+        # An answer after the asker gave up, and a generation's error: only the latter is the reply's.
+        incoming.put_nowait(dump(llm.EouResult(id=request["id"], probability=0.5)))
+        incoming.put_nowait(dump(ErrorEvent.of("upstream_timeout", "slow", status=504, id="g1")))
+        await until(lambda: len(reader_saw) == 2)
+        assert [type(e) for e in reader_saw] == [llm.Delta, ErrorEvent] and reader_saw[1].id == "g1"
+    finally:
+        task.cancel()
