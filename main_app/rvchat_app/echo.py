@@ -58,6 +58,9 @@ SEARCH_MIN_ACTIVE = 30  # frames of reference (~0.5 s) before a search can be tr
 # jitter per sentence, +-1 frame let 9 of 27 simulated replies interrupt themselves, this span 3, and
 # still heard a user talking over the reply in a median 264 ms.
 JITTER_EARLY, JITTER_LATE = 2, 4
+# The span also covers every delay the last searches found (~2.5 s): live, a 150 ms room's echo was found
+# at 96-144 ms from one reply to the next, and the reply that started near the wrong end paused itself.
+RECENT_DELAYS = 20
 PAGE_LEAD_S = 0.03  # static/player.js LEAD_S: a chunk that finds the queue empty plays this long after it arrives
 TAIL_FRAMES = 6  # reverberation kept after the echo's direct path: ~100 ms
 TAIL_DECAY = 0.5  # per frame (-3 dB / 16 ms: a room of RT60 ~0.3 s)
@@ -129,6 +132,7 @@ class EchoGuard:
         self._ref_active = np.zeros(SEARCH_FRAMES + self.max_delay, bool)
         self._frames = 0
         self.delay: int | None = None  # frames
+        self._delays: collections.deque[int] = collections.deque(maxlen=RECENT_DELAYS)  # the last searches' finds
         self._candidate: int | None = None
         self.correlation = 0.0
         self._start_gain_db = start_gain_db
@@ -278,7 +282,8 @@ class EchoGuard:
             # ... and applied to the loudest reference of a wider span: each time the page's player runs dry
             # and starts again it adds its lead, and the network its jitter, so a sentence's echo can come
             # tens of ms off the delay found so far (the search needs ~0.3 s to follow it).
-            around = self._ref_pow[max(0, d - JITTER_EARLY): d + JITTER_LATE + 1].max(axis=0)
+            lo, hi = min(self._delays, default=d), max(self._delays, default=d)
+            around = self._ref_pow[max(0, min(d, lo) - JITTER_EARLY): max(d, hi) + JITTER_LATE + 1].max(axis=0)
             echo = self._aligned.power * np.maximum(near, around)
         residual = mic_pow - self.margin * echo
         return np.sqrt(np.clip(residual / (mic_pow + 1e-12), 0.0, 1.0))
@@ -324,6 +329,7 @@ class EchoGuard:
         others = [c for k, c in enumerate(scores) if abs(k - best_k) > 2]
         if best < self.min_correlation or (others and best - max(others) < 0.05):
             return  # no echo, or no clear delay (yet)
+        self._delays.append(best_k)
         if self.delay is None or abs(best_k - self.delay) <= 1:
             if self.delay is None:
                 log.info("echo guard: the reply's echo is %d ms late (correlation %.2f)", best_k * HOP * 1000 // RATE,
