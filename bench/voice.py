@@ -129,6 +129,30 @@ def speech_ends(vad_url: str, pcm: bytes) -> list[tuple[float, float]]:
     return [(a, b) for a, b in utterances]
 
 
+def placed(utterances: list[tuple[float, float]], spans: list[tuple[float, float]],
+           tolerance_s: float = 1.5) -> list[tuple[float, float] | None]:
+    """Each clip's utterance in the sent audio, by where the clip is in the mic's file, or None.
+
+    The sent audio starts wherever the page started the mic, so the file's clips are found at an
+    offset: the one that places most utterances within ``tolerance_s`` of a clip's start. Matching
+    the k-th utterance found to the k-th clip shifted every later row by one when Silero missed a
+    soft one (mfa_falsetto2): its row got the next clip's reply, and the last "no speech found".
+    """
+    if not utterances:
+        return [None] * len(spans)
+    offsets = [u[0] - c[0] for u in utterances for c in spans]
+
+    def matches(offset: float) -> list[tuple[float, float] | None]:
+        out: list[tuple[float, float] | None] = []
+        for c0, _ in spans:
+            near = [u for u in utterances if abs(u[0] - (c0 + offset)) < tolerance_s]
+            out.append(min(near, key=lambda u: abs(u[0] - (c0 + offset))) if near else None)
+        return out
+
+    best = max(offsets, key=lambda o: (sum(m is not None for m in matches(o)), -abs(o)))
+    return matches(best)
+
+
 def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path) -> list[dict]:
     """One conversation in Chromium; a row per utterance."""
     from playwright.sync_api import sync_playwright
@@ -170,19 +194,21 @@ def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path
         i = min(int(np.searchsorted(ends, sample)), len(ends) - 1)
         return float(times[i] - (ends[i] - sample) / RATE)
 
-    utterances = speech_ends(vad_url, pcm)
+    found = placed(speech_ends(vad_url, pcm), spans)
     recv = np.array(data["recv"]) / 1000
     events = [(t / 1000, ev) for t, ev in data["events"]]
     rows = []
     for k, clip in enumerate(clips):
         row = {"clip": clip, "latency": None, "turns": 0, "wer": None, "stages": {}}
         rows.append(row)
-        if k >= len(utterances):
-            row["error"] = "no speech found in the sent audio"
+        if found[k] is None:
+            row["error"] = "no speech found at its place in the sent audio"
             continue
-        start, end = utterances[k]
+        start, end = found[k]
         t_end = page_time(int(end * RATE))
-        t_next = page_time(int(utterances[k + 1][0] * RATE)) if k + 1 < len(utterances) else float("inf")
+        # Up to where the next recording's speech is (or would be, were it not found).
+        nxt = next((u for u in found[k + 1:] if u is not None), None)
+        t_next = page_time(int(nxt[0] * RATE)) if nxt is not None else float("inf")
         t_start = page_time(int(start * RATE))
         after = recv[(recv > t_end) & (recv < t_next)]
         if after.size:
