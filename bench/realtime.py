@@ -100,7 +100,7 @@ async def _run(app_url: str, clips: list[str]) -> dict[str, list[float]]:
     from rvchat_app.testing import load_pcm16, voice_turn
     from rvchat_common.testing import speech_sample
 
-    results: dict[str, list[float]] = {"ws": [], "realtime": []}
+    results: dict[str, list[float]] = {"ws": [], "realtime": [], "ws_failed": [], "realtime_failed": []}
     client = AsyncOpenAI(base_url=f"{app_url}/v1", api_key="unused")
     page = await _page_session(app_url.replace("http", "ws"))
     try:
@@ -109,15 +109,21 @@ async def _run(app_url: str, clips: list[str]) -> dict[str, list[float]]:
                 pass
             for clip in clips:
                 pcm = load_pcm16(speech_sample(clip))
-                r = await voice_turn(page, pcm, pad_s=1.0, frame_ms=FRAME_MS)
-                if r.get("latency_s") is not None:
-                    results["ws"].append(r["latency_s"])
-                rate = next((e["sample_rate"] for e in r["events"] if e["type"] == "audio"), 24000)
-                await asyncio.sleep(len(r["audio"]) / 2 / rate + 1.0)  # the reply plays out
-                r = await realtime_turn(conn, pcm)
-                if r["latency_s"] is not None:
-                    results["realtime"].append(r["latency_s"])
-                await asyncio.sleep(r["audio_s"] + 1.0)
+                try:
+                    r = await voice_turn(page, pcm, pad_s=1.0, frame_ms=FRAME_MS)
+                    if r.get("latency_s") is not None:
+                        results["ws"].append(r["latency_s"])
+                    rate = next((e["sample_rate"] for e in r["events"] if e["type"] == "audio"), 24000)
+                    await asyncio.sleep(len(r["audio"]) / 2 / rate + 1.0)  # the reply plays out
+                except TimeoutError:
+                    results["ws_failed"].append(1.0)
+                try:
+                    r = await realtime_turn(conn, pcm)
+                    if r["latency_s"] is not None:
+                        results["realtime"].append(r["latency_s"])
+                    await asyncio.sleep(r["audio_s"] + 1.0)
+                except TimeoutError:
+                    results["realtime_failed"].append(1.0)
                 print(f"   {clip}: ws {results['ws'][-1:]}, realtime {results['realtime'][-1:]}", flush=True)
     finally:
         await page.close()
@@ -136,12 +142,17 @@ def run() -> str:
         "| edge | turns | p50 (s) | p90 (s) | mean (s) |",
         "|---|---|---|---|---|",
     ]
-    for name, xs in results.items():
+    for name in ("ws", "realtime"):
+        xs = results[name]
         mean = sum(xs) / len(xs) if xs else float("nan")
         lines.append(
             f"| `{'/ws' if name == 'ws' else '/v1/realtime'}` | {len(xs)} | {percentile(xs, 0.5):.3f} | "
             f"{percentile(xs, 0.9):.3f} | {mean:.3f} |"
         )
+    lines.append(
+        f"\nTurns with no reply within 60 s: `/ws` {len(results['ws_failed'])}, `/v1/realtime` "
+        f"{len(results['realtime_failed'])}."
+    )
     return "\n".join(lines) + "\n"
 
 
