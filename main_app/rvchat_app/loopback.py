@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from rvchat_common.audio import float_to_pcm16, pcm16_to_float, resample
 
 RATE = 16000
 FRAME = 320  # 20 ms mic frames, as the page's worklet sends
@@ -230,7 +231,7 @@ class LoopbackPage:
             if start < self.user.size:
                 user = self.user[start:end]
                 frame[:user.size] += user
-            pcm = (np.clip(frame, -1, 1) * 32767).astype("<i2").tobytes()
+            pcm = float_to_pcm16(frame)
             await self.ws.send(pcm)
             self.sent = end
             delay = self.t0 + end / RATE - time.perf_counter()
@@ -239,9 +240,7 @@ class LoopbackPage:
 
     # -- the speaker: reply audio, stops, playback reports
     def _to16k(self, pcm16: bytes, rate: int) -> np.ndarray:
-        from rvchat_common.audio import resample
-
-        x = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+        x = pcm16_to_float(pcm16)
         return x if rate == RATE else resample(x, rate, RATE)
 
     async def _reader(self) -> None:
@@ -310,7 +309,7 @@ def guarded(mic: np.ndarray, reply: np.ndarray, reply_start: int, guard) -> np.n
     """Offline: feed ``mic`` through an :class:`~rvchat_app.echo.EchoGuard` in 20 ms frames arriving at
     real time, with ``reply`` sent as its reference when the mic starts; the residual, realigned
     with the mic (the guard's latency taken off)."""
-    pcm = (np.clip(mic, -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = float_to_pcm16(mic)
     out = []
     for i in range(len(pcm) // (2 * FRAME)):
         out.append(guard.near(pcm[i * 2 * FRAME:(i + 1) * 2 * FRAME], (i + 1) * FRAME / RATE))
