@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import av
 import numpy as np
@@ -104,6 +104,15 @@ def too_long(seconds: float, max_seconds: float) -> APIError:
 
 def decode_raw_pcm(data: bytes, sample_rate: int | None = None,
                    max_seconds: float | None = None) -> np.ndarray:
+    parts = list(iter_raw_pcm(data, sample_rate, max_seconds))
+    if not parts:
+        return np.zeros(0, np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def iter_raw_pcm(data: bytes, sample_rate: int | None = None,
+                 max_seconds: float | None = None) -> Iterator[np.ndarray]:
+    """Raw PCM16 to 16 kHz float32 in blocks (non-empty ones)."""
     rate = sample_rate or SAMPLE_RATE
     if not 4000 <= rate <= 192000:
         raise APIError(400, f"sample_rate {rate} is out of range (4000-192000)", "invalid_sample_rate")
@@ -117,7 +126,15 @@ def decode_raw_pcm(data: bytes, sample_rate: int | None = None,
     if len(data) % 2:
         pcm16_to_float(data)  # the odd-length error
     step = 2 * RESAMPLE_BLOCK
-    return _resample_blocks((pcm16_to_float(data[i:i + step]) for i in range(0, len(data), step)), rate)
+    resampler = Resampler(rate)
+    for i in range(0, len(data), step):
+        raise_if_cancelled()
+        block = resampler(pcm16_to_float(data[i:i + step]))
+        if block.size:
+            yield block
+    tail = resampler.flush()
+    if tail.size:
+        yield tail
 
 
 def _declared_seconds(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
@@ -136,18 +153,32 @@ def decode_audio(
     sample_rate: int | None = None,
     max_seconds: float = 1800.0,
 ) -> np.ndarray:
-    """Decode an upload to 16 kHz mono float32.
+    """Decode an upload to 16 kHz mono float32 (all of :func:`iter_audio`'s blocks, joined)."""
+    parts = [block for block in iter_audio(data, content_type, sample_rate, max_seconds) if block.size]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def iter_audio(
+    data: bytes,
+    content_type: str | None = None,
+    sample_rate: int | None = None,
+    max_seconds: float = 1800.0,
+) -> Iterator[np.ndarray]:
+    """Decode an upload to 16 kHz mono float32, block by block, so a consumer that works on a stream (the
+    VAD's file detection) never holds the whole signal: 1,700 s is 109 MB once decoded.
 
     Raw PCM16 is taken when the content type says so; anything else goes through
     PyAV (wav, flac, mp3, ogg/opus, webm, m4a, ...). Errors: empty -> 400,
     not audio -> 415, a recognised but broken file -> 400, longer than ``max_seconds`` -> 413,
     found from the header where it states a duration, else while decoding: decoding stops at the
-    limit, so memory never holds more than ``max_seconds`` of audio.
+    limit, so memory never holds more than ``max_seconds`` of audio. A 413 found while decoding comes
+    after blocks have been yielded: a consumer must not answer before the iterator is exhausted.
     """
     if not data:
         raise APIError(400, "audio is empty", "empty_audio")
     if is_raw_pcm(content_type):
-        return decode_raw_pcm(data, sample_rate, max_seconds)
+        yield from iter_raw_pcm(data, sample_rate, max_seconds)
+        return
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.error.InvalidDataError, av.error.EOFError, ValueError):
@@ -167,31 +198,28 @@ def decode_audio(
         if declared is not None and declared > max_seconds + 1:
             raise too_long(declared, max_seconds)
         resampler = Resampler(None)
-        chunks: list[np.ndarray] = []
         total = 0
         limit = int(max_seconds * SAMPLE_RATE)
-        try:
-            for frame in container.decode(streams[0]):
+        frames = container.decode(streams[0])
+        while True:
+            try:
+                frame = next(frames, None)
                 raise_if_cancelled()  # the client of a long upload has gone
-                arr = resampler.push(frame)
-                chunks.append(arr)
-                total += arr.size
-                if total > limit:
-                    raise APIError(413, f"audio is longer than {max_seconds:.0f} s (send it in parts)",
-                                   "audio_too_long", param="file")
-            chunks.append(resampler.flush())
-        except APIError:
-            raise
-        except (av.error.FFmpegError, ValueError) as exc:
-            if not any(c.size for c in chunks):
-                raise APIError(400, f"corrupt audio: {exc}", "corrupt_audio") from None
-            # A truncated file: keep what decoded, as ffmpeg itself does.
-    if not chunks:
+                arr = resampler.push(frame) if frame is not None else resampler.flush()
+            except (av.error.FFmpegError, ValueError) as exc:
+                if not total:
+                    raise APIError(400, f"corrupt audio: {exc}", "corrupt_audio") from None
+                break  # a truncated file: keep what decoded, as ffmpeg itself does
+            total += arr.size
+            if total > limit:
+                raise APIError(413, f"audio is longer than {max_seconds:.0f} s (send it in parts)",
+                               "audio_too_long", param="file")
+            if arr.size:
+                yield arr
+            if frame is None:
+                break
+    if not total:
         raise APIError(400, "audio decodes to no samples", "empty_audio")
-    audio = np.concatenate(chunks).astype(np.float32, copy=False)
-    if audio.size == 0:
-        raise APIError(400, "audio decodes to no samples", "empty_audio")
-    return audio
 
 
 def wav_header(sample_rate: int, n_bytes: int | None = None, channels: int = 1) -> bytes:

@@ -9,6 +9,7 @@ a bad ``sample_rate`` (raw PCM16 only) 400 ``invalid_sample_rate``, an oversized
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from .audio import decode_audio
+from .audio import decode_audio, iter_audio
 from .errors import APIError
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -82,6 +83,10 @@ class Upload:
             raise APIError(400, f"sample_rate must be between {MIN_RATE} and {MAX_RATE}, got {rate}",
                            "invalid_sample_rate", param="sample_rate")
         return rate
+
+    def blocks(self, max_seconds: float) -> Iterator[np.ndarray]:
+        """16 kHz mono float32 block by block, decoded as they are taken (blocking: call from a worker)."""
+        return iter_audio(self.data, self.content_type, self.sample_rate, max_seconds)
 
     async def decode(self, max_seconds: float) -> np.ndarray:
         """16 kHz mono float32, decoded off the event loop (a long compressed file takes a while)."""

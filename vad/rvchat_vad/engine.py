@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -40,6 +41,36 @@ CHUNK = 512  # samples per model call at 16 kHz
 CONTEXT = 64  # trailing samples of the previous chunk the v5/v6 model expects in front
 
 
+# 16 kHz mono float32: one array, or its blocks in order (a file decoded as it is read).
+Audio = np.ndarray | Iterable[np.ndarray]
+
+
+class _Pieces:
+    """Audio blocks of any sizes re-cut to exact sizes (the last one shorter), counting the samples."""
+
+    def __init__(self, audio: Audio) -> None:
+        self._blocks = [audio] if isinstance(audio, np.ndarray) else audio
+        self.samples = 0
+
+    def exact(self, size: int) -> Iterator[np.ndarray]:
+        held: list[np.ndarray] = []
+        n = 0
+        for block in self._blocks:
+            block = np.ascontiguousarray(block, dtype=np.float32).reshape(-1)
+            self.samples += block.size
+            held.append(block)
+            n += block.size
+            if n < size:
+                continue
+            joined = np.concatenate(held) if len(held) > 1 else held[0]
+            cut = n - n % size
+            for i in range(0, cut, size):
+                yield joined[i:i + size]
+            held, n = ([joined[cut:]], n - cut) if n > cut else ([], 0)
+        if n:
+            yield np.concatenate(held) if len(held) > 1 else held[0]
+
+
 class VadEngine(Protocol):
     """What the routes and the WebSocket need of a VAD engine (a fake in tests)."""
 
@@ -49,9 +80,9 @@ class VadEngine(Protocol):
     def new_stream(self) -> ChunkModel:
         """A model stream with its own state, for one connection."""
 
-    def detect(self, audio: np.ndarray, threshold: float, min_speech_ms: int, min_silence_ms: int,
+    def detect(self, audio: Audio, threshold: float, min_speech_ms: int, min_silence_ms: int,
                speech_pad_ms: int) -> list[tuple[float, float]]:
-        """Speech segments (start, end) in seconds of 16 kHz mono float32 audio."""
+        """Speech segments (start, end) in seconds of 16 kHz mono float32 audio (an array or its blocks)."""
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -123,29 +154,49 @@ class SileroEngine:
             raise RuntimeError("VAD model is not loaded")
         return SileroStream(self._stream_session)
 
-    def probabilities(self, audio: np.ndarray) -> np.ndarray:
+    def probabilities(self, audio: Audio) -> np.ndarray:
         """Per-chunk speech probabilities of 16 kHz mono float32 audio (last chunk zero-padded)."""
-        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
-        if self._sequence is not None:
-            return self._sequence.audio_forward(audio, sampling_rate=SAMPLE_RATE)
-        stream = self.new_stream()
-        n = -(-audio.size // CHUNK)
-        padded = np.zeros(n * CHUNK, dtype=np.float32)
-        padded[: audio.size] = audio
-        return np.array([stream(padded[i * CHUNK:(i + 1) * CHUNK]) for i in range(n)],
-                        dtype=np.float32)
+        return self._probabilities(_Pieces(audio))
 
-    def detect(self, audio: np.ndarray, threshold: float = 0.5, min_speech_ms: int = 250,
+    def _probabilities(self, pieces: _Pieces) -> np.ndarray:
+        out: list[np.ndarray] = []
+        if self._sequence is not None:
+            # The sequence model's own loop (audio_forward) over blocks of max_frames chunks, its state and
+            # the 64-sample context carried from one block to the next: the same probabilities as one
+            # array, without holding one (a 1,700 s file is 109 MB of float32).
+            from ._silero import frame_blocks
+
+            seq = self._sequence
+            hidden = np.zeros((1, 1, 128), dtype=np.float32)
+            cell = np.zeros((1, 1, 128), dtype=np.float32)
+            context = np.zeros(CONTEXT, dtype=np.float32)
+            for piece in pieces.exact(CHUNK * seq.max_frames):
+                for block in frame_blocks(piece, CHUNK, CONTEXT, seq.max_frames):
+                    block[0, :CONTEXT] = context
+                    context = block[-1, -CONTEXT:].copy()
+                    values, hidden, cell = seq.session.run(
+                        ["speech_probs", "hn", "cn"], {"input": block, "h": hidden, "c": cell})
+                    out.append(np.asarray(values, dtype=np.float32).reshape(-1))
+        else:
+            stream = self.new_stream()
+            for piece in pieces.exact(CHUNK):
+                if piece.size < CHUNK:
+                    piece = np.concatenate([piece, np.zeros(CHUNK - piece.size, dtype=np.float32)])
+                out.append(np.array([stream(piece)], dtype=np.float32))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def detect(self, audio: Audio, threshold: float = 0.5, min_speech_ms: int = 250,
                min_silence_ms: int = 100, speech_pad_ms: int = 30) -> list[tuple[float, float]]:
         """Speech segments (start, end) in seconds, by Silero's own get_speech_timestamps logic."""
         from ._silero import get_speech_timestamps_from_probs
 
-        if audio.size == 0:
+        pieces = _Pieces(audio)
+        probs = self._probabilities(pieces)
+        if pieces.samples == 0:
             return []
-        probs = self.probabilities(audio)
         stamps = get_speech_timestamps_from_probs(
             probs.tolist(), sampling_rate=SAMPLE_RATE, threshold=threshold,
             min_speech_duration_ms=min_speech_ms, min_silence_duration_ms=min_silence_ms,
-            speech_pad_ms=speech_pad_ms, audio_length_samples=int(audio.size),
+            speech_pad_ms=speech_pad_ms, audio_length_samples=pieces.samples,
         )
         return [(s["start"] / SAMPLE_RATE, s["end"] / SAMPLE_RATE) for s in stamps]

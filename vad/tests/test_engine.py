@@ -34,6 +34,39 @@ def test_stream_matches_library_onnx_wrapper(engine, jfk):
     assert np.max(np.abs(engine.probabilities(jfk[: n * 512]) - ref)) < 1e-4
 
 
+def _uneven_blocks(audio: np.ndarray, seed: int = 7) -> list[np.ndarray]:
+    """The audio cut at random places (1 sample to 40,000), as a decoder hands it out."""
+    rng = np.random.default_rng(seed)
+    cuts = np.cumsum(rng.integers(1, 40000, size=audio.size // 1000))
+    return [b for b in np.split(audio, cuts[cuts < audio.size]) if b.size]
+
+
+@pytest.mark.parametrize("sequence", [True, False], ids=["sequence-model", "streaming-model"])
+def test_audio_in_blocks_gives_what_the_whole_array_gives(engine, jfk, sequence):
+    """A file is detected block by block as it is decoded (never held whole): across the sequence
+    model's 16 s blocks and the decoder's uneven ones, the probabilities and segments are the same."""
+    from rvchat_vad.engine import SileroEngine
+
+    if not sequence:
+        engine = SileroEngine(model_path=str(engine.model_path or _stream_model_path()))
+        engine.load()
+    audio = np.concatenate([jfk, np.zeros(12345, np.float32), jfk, jfk[:777]])  # ~35 s, not a whole chunk
+    blocks = _uneven_blocks(audio)
+    assert sum(b.size for b in blocks) == audio.size and len(blocks) > 10
+    whole = engine.probabilities(audio)
+    assert whole.size == -(-audio.size // 512)
+    assert np.array_equal(engine.probabilities(iter(blocks)), whole)
+    spans = engine.detect(audio, 0.5, 250, 100, 30)
+    assert len(spans) >= 3
+    assert engine.detect(iter(blocks), 0.5, 250, 100, 30) == spans
+
+
+def _stream_model_path() -> str:
+    from rvchat_common.models import silero_vad_file
+
+    return str(silero_vad_file(onnx=True))
+
+
 @pytest.mark.parametrize("name", ["jfk_inaugural_1961.wav", "mfa_surround.wav"])
 def test_detect_matches_library_get_speech_timestamps(engine, name):
     audio = load(name)

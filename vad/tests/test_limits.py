@@ -28,7 +28,7 @@ class FakeVad:
     def detect(self, audio, threshold, min_speech_ms, min_silence_ms, speech_pad_ms):
         time.sleep(self.delay)
         self.done.set()
-        return [(0.0, audio.size / 16000)]
+        return [(0.0, sum(block.size for block in audio) / 16000)]
 
 
 def app(engine: FakeVad | None = None, **settings):
