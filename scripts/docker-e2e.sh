@@ -6,8 +6,9 @@
 #      spoken reply through the four others, each in its own container);
 #   3. brings the stack up with docker compose on free ports (LLM_PROVIDER=local; with the second STT
 #      and TTS replicas of --profile replicas, which main_app's compose settings list), waits until all
-#      are healthy, streams a real recording into main_app's /ws as the page does, and checks the
-#      transcript, the reply, its audio and the history;
+#      are healthy, asks STT and TTS to describe themselves over Wyoming on their published ports (as
+#      Home Assistant does when it is added), streams a real recording into main_app's /ws as the page
+#      does, and checks the transcript, the reply, its audio and the history;
 #   4. tears everything down: containers, the compose network and volumes, and the images.
 # About 40 minutes on 2 cores the first time (15 of them compiling llama-cpp-python for the llm image;
 # Docker caches that stage while the images are kept).
@@ -87,12 +88,13 @@ for tool in docker curl python3; do
 done
 docker info >/dev/null 2>&1 || { echo "no Docker engine answers (docker info)" >&2; exit 1; }
 
-declare -A APORT CPORT   # ports of the lone containers and of the composed stack
+declare -A APORT CPORT WPORT  # ports of the lone containers, of the composed stack, its Wyoming ports
 PROFILE=() COMPOSED=("${SERVICES[@]}")
 if ((REPLICAS)); then PROFILE=(--profile replicas); COMPOSED+=(stt-2 tts-2); fi
 compose() {
   VAD_PORT=${CPORT[vad]} STT_PORT=${CPORT[stt]} TTS_PORT=${CPORT[tts]} LLM_PORT=${CPORT[llm]} \
-    APP_PORT=${CPORT[main_app]} LLM_PROVIDER=local STT_MODEL=tiny.en \
+    APP_PORT=${CPORT[main_app]} STT_WYOMING_PORT=${WPORT[stt]} TTS_WYOMING_PORT=${WPORT[tts]} \
+    LLM_PROVIDER=local STT_MODEL=tiny.en \
     "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml "${PROFILE[@]}" "$@"
 }
 
@@ -145,6 +147,16 @@ elif cmd == "wav":  # FILE: seconds and RMS of a PCM16 WAV
         rate = w.getframerate()
     rms = (sum(x * x for x in pcm) / max(1, len(pcm))) ** 0.5
     print(f"{len(pcm) / rate:.2f} {rms:.0f}")
+elif cmd == "wyoming":  # PORT: Wyoming describe -> the names of the programs in the info event
+    with socket.create_connection(("127.0.0.1", int(args[0])), timeout=30) as s:
+        s.sendall(b'{"type": "describe"}\n')
+        f = s.makefile("rb")
+        header = json.loads(f.readline())
+        data = header.get("data") or {}
+        if header.get("data_length"):
+            data.update(json.loads(f.read(header["data_length"])))
+    assert header["type"] == "info", header
+    print(" ".join(p["name"] for kind in ("asr", "tts") for p in data.get(kind, [])))
 elif cmd == "ref":  # CLIP: its reference text
     print(next(m["text"] for m in map(json.loads, open("tests/data/speech/manifest.jsonl"))
                if m["file"] == args[0]))
@@ -281,9 +293,10 @@ note "All five share their first $((shared - base_layers)) layers above the base
   "requirements ($shared_mb)."
 
 # -------------------------------------------------------------------------------------- 2. each alone
-read -r -a ports <<<"$(py ports 10)"
+read -r -a ports <<<"$(py ports 12)"
 i=0
 for s in "${SERVICES[@]}"; do APORT[$s]=${ports[i]}; CPORT[$s]=${ports[i + 5]}; i=$((i + 1)); done
+WPORT[stt]=${ports[10]} WPORT[tts]=${ports[11]}
 WAV=tests/data/speech/$CLIP
 REF=$(py ref "$CLIP")
 note ""
@@ -381,6 +394,12 @@ each=$(for s in "${COMPOSED[@]}"; do printf '%s %s s, ' "$s" "${HEALTHY_S[$s]}";
 note "All ${#COMPOSED[@]} containers healthy $(since "$t0") s after \`up -d\` (main_app waits for the" \
   "four it depends on): $each."
 curl -fsS -o /dev/null "http://127.0.0.1:${CPORT[main_app]}/readyz" || die "main_app's published port"
+# Wyoming (Home Assistant): compose turns it on in stt and tts and publishes it; describe must answer.
+for s in stt tts; do
+  programs=$(py wyoming "${WPORT[$s]}") || { show_logs "$(compose ps -q "$s")"; die "$s's Wyoming port"; }
+  [[ $programs == *rvchat-$s* ]] || die "$s's Wyoming info names no rvchat-$s: $programs"
+  note "Wyoming on $s's published port (${WPORT[$s]}): \`describe\` answered \`info\` naming $programs."
+done
 
 log "a voice turn through the composed main_app ($CLIP)"
 if ! docker run --rm -i --name "$PROJECT-client" --network host -v "$PWD/tests/data/speech:/speech:ro" \

@@ -4,6 +4,8 @@ scripts/docker-e2e.sh, `make docker-test`)."""
 
 import ast
 import fnmatch
+import importlib
+import os
 import re
 import shutil
 import subprocess
@@ -16,24 +18,34 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = {"vad": ("VAD", 3001), "stt": ("STT", 3002), "tts": ("TTS", 3003), "llm": ("LLM", 3004),
             "main_app": ("APP", 3000)}
+# Home Assistant's Wyoming protocol, on the ports of its own Wyoming add-ons (wyoming-faster-whisper,
+# wyoming-piper), so that Home Assistant finds the composed stack where it looks first.
+WYOMING = {"stt": 10300, "tts": 10200}
+
+
+def compose_config(*args: str, **env: str) -> dict:
+    exe = shutil.which("docker-compose")
+    if not exe:
+        pytest.fail("docker-compose is missing: run `make test` (it installs the test's Debian packages)")
+    # The caller's own port variables (a developer's shell) would move the published ports.
+    base = {k: v for k, v in os.environ.items() if not k.endswith("_PORT")}
+    out = subprocess.run([exe, "-f", "docker-compose.yml", *args, "config"], cwd=REPO, check=False,
+                         capture_output=True, text=True, timeout=60, env={**base, **env})
+    assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)
 
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    exe = shutil.which("docker-compose")
-    if not exe:
-        pytest.fail("docker-compose is missing: run `make test` (it installs the test's Debian packages)")
-    out = subprocess.run([exe, "-f", "docker-compose.yml", "config"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return yaml.safe_load(out.stdout)
+    return compose_config()
 
 
 def test_five_services_on_their_ports_with_healthchecks(config):
     services = config["services"]
     for name, (prefix, port) in SERVICES.items():
         svc = services[name]
-        assert [p["target"] for p in svc["ports"]] == [port]
+        # The HTTP port, then STT's and TTS's Wyoming port (the health check stays on HTTP).
+        assert [p["target"] for p in svc["ports"]] == [port, *([WYOMING[name]] if name in WYOMING else [])]
         # The check follows the port the service is told to listen on inside its container ($$ is
         # compose's escape: the container's shell expands the variable, not compose).
         kind, command = svc["healthcheck"]["test"]
@@ -42,6 +54,37 @@ def test_five_services_on_their_ports_with_healthchecks(config):
         assert command.startswith(f"python {HEALTHCHECK_IN_IMAGE} ")
         assert svc["restart"] == "unless-stopped"
         assert (REPO / svc["build"]["dockerfile"]).is_file()
+
+
+@pytest.mark.parametrize("service", list(WYOMING))
+def test_wyoming_is_on_and_published_where_home_assistant_looks(config, service, monkeypatch):
+    # The container is told to serve Wyoming on the port compose publishes, and its settings read it
+    # as that port (an unparsable value would leave Wyoming off, or stop the service at start).
+    prefix, wyoming = SERVICES[service][0], WYOMING[service]
+    svc = config["services"][service]
+    env = svc["environment"]
+    assert env[f"{prefix}_WYOMING_PORT"] == str(wyoming)
+    published = {p["target"]: str(p["published"]) for p in svc["ports"]}
+    assert published[wyoming] == str(wyoming)  # the same port on the host: Home Assistant's default
+    monkeypatch.setenv(f"{prefix}_WYOMING_PORT", env[f"{prefix}_WYOMING_PORT"])
+    settings = importlib.import_module(f"rvchat_{service}.settings").Settings(_env_file=None)
+    assert settings.wyoming_port == wyoming
+    assert f"{wyoming} is the usual one" in type(settings).model_fields["wyoming_port"].description
+
+
+def test_the_wyoming_host_ports_follow_their_variables_and_the_replicas_stay_unpublished():
+    # As STT_PORT moves HTTP, STT_WYOMING_PORT in .env moves Wyoming's host side only: inside the
+    # container it stays where the health of the stack and the replicas expect it.
+    services = compose_config("--profile", "replicas", STT_WYOMING_PORT="10301",
+                              TTS_WYOMING_PORT="10201")["services"]
+    for service, moved in (("stt", "10301"), ("tts", "10201")):
+        ports = {p["target"]: str(p["published"]) for p in services[service]["ports"]}
+        assert ports[WYOMING[service]] == moved
+        assert services[service]["environment"][f"{service.upper()}_WYOMING_PORT"] == str(WYOMING[service])
+        # The second replica serves Wyoming inside the compose network only: one host port, one replica.
+        replica = services[f"{service}-2"]
+        assert not replica.get("ports")
+        assert replica["environment"][f"{service.upper()}_WYOMING_PORT"] == str(WYOMING[service])
 
 
 def test_models_are_in_the_images_not_in_a_shared_volume(config):
@@ -132,7 +175,9 @@ def test_healthcheck_follows_the_configured_port(service):
     assert not check.startswith("["), "exec form: no variable expansion"
     assert check.startswith(f"python {HEALTHCHECK_IN_IMAGE} "), "run as a file, without the package"
     assert f'"http://127.0.0.1:${{{prefix}_PORT:-{port}}}/' in check
-    assert f"EXPOSE {port}" in text
+    exposed = [int(p) for p in re.search(r"^EXPOSE (.*)$", text, re.MULTILINE).group(1).split()]
+    # The HTTP port, and the Wyoming port compose turns on (served only when it is set).
+    assert exposed == [port, *([WYOMING[service]] if service in WYOMING else [])]
 
 
 def test_the_five_images_share_their_first_layers():
@@ -199,11 +244,7 @@ def test_dockerignore_keeps_what_the_dockerfiles_copy(service):
 
 
 def test_replicas_profile_runs_a_second_stt_and_tts_behind_main_app():
-    exe = shutil.which("docker-compose")
-    out = subprocess.run([exe, "-f", "docker-compose.yml", "--profile", "replicas", "config"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    services = yaml.safe_load(out.stdout)["services"]
+    services = compose_config("--profile", "replicas")["services"]
     env = services["main_app"]["environment"]
     for name, port in (("stt", 3002), ("tts", 3003)):
         first, second = services[name], services[f"{name}-2"]

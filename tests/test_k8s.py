@@ -3,6 +3,8 @@ schemas offline (kubernetes-validate ships them), and set only real settings. No
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,9 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 OVERLAYS = ["gpu-node", "external-llm"]
 K8S_VERSION = "1.30"  # the oldest release the manifests promise to work on (autoscaling/v2, policy/v1)
 OURS = {"vad": 3001, "stt": 3002, "tts": 3003, "llm": 3004, "main-app": 3000}
+WYOMING = {"stt": 10300, "tts": 10200}  # Home Assistant's ports (its wyoming-faster-whisper, wyoming-piper)
 
 
-def render(target: str) -> list[dict]:
+def render(target: str | Path) -> list[dict]:
     exe = shutil.which("kubectl")
     if not exe:
         pytest.skip("kubectl is not installed: `kubectl kustomize` renders the manifests")
@@ -105,6 +108,60 @@ def test_every_service_has_probes_resources_a_budget_and_a_graceful_shutdown(ove
         app_drain = drain if name == "main-app" else 20
         assert pod["terminationGracePeriodSeconds"] >= pre_stop + app_drain + 5, name
         assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_stt_and_tts_serve_wyoming_to_the_cluster_with_probes_on_http(overlay):
+    _, docs = overlay
+    deployments, services = of_kind(docs, "Deployment"), of_kind(docs, "Service")
+    for name, c in containers(docs).items():
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        prefix = name.upper()
+        if name in WYOMING:
+            # The container listens where its Service sends Wyoming: the setting, the container port
+            # and the Service port are the same number.
+            assert ports == {"http": OURS[name], "wyoming": WYOMING[name]}
+            assert env[f"{prefix}_WYOMING_PORT"] == str(WYOMING[name])
+            wyoming = next(p for p in services[name]["spec"]["ports"] if p["name"] == "wyoming")
+            assert wyoming == {"name": "wyoming", "port": WYOMING[name], "targetPort": "wyoming"}
+            assert services[name]["spec"].get("type", "ClusterIP") == "ClusterIP"  # no authentication
+        else:
+            assert set(ports) == {"http"} and f"{prefix}_WYOMING_PORT" not in env
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert c[probe]["httpGet"]["port"] == "http", (name, probe)
+        assert deployments[name]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] \
+            == str(OURS[name])
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_the_home_assistant_component_puts_wyoming_on_a_private_load_balancer(name, tmp_path):
+    # As a user adds it to an overlay: `components: [../../components/home-assistant]`. Rendered from
+    # a kustomization in tmp_path that wraps the overlay (kustomize takes relative paths only).
+    deploy = REPO / "deploy"
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "rvchat",
+        "resources": [os.path.relpath(deploy / "overlays" / name, tmp_path)],
+        "components": [os.path.relpath(deploy / "components" / "home-assistant", tmp_path)]}))
+    docs = render(tmp_path)
+    services = of_kind(docs, "Service")
+    pods = containers(docs)
+    for svc, port in WYOMING.items():
+        lb = services[f"{svc}-wyoming"]
+        k8s.validate(lb, K8S_VERSION, strict=True)
+        spec = lb["spec"]
+        assert spec["type"] == "LoadBalancer" and spec["externalTrafficPolicy"] == "Local"
+        assert spec["ports"] == [{"name": "wyoming", "port": port, "targetPort": "wyoming"}]
+        assert spec["selector"] == services[svc]["spec"]["selector"]
+        assert any(p["name"] == "wyoming" and p["containerPort"] == port for p in pods[svc]["ports"])
+        # Private ranges only: no authentication, so never the whole internet.
+        ranges = [ipaddress.ip_network(r) for r in spec["loadBalancerSourceRanges"]]
+        assert ranges and all(r.is_private for r in ranges)
+    # Only the two Wyoming Services are added: the rest is the overlay as it was.
+    def names(rendered: list[dict]) -> list[tuple[str, str]]:
+        return sorted((d["kind"], d["metadata"]["name"]) for d in rendered)
+
+    added = [("Service", "stt-wyoming"), ("Service", "tts-wyoming")]
+    assert names(docs) == sorted(names(render(f"overlays/{name}")) + added)
 
 
 def test_stt_tts_and_main_app_scale_out(overlay):
