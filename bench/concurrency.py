@@ -6,9 +6,11 @@ For each session count N (1, 2, 4, 8), N WebSocket clients open main_app's ``/ws
 does and, staggered by ``STAGGER_S``, each speaks its own recordings of real read speech
 (bench/voice.py's held-out clips, a different rotation per session) at real time in 20 ms frames,
 then silence while the reply plays, as a person waits for the answer (until its playback has
-ended, at most ``MAX_WAIT_S``), and ``GAP_S`` more before the next recording. Each client plays the
-reply's audio as the page does (gapless, from the moment it arrives) and reports its playback to
-main_app as the page's player does, so main_app knows when the assistant stops speaking.
+ended, at most ``MAX_WAIT_S``), and ``GAP_S`` more before the next recording. Each client is the
+page of the tests and the other benches, ``rvchat_app.loopback.LoopbackPage`` without a room (a
+headset: no echo), so it plays the reply's audio as the page's player does (gapless, 30 ms after it
+arrives; pausing and resuming on ``pause_playback`` / ``resume_playback``) and reports its playback
+to main_app the same way, so main_app knows when the assistant stops speaking.
 
 Latency per turn: from the end of speech in the recording (Silero without padding: the VAD
 service's ``/detect`` with ``speech_pad_ms=0`` on the clip) to the first binary reply frame the
@@ -32,12 +34,16 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 
 from bench.stats import percentile
 from bench.voice import HELD_OUT, _ms, speech_ends
+
+if TYPE_CHECKING:
+    from rvchat_app.loopback import LoopbackPage
 
 RATE = 16000
 FRAME_MS = 20
@@ -77,67 +83,43 @@ class Script:
     clips: list[Clip]
 
 
-class Player:
-    """The page's player, minus the speaker: chunks play back to back from when they arrive, and
-    each chunk's end is reported (``playback``, ``done`` once the reply has ended and nothing of it
-    is left to play), as static/player.js does."""
+class _TimedSocket:
+    """The WebSocket under a :class:`LoopbackPage`, noting when each mic frame leaves (``sent_at``), so
+    that a sample's capture time is measured, not assumed from the page's clock."""
 
-    def __init__(self, send) -> None:
-        self.send = send
-        self.loop = asyncio.get_running_loop()
-        self.play_end = 0.0
-        self.played: dict[int, float] = {}
-        self.queued: dict[int, int] = {}
-        self.ended: set[int] = set()
-        self.started: set[int] = set()  # turns whose reply began
-        self.done: set[int] = set()  # turns whose reply has ended and played out (or was stopped)
-        self.timers: list[asyncio.TimerHandle] = []
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.sent_at: list[float] = []
 
-    def speaking(self) -> bool:
-        """A reply is being written or played."""
-        return bool(self.started - self.done)
+    async def send(self, msg: str | bytes) -> None:
+        await self.ws.send(msg)
+        if isinstance(msg, bytes):
+            self.sent_at.append(time.perf_counter())
 
-    def _report(self, turn: int, done: bool) -> None:
-        if done:
-            self.done.add(turn)
-        msg = {"type": "playback", "turn": turn, "played_ms": round(self.played.get(turn, 0.0))}
-        if done:
-            msg["done"] = True
-        asyncio.ensure_future(self.send(json.dumps(msg)))
+    def __aiter__(self):
+        return self.ws.__aiter__()
 
-    def chunk(self, turn: int, pcm_bytes: int, sample_rate: int) -> None:
-        now = self.loop.time()
-        dur = pcm_bytes / 2 / sample_rate
-        start = max(now, self.play_end)
-        self.play_end = start + dur
-        self.queued[turn] = self.queued.get(turn, 0) + 1
 
-        def ended() -> None:
-            self.played[turn] = self.played.get(turn, 0.0) + dur * 1000
-            self.queued[turn] -= 1
-            self._report(turn, done=self.queued[turn] == 0 and turn in self.ended)
-
-        self.timers.append(self.loop.call_at(self.play_end, ended))
-
-    def reply_ended(self, turn: int) -> None:
-        self.ended.add(turn)
-        if not self.queued.get(turn):
-            self._report(turn, done=True)
-
-    def stop(self, turn: int) -> None:
-        for t in self.timers:
-            t.cancel()
-        self.timers.clear()
-        self.queued.clear()
-        self.play_end = 0.0
-        self.done |= self.started
-        self._report(turn, done=False)
+def _replies(page: LoopbackPage) -> tuple[set[int], set[int]]:
+    """The turns whose reply has started, and those whose reply has ended and played out: the
+    ``playback`` ``done`` the page reports, or dropped by ``stop_playback`` as the page's player does."""
+    started = {e["turn"] for e in page.of("reply_start")}
+    ended = {e["turn"] for e in page.events if e["type"] in ("reply_end", "interrupted")}
+    stops = page.of("stop_playback")
+    if stops:
+        ended |= {e["turn"] for e in page.of("reply_start") if e["_t"] <= stops[-1]["_t"]}
+    now = page.now_sample()
+    playing = {turn for _, end, turn in page.speaker.turn_of if end > now}
+    playing |= {turn for _, turn in page.paused or []}
+    return started, ended - playing
 
 
 async def converse(ws_url: str, script: Script, start_at: float) -> dict:
-    """One session: open /ws, wait for its service streams, speak the script from ``start_at``
-    (loop time) in real time, and log what comes back."""
+    """One session: open /ws and wait for its service streams, then from ``start_at`` (loop time) be
+    the page (rvchat_app.loopback.LoopbackPage, no echo: a headset) and speak the script at real time;
+    log what comes back."""
     import websockets
+    from rvchat_app.loopback import LoopbackPage
 
     loop = asyncio.get_running_loop()
     out: dict = {"events": [], "recv": [], "sent_at": [], "spans": [], "refused": None}
@@ -151,68 +133,45 @@ async def converse(ws_url: str, script: Script, start_at: float) -> dict:
             msg = await asyncio.wait_for(ws.recv(), 30)
             if isinstance(msg, str) and (ev := json.loads(msg))["type"] == "services":
                 services = ev["services"]
-        player = Player(ws.send)
-        header: dict | None = None
-
-        async def reader() -> None:
-            nonlocal header
-            async for msg in ws:
-                now = loop.time()
-                if isinstance(msg, bytes):
-                    if header is not None:
-                        out["recv"].append((now, header["turn"]))
-                        player.chunk(header["turn"], len(msg), header["sample_rate"])
-                        header = None
-                    continue
-                ev = json.loads(msg)
-                if ev["type"] == "audio":
-                    header = ev
-                    continue
-                out["events"].append((now, ev))
-                if ev["type"] == "reply_start":
-                    player.started.add(ev["turn"])
-                elif ev["type"] == "reply_end":
-                    player.reply_ended(ev["turn"])
-                elif ev["type"] == "stop_playback":
-                    player.stop(ev["turn"])
-
-        task = asyncio.create_task(reader())
+        # Nothing is sent before the session's turn to start (the others connect meanwhile); from then
+        # the mic runs without a break, digital silence between the recordings.
+        await asyncio.sleep(max(0.0, start_at - loop.time()))
+        timed = _TimedSocket(ws)
+        page = LoopbackPage(timed, room=None, noise_dbfs=-math.inf)
+        page.start()
         try:
-            await asyncio.sleep(max(0.0, start_at - loop.time()))
-            t0 = loop.time()
-            step = FRAME * 2
-            silence = bytes(step)
-
-            async def send(frame: bytes) -> None:
-                # A mic frame leaves once its last sample has been captured.
-                await asyncio.sleep(max(0.0, t0 + (len(out["sent_at"]) + 1) * FRAME_MS / 1000 - loop.time()))
-                await ws.send(frame)
-                out["sent_at"].append(loop.time())
-
-            for _ in range(int(LEAD_S * 1000 / FRAME_MS)):
-                await send(silence)
+            at = int(LEAD_S * RATE)
             for clip in script.clips:
-                at = len(out["sent_at"]) * FRAME
+                page.talk(clip.pcm, at / RATE)
                 out["spans"].append((at + int(clip.speech[0] * RATE), at + int(clip.speech[1] * RATE)))
-                for i in range(len(clip.pcm) // step):
-                    await send(clip.pcm[i * step:(i + 1) * step])
+                end = at + len(clip.pcm) // 2
+                while page.sent < end and ws.close_code is None:
+                    await asyncio.sleep(FRAME_MS / 1000)
                 ended = loop.time()
-                replied = len(player.done)
+                replied = len(_replies(page)[1])
                 # Silence while the turn ends and its reply plays, then a pause before the next one.
-                while not task.done():
+                while ws.close_code is None:
                     waited = loop.time() - ended
-                    if waited > MAX_WAIT_S or (waited > SETTLE_S and not player.speaking()
-                                               and len(player.done) > replied):
+                    started, done = _replies(page)
+                    if waited > MAX_WAIT_S or (waited > SETTLE_S and not started - done
+                                               and len(done) > replied):
                         break
-                    await send(silence)
-                for _ in range(int(GAP_S * 1000 / FRAME_MS)):
-                    await send(silence)
-                if task.done():
+                    await asyncio.sleep(FRAME_MS / 1000)
+                await asyncio.sleep(GAP_S)
+                if ws.close_code is not None:
                     break
+                # The next recording starts on a frame the mic has not sent yet.
+                at = (page.sent // FRAME + 2) * FRAME
             await asyncio.sleep(0.5)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await page.close()
+    for ev in page.events:
+        t = page.t0 + ev["_t"]
+        if ev["type"] == "audio":  # the header of a binary reply frame, which follows at once
+            out["recv"].append((t, ev["turn"]))
+        else:
+            out["events"].append((t, ev))
+    out["sent_at"] = timed.sent_at
     return out
 
 
