@@ -25,9 +25,14 @@ How (the structure of WebRTC AEC3's echo suppressor, in numpy): the mic is cut i
   user's speech and the reply's differ in pitch and formants, so a voice talking over the reply
   keeps most of its bins.
 
-Until the delay is known (the first ~0.5 s of reply audio in a session) the expected echo is the
-loudest reference anywhere in the window at -6 dB: it takes out more, so the user must be louder
-than the reply to get through, never less safe. (A gain learnt against that loudest reference
+Until the delay is known (the start of a session's first reply) each delay's echo is bounded by what
+the mic did not hear (a frame quiet where the reference that many frames back was loud rules a loud
+echo at that delay out) and the expected echo is the reference around each delay at its bound, at
+first -6 dB: delays already ruled out (at first all those shorter than the time the mic stayed quiet)
+mask nothing. A search on spectral shape alone (harmonics and formants, not loudness or onsets, which a
+user talking at the start also has) finds the echo within ~0.1 s of it reaching the mic. Offline, a
+user as loud as a -6 dB echo or quieter, talking 0.1 s into the first reply, was heard 244-468 ms after
+the onset instead of 0.9-2 s or never (tests/test_echo.py). (A gain learnt against the loudest reference
 would follow the user's voice up once they talk over the reply.) After 1.5 s of reference with no
 echo found (headphones, a browser's echo cancellation that works) the guard stands aside and the
 residual is the mic.
@@ -66,6 +71,18 @@ TAIL_FRAMES = 6  # reverberation kept after the echo's direct path: ~100 ms
 TAIL_DECAY = 0.5  # per frame (-3 dB / 16 ms: a room of RT60 ~0.3 s)
 GAIN_STEP_DB = 1.0  # the gain trackers move by at most this a frame
 MIN_GAIN_DB, MAX_GAIN_DB = -60.0, 6.0
+# Before the delay is known: a search on spectral shape alone (each frame's log spectrum less its mean, so
+# neither loudness nor the step from silence to sound counts, only harmonics and formants) as soon as a few
+# frames of reference could have come back. EARLY_* tuned offline (tests/test_echo.py rooms, Piper's voice):
+# the echo alone scored 0.53-0.79 at its delay within ~0.1 s of reaching the mic, 0.4 above any other delay;
+# a user talking over it from the start 0.26 at most.
+EARLY_MIN_ACTIVE = 6
+EARLY_SCORE, EARLY_MARGIN = 0.45, 0.2
+EARLY_EVERY = 2
+# Each delay's echo gain is bounded by what the mic did not hear: a frame quiet where the reference k frames
+# back was loud rules a loud echo at delay k out. The bound drops fast and rises slowly (a low quantile of
+# the per-frame median ratio), so one odd frame does not rule the true delay out.
+BOUND_DOWN_DB, BOUND_UP_DB = 4.0, 0.2
 NO_ECHO_AFTER = 94  # frames of reference (~1.5 s) searched without finding an echo: there is none
 ALIGNED_QUANTILE = 0.5  # a median: the user talking over the reply does not pull the echo's gain up
 REF_FLOOR = 1e-5  # reference bin power below which a bin is silent (a -70 dBFS noise floor is ~2e-5)
@@ -140,6 +157,7 @@ class EchoGuard:
         self._searched = 0  # frames of reference seen while no echo was found
         self.no_echo = False  # that much reference and no echo (headphones, a working browser AEC)
         self._aligned = _GainTracker(start_gain_db, ALIGNED_QUANTILE, GAIN_STEP_DB)  # against the reference at the delay
+        self._bound = np.full(self.max_delay, start_gain_db / 10)  # log10 of the echo's gain at each delay, at most
 
     # ------------------------------------------------------------------ the reference
     def far(self, pcm: np.ndarray, sent_at: float) -> None:
@@ -266,10 +284,12 @@ class EchoGuard:
         if self.delay is None:
             if self.no_echo:
                 return None
-            # Not found yet: assume the loudest reference of the whole window, at the starting gain.
-            # (A gain learnt against it would be the user's once they talk over the reply: any quantile
-            # high enough to be safe against the echo follows their voice up.)
-            echo = self._start_gain * window.max(axis=0)
+            # Not found yet: at each delay, the reference around it at the most its echo can be (the bound
+            # learnt from what the mic did not hear; at first the starting gain). Delays ruled out add little,
+            # so a user talking over the start of the first reply keeps the bins the echo cannot reach.
+            spans = self._spans()
+            self._update_bound(mic_pow, spans)
+            echo = (10.0 ** self._bound[:, None] * spans).max(axis=0)
         else:
             d = self.delay
             # The gain is learnt at the delay found (+-1 frame) ...
@@ -288,6 +308,54 @@ class EchoGuard:
         residual = mic_pow - self.margin * echo
         return np.sqrt(np.clip(residual / (mic_pow + 1e-12), 0.0, 1.0))
 
+    def _spans(self) -> np.ndarray:
+        """[k] = per bin, the loudest reference from JITTER_EARLY frames before delay k to JITTER_LATE after
+        it, and its reverberation tail: what an echo k frames late may hold at this frame."""
+        depth = self.max_delay + JITTER_LATE + 1
+        padded = np.concatenate([np.zeros((JITTER_EARLY, BINS)), self._ref_pow[:depth]])
+        spans = np.lib.stride_tricks.sliding_window_view(padded, JITTER_EARLY + JITTER_LATE + 1, axis=0)
+        spans = spans[: self.max_delay].max(axis=2)
+        for j in range(1, TAIL_FRAMES + 1):
+            tail = self._ref_pow[JITTER_LATE + j: JITTER_LATE + j + self.max_delay]
+            spans[: tail.shape[0]] = np.maximum(spans[: tail.shape[0]], TAIL_DECAY ** j * tail)
+        return spans
+
+    def _update_bound(self, mic_pow: np.ndarray, spans: np.ndarray) -> None:
+        band = spans[:, SEARCH_BINS]
+        loud = (band > REF_FLOOR * 100) & (band > band.max(axis=1, keepdims=True) * 1e-3)
+        tested = loud.sum(axis=1) >= 10
+        if not tested.any():
+            return
+        ratio = np.where(loud, np.log10(mic_pow[SEARCH_BINS] + 1e-12) - np.log10(band + 1e-30), np.nan)
+        med = np.nanmedian(ratio[tested], axis=1)
+        b = self._bound[tested]
+        self._bound[tested] = np.minimum(np.where(med < b, b - BOUND_DOWN_DB / 10, b + BOUND_UP_DB / 10),
+                                         self._start_gain_db / 10)
+
+    def _shape_search(self, ref_at: int, mic_at: int) -> None:
+        """The early search (see EARLY_SCORE): sets the delay if one stands out."""
+        n, k_max = SEARCH_FRAMES, self.max_delay
+        ref = np.roll(self._ref_log, -(ref_at + 1), axis=0)
+        act = np.roll(self._ref_active, -(ref_at + 1))
+        mic = np.roll(self._mic_log, -(mic_at + 1), axis=0)
+        ref = ref - ref.mean(axis=1, keepdims=True)
+        mic = mic - mic.mean(axis=1, keepdims=True)
+        scores = np.zeros(k_max)
+        for k in range(k_max):
+            a = act[k_max - k: k_max - k + n]
+            if a.sum() < EARLY_MIN_ACTIVE:
+                continue
+            r, m = ref[k_max - k: k_max - k + n][a], mic[a]
+            r, m = r - r.mean(axis=0), m - m.mean(axis=0)
+            scores[k] = (r * m).sum() / (np.sqrt((r * r).sum() * (m * m).sum()) + 1e-9)
+        best_k = int(np.argmax(scores))
+        others = np.delete(scores, range(max(0, best_k - 2), min(k_max, best_k + 3)))
+        if scores[best_k] >= EARLY_SCORE and (others.size == 0 or scores[best_k] - others.max() >= EARLY_MARGIN):
+            log.info("echo guard: the reply's echo is %d ms late (early, shape %.2f)", best_k * HOP * 1000 // RATE,
+                     scores[best_k])
+            self.delay, self.no_echo = best_k, False
+            self._delays.append(best_k)
+
     def _track_delay(self, mic_pow: np.ndarray) -> None:
         # Ring buffers of log spectra (row _pos is the newest); put in order only for a search.
         band = SEARCH_BINS
@@ -302,6 +370,8 @@ class EchoGuard:
             if self._searched == NO_ECHO_AFTER:
                 self.no_echo = True
                 log.info("echo guard: no echo of the reply in the mic; standing aside")
+        if self.delay is None and not self.no_echo and self._searched and self._frames % EARLY_EVERY == 0:
+            self._shape_search(ref_at, mic_at)
         if self._frames % SEARCH_EVERY:
             return
         # Oldest first: mic frames t = 0..N-1, reference frames t = 0..N+K-1 (the last N are the mic's).
