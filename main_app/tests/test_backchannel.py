@@ -8,6 +8,7 @@ real services and real recordings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -87,52 +88,60 @@ async def reply_playing(session, page, hub) -> ScriptedUser:
     return user
 
 
-async def test_an_acknowledgement_pauses_then_resumes_the_reply(store):
-    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
-    session, page = await make(store, hub)
+@contextlib.asynccontextmanager
+async def conversation(store, *, token_delay: float = 0.01, ms_per_word: int = 300, **settings):
+    """A session over fakes whose reply is ``LONG`` (``ms_per_word`` of audio a word), closed after."""
+    hub = FakeHub(reply=LONG, token_delay=token_delay, ms_per_word=ms_per_word)
+    session, page = await make(store, hub, **settings)
     try:
+        yield hub, session, page
+    finally:
+        await session.close()
+
+
+async def history(store, session, role: str | None = None) -> list[dict]:
+    """The conversation's stored messages (``role``'s only, if given)."""
+    messages = (await store.get_conversation(session.conversation_id))["messages"]
+    return [m for m in messages if role is None or m["role"] == role]
+
+
+async def paused_then_resumed(page) -> tuple[dict, dict]:
+    """The ``pause_playback`` the speech caused, then the ``resume_playback`` that let the reply go on."""
+    pause = await page.wait("pause_playback")
+    return pause, await page.wait("resume_playback")
+
+
+async def assert_resumed_to_the_end(page) -> None:
+    """The paused reply went on to its end, whole, and was never interrupted."""
+    assert (await page.wait("reply_end"))["text"] == LONG
+    assert not page.of("stop_playback") and not page.of("interrupted")
+
+
+@pytest.mark.parametrize(("text", "end", "reason"), [
+    ("Mm-hmm.", 3.4, "backchannel"),
+    ("", 3.3, "no_words"),  # a cough: the VAD heard it, STT found no words
+])
+async def test_an_acknowledgement_or_no_words_pauses_then_resumes_the_reply(store, text, end, reason):
+    async with conversation(store) as (hub, session, page):
         user = await reply_playing(session, page, hub)
-        await user.says(start=3.0, end=3.4, text="Mm-hmm.")
-        pause = await page.wait("pause_playback")
-        resume = await page.wait("resume_playback")
-        assert resume == {"type": "resume_playback", "turn": pause["turn"], "reason": "backchannel",
-                          "text": "Mm-hmm.", "paused_ms": resume["paused_ms"]}
+        await user.says(start=3.0, end=end, text=text)
+        pause, resume = await paused_then_resumed(page)
+        assert resume == {"type": "resume_playback", "turn": pause["turn"], "reason": reason,
+                          "text": text, "paused_ms": resume["paused_ms"]}
         after_pause = page.types()[page.types().index("pause_playback"):]
         assert after_pause.index("speech_end") < after_pause.index("resume_playback")
-        end = await page.wait("reply_end")
-        assert end["text"] == LONG
-        # Not cancelled, not answered, not a turn: one generation, one transcript, no interruption.
-        assert not page.of("stop_playback") and not page.of("interrupted")
+        await assert_resumed_to_the_end(page)
+        # Not cancelled, not answered, not a turn: one generation, one transcript.
         assert not hub.last("llm").calls("cancel") and not hub.last("tts").calls("cancel")
         assert len(hub.last("llm").calls("generate")) == 1
         assert [e["text"] for e in page.of("transcript")] == [hub.transcript]
         await until(lambda: session.state == "speaking", what="speaking again after the resume")
-        conv = await store.get_conversation(session.conversation_id)
-        assert [(m["role"], m["content"], m["interrupted"]) for m in conv["messages"]] == [
+        assert [(m["role"], m["content"], m["interrupted"]) for m in await history(store, session)] == [
             ("user", hub.transcript, False), ("assistant", LONG, False)]
-    finally:
-        await session.close()
-
-
-async def test_speech_without_words_resumes_the_reply(store):
-    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
-    session, page = await make(store, hub)
-    try:
-        user = await reply_playing(session, page, hub)
-        await user.says(start=3.0, end=3.3, text="")  # a cough: the VAD heard it, STT found no words
-        await page.wait("pause_playback")
-        resume = await page.wait("resume_playback")
-        assert resume["reason"] == "no_words" and resume["text"] == ""
-        assert (await page.wait("reply_end"))["text"] == LONG
-        assert not page.of("interrupted")
-    finally:
-        await session.close()
 
 
 async def test_real_words_interrupt_the_paused_reply_and_are_answered(store):
-    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
-    session, page = await make(store, hub)
-    try:
+    async with conversation(store) as (hub, session, page):
         user = await reply_playing(session, page, hub)
         hub.reply = "Berlin is the capital of Germany."
         await user.says(start=3.0, end=3.8, text="Wait, what about Berlin?")
@@ -148,18 +157,13 @@ async def test_real_words_interrupt_the_paused_reply_and_are_answered(store):
         t2 = await page.wait("transcript", count=2)
         assert t2["text"] == "Wait, what about Berlin?"
         await page.wait("reply_end", turn=t2["turn"])
-        conv = await store.get_conversation(session.conversation_id)
-        assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+        assert [(m["role"], m["content"]) for m in await history(store, session)] == [
             ("user", hub.transcript), ("assistant", "First sentence here. Second"),
             ("user", "Wait, what about Berlin?"), ("assistant", hub.reply)]
-    finally:
-        await session.close()
 
 
 async def test_no_words_within_the_window_resumes_and_late_words_still_interrupt(store):
-    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
-    session, page = await make(store, hub, resume_window_ms=300)
-    try:
+    async with conversation(store, resume_window_ms=300) as (hub, session, page):
         user = await reply_playing(session, page, hub)
         fake_stt = stt_without_answer(hub)  # STT is slow: its final comes after the window
         await user.says(start=3.0, end=3.8)
@@ -170,14 +174,10 @@ async def test_no_words_within_the_window_resumes_and_late_words_still_interrupt
         ev = await page.wait("interrupted")
         assert ev["reason"] == "barge-in"
         assert (await page.wait("transcript", count=2))["text"] == "Stop, please."
-    finally:
-        await session.close()
 
 
 async def test_an_acknowledgement_while_thinking_keeps_the_reply(store):
-    hub = FakeHub(reply=LONG, token_delay=0.05, ms_per_word=100)
-    session, page = await make(store, hub)
-    try:
+    async with conversation(store, token_delay=0.05, ms_per_word=100) as (hub, session, page):
         user = await speak(session, hub)
         await page.wait("reply_start")
         assert not page.of("audio")
@@ -185,53 +185,40 @@ async def test_an_acknowledgement_while_thinking_keeps_the_reply(store):
         assert (await page.wait("resume_playback"))["reason"] == "backchannel"
         assert (await page.wait("reply_end", timeout=10))["text"] == LONG
         assert len(hub.last("llm").calls("generate")) == 1 and not page.of("interrupted")
-        users = [m["content"] for m in (await store.get_conversation(session.conversation_id))["messages"]
-                 if m["role"] == "user"]
-        assert users == [hub.transcript]
-    finally:
-        await session.close()
+        assert [m["content"] for m in await history(store, session, "user")] == [hub.transcript]
 
 
 async def test_a_finished_reply_still_playing_pauses_and_resumes(store):
-    hub = FakeHub(reply=LONG, token_delay=0.001, ms_per_word=300)
-    session, page = await make(store, hub)
-    try:
+    async with conversation(store, token_delay=0.001) as (hub, session, page):
         user = await speak(session, hub)
         await page.wait("reply_end")  # all generated; about 4 s still to play
         await user.says(start=2.0, end=2.3, text="Yeah.")
         await page.wait("resume_playback")
         await until(lambda: session.state == "speaking", what="speaking again")
         await session.close()  # the page leaves 0.x s later: what it heard, up to the pause and after
-        conv = await store.get_conversation(session.conversation_id)
-        assistant = [m for m in conv["messages"] if m["role"] == "assistant"]
+        assistant = await history(store, session, "assistant")
         assert len(assistant) == 1 and assistant[0]["interrupted"] is True
         assert assistant[0]["meta"]["reason"] == "session closed"
-    finally:
-        await session.close()
 
 
 async def test_a_page_that_leaves_while_paused_keeps_what_it_heard_before_the_pause(store):
-    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=100)
-    session, page = await make(store, hub)
-    user = await speak(session, hub)
-    await page.wait("audio", count=2)  # the first sentence (300 ms) and the second (600 ms) are out
-    await asyncio.sleep(0.35)
-    stt_without_answer(hub)  # still waiting for its words when the page leaves
-    await user.says(start=3.0, end=3.2)
-    await page.wait("pause_playback")
-    await asyncio.sleep(1.0)  # paused: nothing more is heard, however long the page waits
-    await session.close()
-    conv = await store.get_conversation(session.conversation_id)
-    assistant = [m for m in conv["messages"] if m["role"] == "assistant"]
+    async with conversation(store, ms_per_word=100) as (hub, session, page):
+        user = await speak(session, hub)
+        await page.wait("audio", count=2)  # the first sentence (300 ms) and the second (600 ms) are out
+        await asyncio.sleep(0.35)
+        stt_without_answer(hub)  # still waiting for its words when the page leaves
+        await user.says(start=3.0, end=3.2)
+        await page.wait("pause_playback")
+        await asyncio.sleep(1.0)  # paused: nothing more is heard, however long the page waits
+        await session.close()
+    assistant = await history(store, session, "assistant")
     assert assistant[0]["interrupted"] is True
     assert assistant[0]["content"].startswith("First sentence here.")
     assert not assistant[0]["content"].startswith("First sentence here. Second sentence is a longer one.")
 
 
 async def test_backchannel_settings_from_the_page(store):
-    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
-    session, page = await make(store, hub)
-    try:
+    async with conversation(store) as (hub, session, page):
         hello = page.of("hello")[0]["config"]
         assert hello["backchannels"] is True and "mm-hm" in hello["backchannel_words"]
         assert hello["resume_window_ms"] == 1500
@@ -256,8 +243,6 @@ async def test_backchannel_settings_from_the_page(store):
         hub.last("vad").emit({"type": "speech_start", "timestamp": 9.0})
         await page.wait("stop_playback", count=2)
         assert len(page.of("pause_playback")) == 1
-    finally:
-        await session.close()
 
 
 async def loud(hub: FakeHub, at: float, chunks: int) -> None:
@@ -266,9 +251,7 @@ async def loud(hub: FakeHub, at: float, chunks: int) -> None:
 
 
 async def test_speech_onset_pauses_before_the_vad_confirms_speech(store):
-    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
-    session, page = await make(store, hub)
-    try:
+    async with conversation(store) as (hub, session, page):
         user = await reply_playing(session, page, hub)
         await loud(hub, 3.0, 2)  # 64 ms: not yet
         await asyncio.sleep(0.05)
@@ -280,29 +263,20 @@ async def test_speech_onset_pauses_before_the_vad_confirms_speech(store):
         await user.says(start=3.1, end=3.6, text="Stop, please.")
         await page.wait("interrupted")
         assert len(page.of("pause_playback")) == 1 and not page.of("resume_playback")
-    finally:
-        await session.close()
 
 
 async def test_a_sound_the_vad_does_not_confirm_resumes_the_reply(store):
-    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
-    session, page = await make(store, hub)
-    try:
+    async with conversation(store) as (hub, session, page):
         await reply_playing(session, page, hub)
         await loud(hub, 3.0, 3)  # a knock: loud for 96 ms, never 200 ms of speech
-        await page.wait("pause_playback")
-        resume = await page.wait("resume_playback", timeout=2)
+        _, resume = await paused_then_resumed(page)
         # Not before the VAD could have confirmed speech (minimum speech 200 ms + 250 ms).
         assert resume["reason"] == "no_words" and resume["paused_ms"] >= 440
-        assert (await page.wait("reply_end"))["text"] == LONG and not page.of("interrupted")
-    finally:
-        await session.close()
+        await assert_resumed_to_the_end(page)
 
 
 async def test_the_window_waits_for_words_stt_is_still_writing(store):
-    hub = FakeHub(reply=LONG, token_delay=0.01, ms_per_word=300)
-    session, page = await make(store, hub, resume_window_ms=300)
-    try:
+    async with conversation(store, resume_window_ms=300) as (hub, session, page):
         user = await reply_playing(session, page, hub)
         fake_stt = hub.last("stt")
 
@@ -316,14 +290,10 @@ async def test_the_window_waits_for_words_stt_is_still_writing(store):
         await page.wait("interrupted")
         assert not page.of("resume_playback")  # never played on only to be cut off again
         assert (await page.wait("transcript", count=2))["text"] == "What about Berlin?"
-    finally:
-        await session.close()
 
 
 async def test_a_reply_that_fails_while_paused_is_resumed_in_the_page(store):
-    hub = FakeHub(reply=LONG, token_delay=0.05, ms_per_word=300)
-    session, page = await make(store, hub)
-    try:
+    async with conversation(store, token_delay=0.05) as (hub, session, page):
         user = await speak(session, hub)
         await page.wait("audio")
         hub.last("llm").kill()  # the LLM dies mid-reply, while the user says "okay"
@@ -332,14 +302,10 @@ async def test_a_reply_that_fails_while_paused_is_resumed_in_the_page(store):
         resume = await page.wait("resume_playback")
         assert resume["turn"] == page.of("pause_playback")[0]["turn"]
         assert not page.of("stop_playback")
-    finally:
-        await session.close()
 
 
 async def test_a_message_typed_while_paused_stops_the_paused_reply(store):
-    hub = FakeHub(reply=LONG, token_delay=0.001, ms_per_word=300)
-    session, page = await make(store, hub)
-    try:
+    async with conversation(store, token_delay=0.001) as (hub, session, page):
         user = await speak(session, hub)
         await page.wait("reply_end")  # all generated, still playing
         stt_without_answer(hub)  # the speech's words are not in yet
@@ -349,5 +315,3 @@ async def test_a_message_typed_while_paused_stops_the_paused_reply(store):
         stop = await page.wait("stop_playback")
         assert stop["reason"] == "new message" and stop["turn"] == page.of("pause_playback")[0]["turn"]
         await page.wait("reply_end", count=2)
-    finally:
-        await session.close()
