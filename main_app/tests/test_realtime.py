@@ -58,6 +58,38 @@ def of(events: list[dict], kind: str) -> list[dict]:
     return [e for e in events if e["type"] == kind]
 
 
+def user_text(text: str) -> dict:
+    """A ``conversation.item.create`` of a user's typed message."""
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+    }
+
+
+def session_update(**session: Any) -> dict:
+    """A GA ``session.update`` (the beta dialect's session has no ``type``)."""
+    return {"type": "session.update", "session": {"type": "realtime", **session}}
+
+
+def truncate(item_id: str, audio_end_ms: int) -> dict:
+    return {
+        "type": "conversation.item.truncate",
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": audio_end_ms,
+    }
+
+
+def audio_of(events: list[dict], kind: str = "response.output_audio.delta") -> bytes:
+    """The PCM16 of the ``kind`` deltas, joined."""
+    return b"".join(base64.b64decode(e["delta"]) for e in of(events, kind))
+
+
+def history(url: str, conversation_id: str) -> list[dict]:
+    """The conversation's stored messages, as the page's history API gives them."""
+    return httpx.get(f"{url}/api/conversations/{conversation_id}").json()["messages"]
+
+
 def to_24k(pcm16_16k: bytes) -> bytes:
     return float_to_pcm16(Resampler(16000, rt.SAMPLE_RATE)(pcm16_to_float(pcm16_16k)))
 
@@ -99,46 +131,35 @@ def hub():
     return FakeHub(reply="The capital of France is Paris. It is a lovely city.")
 
 
-@pytest.fixture
-def fake_app(tmp_path, hub):
+def fake_server(tmp_path, hub: FakeHub, **settings: Any) -> ThreadServer:
+    """main_app in-process over the hub's fake services (the URLs are never dialled)."""
+    nowhere = "http://127.0.0.1:9"
     settings = Settings(
         db_path=str(tmp_path / "rt.sqlite3"),
-        vad_url="http://127.0.0.1:9",
-        stt_url="http://127.0.0.1:9",
-        tts_url="http://127.0.0.1:9",
-        llm_url="http://127.0.0.1:9",
+        vad_url=nowhere,
+        stt_url=nowhere,
+        tts_url=nowhere,
+        llm_url=nowhere,
         status_interval_s=60,
+        **settings,
     )
-    with ThreadServer(create_app(settings, factories=hub.factories())) as server:
+    return ThreadServer(create_app(settings, factories=hub.factories()))
+
+
+@pytest.fixture
+def fake_app(tmp_path, hub):
+    with fake_server(tmp_path, hub) as server:
         yield server
 
 
 async def test_text_conversation_with_the_openai_client(fake_app):
     async with client_for(fake_app.url).realtime.connect(model="gpt-realtime") as conn:
         created = await collect(conn, "session.created")
-        await conn.send(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "output_modalities": ["text"],
-                    "instructions": "Answer in one sentence.",
-                },
-            }
-        )
+        await conn.send(session_update(output_modalities=["text"], instructions="Answer in one sentence."))
         updated = (await collect(conn, "session.updated"))[-1]
         assert updated["session"]["output_modalities"] == ["text"]
         assert updated["session"]["instructions"] == "Answer in one sentence."
-        await conn.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Capital of France?"}],
-                },
-            }
-        )
+        await conn.send(user_text("Capital of France?"))
         await conn.send({"type": "response.create"})
         events = await collect(conn, "response.done")
     check_shapes(created + [updated] + events)
@@ -158,9 +179,7 @@ async def test_text_conversation_with_the_openai_client(fake_app):
     assert done["status"] == "completed" and done["usage"]["output_tokens"] > 0
     assert done["output"][0]["content"][0] == {"type": "output_text", "text": text.strip()}
     # The conversation is the page's: the same history.
-    cid = done["conversation_id"]
-    conv = httpx.get(f"{fake_app.url}/api/conversations/{cid}").json()
-    assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+    assert [(m["role"], m["content"]) for m in history(fake_app.url, done["conversation_id"])] == [
         ("user", "Capital of France?"),
         ("assistant", text.strip()),
     ]
@@ -185,29 +204,13 @@ async def test_bad_events_get_error_events_and_the_connection_lives(fake_app):
             "session",
         ),
         (
-            json.dumps(
-                {
-                    "type": "session.update",
-                    "session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
-                }
-            ),
+            json.dumps(session_update(audio={"input": {"format": {"type": "audio/pcmu"}}})),
             "invalid_event",
             "session",
         ),
         (json.dumps({"type": "input_audio_buffer.append", "audio": "***"}), "invalid_event", "audio"),
         (json.dumps({"type": "input_audio_buffer.commit"}), "commit_with_server_vad", None),
-        (
-            json.dumps(
-                {
-                    "type": "conversation.item.truncate",
-                    "item_id": "item_x",
-                    "content_index": 0,
-                    "audio_end_ms": 10,
-                }
-            ),
-            "item_not_found",
-            "item_id",
-        ),
+        (json.dumps(truncate("item_x", 10)), "item_not_found", "item_id"),
         (json.dumps({"type": "response.cancel"}), "response_cancel_not_active", None),
         ("[]", "invalid_event", "type"),
         (json.dumps({"type": 5}), "invalid_event", "type"),
@@ -267,7 +270,7 @@ async def test_bad_events_get_error_events_and_the_connection_lives(fake_app):
         await conn.send_raw(bad[2][0])
         assert (await collect(conn, "error"))[-1]["error"]["event_id"] == "e1"  # names the client's event
         # Still serving: a good event is answered.
-        await conn.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Hi"}})
+        await conn.send(session_update(instructions="Hi"))
         assert (await collect(conn, "session.updated"))[-1]["session"]["instructions"] == "Hi"
     # A binary frame (not part of the protocol) too.
     async with websockets.connect(f"{fake_app.url.replace('http', 'ws')}/v1/realtime") as ws:
@@ -297,16 +300,7 @@ async def test_beta_client_gets_the_beta_dialect(fake_app):
         )
         updated = (await collect(conn, "session.updated"))[-1]
         assert updated["session"]["voice"] == "nova" and updated["session"]["turn_detection"] is None
-        await conn.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Capital of France?"}],
-                },
-            }
-        )
+        await conn.send(user_text("Capital of France?"))
         await conn.send({"type": "response.create"})
         events = await collect(conn, "response.done")
     check_shapes(created + [updated] + events, beta=True)
@@ -321,7 +315,7 @@ async def test_beta_client_gets_the_beta_dialect(fake_app):
     assert not {k for k in kinds if "output_audio" in k}
     transcript = of(events, "response.audio_transcript.done")[0]["transcript"]
     assert transcript.strip() == "The capital of France is Paris. It is a lovely city."
-    pcm = b"".join(base64.b64decode(e["delta"]) for e in of(events, "response.audio.delta"))
+    pcm = audio_of(events, "response.audio.delta")
     assert len(pcm) > rt.SAMPLE_RATE  # the fake speaks 200 ms a word: over half a second at 24 kHz
 
 
@@ -330,64 +324,30 @@ async def test_truncate_cuts_the_stored_reply_to_what_was_heard(fake_app, hub):
     city." 1 s. Played for 1.6 s, the first sentence and two words of the second were heard."""
     async with client_for(fake_app.url).realtime.connect(model="gpt-realtime") as conn:
         await collect(conn, "session.created")
-        await conn.send(
-            {
-                "type": "session.update",
-                "session": {"type": "realtime", "audio": {"output": {"voice": "nova"}}},
-            }
-        )
+        await conn.send(session_update(audio={"output": {"voice": "nova"}}))
         await collect(conn, "session.updated")
         assert {"type": "config", "voice": "nova", "speed": 1.0} in hub.last("tts").sent  # the live TTS link
-        await conn.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Capital of France?"}],
-                },
-            }
-        )
+        await conn.send(user_text("Capital of France?"))
         await conn.send({"type": "response.create"})
         events = await collect(conn, "response.done")
         item_id = of(events, "response.output_item.done")[0]["item"]["id"]
-        pcm = b"".join(base64.b64decode(e["delta"]) for e in of(events, "response.output_audio.delta"))
+        pcm = audio_of(events)
         assert abs(len(pcm) / 2 / rt.SAMPLE_RATE - 2.2) < 0.01  # resampled from 22050 Hz, same duration
-        await conn.send(
-            {
-                "type": "conversation.item.truncate",
-                "item_id": item_id,
-                "content_index": 0,
-                "audio_end_ms": 1600,
-            }
-        )
+        await conn.send(truncate(item_id, 1600))
         truncated = (await collect(conn, "conversation.item.truncated"))[-1]
         assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == 1600
         # Past the audio's end: refused, and the voice is fixed once the assistant has spoken.
-        await conn.send(
-            {
-                "type": "conversation.item.truncate",
-                "item_id": item_id,
-                "content_index": 0,
-                "audio_end_ms": 5000,
-            }
-        )
+        await conn.send(truncate(item_id, 5000))
         assert (await collect(conn, "error"))[-1]["error"]["code"] == "invalid_audio_end_ms"
-        await conn.send(
-            {
-                "type": "session.update",
-                "session": {"type": "realtime", "audio": {"output": {"voice": "echo"}}},
-            }
-        )
+        await conn.send(session_update(audio={"output": {"voice": "echo"}}))
         assert (await collect(conn, "error"))[-1]["error"]["code"] == "cannot_update_voice"
         cid = of(events, "response.done")[0]["response"]["conversation_id"]
-        conv = httpx.get(f"{fake_app.url}/api/conversations/{cid}").json()
+        assistant = history(fake_app.url, cid)[-1]
     check_shapes(events + [truncated])
-    assistant = conv["messages"][-1]
     assert assistant["role"] == "assistant" and assistant["interrupted"]
     assert assistant["content"] == "The capital of France is Paris. It is"
     # The client leaving later does not undo it.
-    after = httpx.get(f"{fake_app.url}/api/conversations/{cid}").json()["messages"][-1]
+    after = history(fake_app.url, cid)[-1]
     assert after["content"] == assistant["content"]
 
 
@@ -422,7 +382,7 @@ async def test_audio_and_tool_output_items_and_response_cancel(fake_app, hub):
         await conn.send({"type": "response.cancel"})
         await collect(conn, "response.done", seen=events)
         cid = of(events, "response.done")[0]["response"]["conversation_id"]
-        conv = httpx.get(f"{fake_app.url}/api/conversations/{cid}").json()
+        messages = history(fake_app.url, cid)
     check_shapes([tool] + events)
     added = of(events, "conversation.item.added")[0]
     assert added["previous_item_id"] == tool["item"]["id"] and "audio" not in added["item"]["content"][0]
@@ -437,25 +397,16 @@ async def test_audio_and_tool_output_items_and_response_cancel(fake_app, hub):
     done = of(events, "response.done")[0]["response"]
     assert done["status"] == "cancelled" and done["status_details"]["reason"] == "client_cancelled"
     assert done["output"][0]["status"] == "incomplete"
-    assert conv["messages"][0] == {
-        **conv["messages"][0],
+    assert messages[0] == {
+        **messages[0],
         "role": "user",
         "content": "What is the capital of France?",
     }
-    assert [m["role"] for m in conv["messages"]] in (["user"], ["user", "assistant"])
+    assert [m["role"] for m in messages] in (["user"], ["user", "assistant"])
 
 
 async def test_a_full_server_turns_a_realtime_client_away(tmp_path, hub):
-    settings = Settings(
-        db_path=str(tmp_path / "rt.sqlite3"),
-        vad_url="http://127.0.0.1:9",
-        stt_url="http://127.0.0.1:9",
-        tts_url="http://127.0.0.1:9",
-        llm_url="http://127.0.0.1:9",
-        status_interval_s=60,
-        max_sessions=1,
-    )
-    with ThreadServer(create_app(settings, factories=hub.factories())) as server:
+    with fake_server(tmp_path, hub, max_sessions=1) as server:
         url = f"{server.url.replace('http', 'ws')}/v1/realtime"
         async with websockets.connect(url) as first:
             assert json.loads(await first.recv())["type"] == "session.created"
@@ -471,16 +422,7 @@ async def test_a_full_server_turns_a_realtime_client_away(tmp_path, hub):
 
 
 async def test_the_api_key_is_the_openai_clients(tmp_path, hub):
-    settings = Settings(
-        db_path=str(tmp_path / "rt.sqlite3"),
-        vad_url="http://127.0.0.1:9",
-        stt_url="http://127.0.0.1:9",
-        tts_url="http://127.0.0.1:9",
-        llm_url="http://127.0.0.1:9",
-        status_interval_s=60,
-        api_key="s3cret",
-    )
-    with ThreadServer(create_app(settings, factories=hub.factories())) as server:
+    with fake_server(tmp_path, hub, api_key="s3cret") as server:
         client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="s3cret")
         async with client.realtime.connect(model="gpt-realtime") as conn:
             assert (await collect(conn, "session.created"))[-1]["type"] == "session.created"
@@ -519,30 +461,19 @@ async def test_voice_turn_with_server_vad(app_service):
     silence = bytes(rt.SAMPLE_RATE * 2 * 2)  # 2 s: the turn ends within it
     async with client_for(app_service.url).realtime.connect(model="gpt-realtime") as conn:
         events = await collect(conn, "session.created")
-        await conn.send(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "audio": {
-                        "input": {
-                            "turn_detection": {
-                                "type": "server_vad",
-                                "threshold": 0.5,
-                                "silence_duration_ms": 500,
-                                "prefix_padding_ms": 300,
-                            }
-                        }
-                    },
-                },
-            }
-        )
+        server_vad = {
+            "type": "server_vad",
+            "threshold": 0.5,
+            "silence_duration_ms": 500,
+            "prefix_padding_ms": 300,
+        }
+        await conn.send(session_update(audio={"input": {"turn_detection": server_vad}}))
         await collect(conn, "session.updated", seen=events)
         await stream_audio(conn, speech + silence)
         await collect(conn, "response.done", seen=events)
         # While the client is there: one that leaves before the audio has played keeps only what it heard.
         done = of(events, "response.done")[0]["response"]
-        conv = httpx.get(f"{app_service.url}/api/conversations/{done['conversation_id']}").json()
+        messages = history(app_service.url, done["conversation_id"])
     check_shapes(events)
     order = types(events)
     for kind in (
@@ -577,16 +508,17 @@ async def test_voice_turn_with_server_vad(app_service):
     transcript = of(events, "conversation.item.input_audio_transcription.completed")[0]
     assert transcript["item_id"] == started["item_id"]
     assert wer(reference(CLIP), transcript["transcript"]) <= 0.2, transcript["transcript"]
-    pcm = b"".join(base64.b64decode(e["delta"]) for e in of(events, "response.output_audio.delta"))
+    pcm = audio_of(events)
     audio = np.frombuffer(pcm, "<i2").astype(np.float32)
     assert audio.size > rt.SAMPLE_RATE * 0.3 and np.sqrt(np.mean(audio**2)) > 300  # speech, not silence
     said = "".join(e["delta"] for e in of(events, "response.output_audio_transcript.delta")).strip()
     assert said and done["status"] == "completed"
     assert done["output"][0]["content"][0]["transcript"].strip() == said
     assert done["usage"]["input_tokens"] > 0 and done["usage"]["output_tokens"] > 0
-    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
-    assert conv["messages"][0]["content"] == transcript["transcript"]
-    assert conv["messages"][1]["content"] == said
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", transcript["transcript"]),
+        ("assistant", said),
+    ]
 
 
 async def test_push_to_talk_and_audio_item(app_service):
@@ -594,16 +526,7 @@ async def test_push_to_talk_and_audio_item(app_service):
     speech = to_24k(load_pcm16(speech_sample(CLIP)))
     async with client_for(app_service.url).realtime.connect(model="gpt-realtime") as conn:
         events = await collect(conn, "session.created")
-        await conn.send(
-            {
-                "type": "session.update",
-                "session": {
-                    "type": "realtime",
-                    "output_modalities": ["text"],
-                    "audio": {"input": {"turn_detection": None}},
-                },
-            }
-        )
+        await conn.send(session_update(output_modalities=["text"], audio={"input": {"turn_detection": None}}))
         await collect(conn, "session.updated", seen=events)
         await stream_audio(conn, speech, realtime=False)
         await conn.send({"type": "input_audio_buffer.commit"})
@@ -619,8 +542,7 @@ async def test_push_to_talk_and_audio_item(app_service):
     done = of(events, "response.done")[0]["response"]
     assert done["status"] == "completed" and done["output_modalities"] == ["text"]
     text = of(events, "response.output_text.done")[0]["text"]
-    conv = httpx.get(f"{app_service.url}/api/conversations/{done['conversation_id']}").json()
-    assert [(m["role"], m["content"]) for m in conv["messages"]] == [
+    assert [(m["role"], m["content"]) for m in history(app_service.url, done["conversation_id"])] == [
         ("user", transcript["transcript"]),
         ("assistant", text.strip()),
     ]
@@ -630,18 +552,7 @@ async def test_barge_in_cancels_the_response_and_truncate_trims_the_history(long
     speech = to_24k(load_pcm16(speech_sample(CLIP)))
     async with client_for(long_reply_app.url).realtime.connect(model="gpt-realtime") as conn:
         events = await collect(conn, "session.created")
-        await conn.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [
-                        {"type": "input_text", "text": "Tell me a long story about a dragon and a knight."}
-                    ],
-                },
-            }
-        )
+        await conn.send(user_text("Tell me a long story about a dragon and a knight."))
         await conn.send({"type": "response.create"})
         first = await collect(conn, "response.output_audio.delta", seen=events)
         response_id = first[-1]["response_id"]
@@ -659,14 +570,7 @@ async def test_barge_in_cancels_the_response_and_truncate_trims_the_history(long
             len(base64.b64decode(e["delta"])) for e in of(mine, "response.output_audio.delta")
         ) // (rt.SAMPLE_RATE * 2 // 1000)
         played = min(audio_ms, 1200)
-        await conn.send(
-            {
-                "type": "conversation.item.truncate",
-                "item_id": item_id,
-                "content_index": 0,
-                "audio_end_ms": played,
-            }
-        )
+        await conn.send(truncate(item_id, played))
         while not any(e["type"] == "response.done" and e["response"]["id"] == response_id for e in events):
             await collect(conn, "response.done", seen=events)
         await collect(conn, "conversation.item.truncated", seen=events)
@@ -680,8 +584,8 @@ async def test_barge_in_cancels_the_response_and_truncate_trims_the_history(long
     full = done["response"]["output"][0]["content"][0]["transcript"].strip()
     truncated = of(events, "conversation.item.truncated")[0]
     assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == played
-    conv = httpx.get(f"{long_reply_app.url}/api/conversations/{done['response']['conversation_id']}").json()
-    assistant = [m for m in conv["messages"] if m["role"] == "assistant"][0]
+    messages = history(long_reply_app.url, done["response"]["conversation_id"])
+    assistant = next(m for m in messages if m["role"] == "assistant")
     # What was heard of the first 1.2 s: a few words, a strict beginning of what had been written.
     assert assistant["interrupted"] and assistant["content"]
     # The heard text joins the spoken segments by one space; the written one may break lines between them.
