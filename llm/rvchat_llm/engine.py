@@ -54,7 +54,7 @@ class Request:
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
-    default_system: bool = True  # /generate and /ws add the configured system prompt; /v1 does not
+    default_system: bool = True  # /generate and /ws add the configured system prompt; /v1 as set (v1_system_prompt)
     trim: bool = False  # cut a newest message too long for the context instead of refusing it
     tools: list[dict[str, Any]] | None = None  # checked by tools.check_tools, as is tool_choice
     tool_choice: Any = None

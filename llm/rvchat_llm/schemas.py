@@ -114,7 +114,8 @@ class ChatCompletionRequest(BaseModel):
         check_limits(settings, [message_text(m) for m in messages])
         return Request(messages=messages, temperature=self.temperature,
                        max_tokens=self.max_completion_tokens or self.max_tokens, model=self.model,
-                       top_p=self.top_p, stop=self.stop_list(), seed=self.seed, default_system=False,
+                       top_p=self.top_p, stop=self.stop_list(), seed=self.seed,
+                       default_system=settings.v1_default_system(),
                        tools=tools, tool_choice=choice, parallel_tool_calls=self.parallel_tool_calls)
 
     def stop_list(self) -> list[str]:

@@ -140,6 +140,11 @@ class Settings(ServiceSettings):
     system_prompt: str = Field(
         DEFAULT_SYSTEM_PROMPT, description="System prompt used when a request has none "
         "(empty string: none).")
+    v1_system_prompt: bool | None = Field(
+        None, description="Add system_prompt to /v1/chat/completions requests that carry no system "
+        "message. Unset: for the local model only, whose chat template otherwise adds SmolLM2's own "
+        "(asked 'What is the capital of France?' through the openai client it answered in French); "
+        "remote models keep their own defaults.")
     max_messages: int = Field(500, ge=1, description="Most messages one request may carry (422 above).")
     max_message_chars: int = Field(32000, ge=1, description="Longest message content in characters "
                                    "(422 above).")
@@ -160,6 +165,9 @@ class Settings(ServiceSettings):
         if self.temperature is not None:
             return self.temperature
         return 0.0 if self.provider == "local" else 0.7
+
+    def v1_default_system(self) -> bool:
+        return self.provider == "local" if self.v1_system_prompt is None else self.v1_system_prompt
 
     def model_name(self) -> str:
         if self.model:

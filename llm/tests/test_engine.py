@@ -112,6 +112,17 @@ def test_system_prompt_rules():
     assert eng.prepare(Request(messages=own), 10)[0] == own
 
 
+def test_v1_adds_the_system_prompt_for_the_local_model_only_unless_set():
+    from rvchat_llm.schemas import ChatCompletionRequest
+
+    body = ChatCompletionRequest(model="any", messages=[{"role": "user", "content": "hi"}])
+    for provider, setting, expected in [("local", None, True), ("ollama", None, False),
+                                        ("openai", None, False), ("local", False, False),
+                                        ("openai", True, True)]:
+        settings = Settings(provider=provider, v1_system_prompt=setting)
+        assert body.to_request(settings).default_system is expected, (provider, setting)
+
+
 def test_context_too_small_is_400_and_max_tokens_shrinks_to_fit():
     eng, _ = engine([[]], context_window=50)
     with pytest.raises(APIError) as err:

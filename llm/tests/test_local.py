@@ -75,6 +75,20 @@ def test_openai_client_unchanged(llm_service):
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
 
 
+def test_openai_client_without_a_system_message_gets_the_local_models_prompt(llm_service):
+    """The openai client sends no system message unless told: the embedded model then gets the
+    service's prompt, not SmolLM2's template default, which answered this question in French."""
+    client = openai.OpenAI(base_url=llm_service.url + "/v1", api_key="unused")
+    r = client.chat.completions.create(model="any", max_tokens=40, messages=[
+        {"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in r.choices[0].message.content
+    bare = r.usage.prompt_tokens
+    # A system message of the client's own is kept as it is (and the service's is not added).
+    r = client.chat.completions.create(model="any", max_tokens=8, messages=[
+        {"role": "system", "content": "Hi."}, {"role": "user", "content": "What is the capital of France?"}])
+    assert r.usage.prompt_tokens < bare
+
+
 def test_openai_stream_ends_with_done_marker(llm_service, sse):
     with httpx.stream("POST", llm_service.url + "/v1/chat/completions", timeout=120, json={
             "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": True}) as r:
