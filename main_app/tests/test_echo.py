@@ -202,36 +202,39 @@ def level_db(x: np.ndarray) -> float:
     return db(frames[active(x)])
 
 
-# The user talks over the start of a fresh guard's first reply. Before the early shape search and the per-delay
-# bound (echo.py), the guard, its delay not yet found, took out everything under the loudest reply at -6 dB: 4 of
-# these 6 were heard 420 ms to 1.6 s after the onset or not at all.
+# The user talks over the start of a fresh guard's first reply (a recording as the reply: Piper's voice differs
+# from one synthesis to the next, and so would the outcome). Before the harmonic search and the per-delay bound
+# (echo.py), the guard, its delay not yet found, took out everything under the loudest reply at -6 dB: these
+# were heard 332-492 ms after the onset or not at all; now 164-268 ms (unguarded, this VAD takes 204-248).
 # (room delay ms, room gain dB, user, user's level against the reply dB, speech onset into the reply s)
-FIRST_REPLY = [(150, -6, "ljspeech_LJ001-0004.wav", -6, 0.1), (150, -6, USER, -6, 0.1),
-               (250, -6, "ljspeech_LJ001-0004.wav", -6, 0.3), (50, -6, USER, -6, 0.5),
-               (100, -12, "ljspeech_LJ001-0004.wav", -12, 0.5), (150, -200, "ljspeech_LJ001-0004.wav", -6, 0.3)]
+FIRST_REPLY = [(50, -6, USER, -6, 0.3), (150, -6, "common_voice_en_22058264.wav", -6, 0.3),
+               (100, -12, USER, -12, 0.3), (250, -6, "librispeech_61-70968-0000.wav", -12, 0.3),
+               (200, -20, "common_voice_en_22058264.wav", -12, 0.3), (150, -6, "librispeech_61-70968-0000.wav", -6, 0.5),
+               (150, -200, "librispeech_61-70968-0000.wav", -12, 0.3)]
 
 
 @pytest.mark.models
 @pytest.mark.parametrize("delay_ms,gain_db,name,user_db,onset_s", FIRST_REPLY)
-def test_the_user_is_heard_over_the_start_of_the_first_reply(silero, tts_reply, delay_ms, gain_db, name, user_db,
-                                                              onset_s):
+def test_the_user_is_heard_over_the_start_of_the_first_reply(silero, delay_ms, gain_db, name, user_db, onset_s):
     """A fresh guard (a new session), the user as loud as the echo or quieter, talking 0.1-0.5 s into the reply."""
+    reply = clip(REPLY)
     room = Room(delay_ms=delay_ms, gain_db=gain_db, seed=delay_ms)
     if gain_db > -100:  # the echo alone does not start speech (with headphones there is none to test)
-        mic, start = through_room(tts_reply, room)
-        assert speech_starts(silero, guarded(mic, tts_reply, start, EchoGuard())) == []
+        mic, start = through_room(reply, room)
+        assert speech_starts(silero, mic), "unguarded, the VAD hears this echo"
+        assert speech_starts(silero, guarded(mic, reply, start, EchoGuard())) == []
     user = clip(name)
-    user = user * 10 ** ((level_db(tts_reply) + user_db - level_db(user)) / 20)
     onset = silero.detect(user, threshold=0.5, min_speech_ms=100, min_silence_ms=100, speech_pad_ms=0)[0][0]
     cut = max(0, int((onset - 0.3) * RATE))  # the recording from 0.3 s before its speech
     user, onset = user[cut:], onset - cut / RATE
+    user = user * 10 ** ((level_db(reply) + user_db - level_db(user)) / 20)
     lead = 1.0
-    mic, start = through_room(tts_reply, room, lead_s=lead, user=user, user_at_s=lead + onset_s - onset, tail_s=3.0)
-    starts = speech_starts(silero, guarded(mic, tts_reply, start, EchoGuard()))
+    mic, start = through_room(reply, room, lead_s=lead, user=user, user_at_s=lead + onset_s - onset, tail_s=3.0)
+    starts = speech_starts(silero, guarded(mic, reply, start, EchoGuard()))
     at = lead + onset_s
-    # Heard, and not for the echo before the user spoke: within 400 ms of audio of the onset (the VAD's own
-    # 200 ms minimum speech included; unguarded the same VAD says so 204-248 ms after these onsets).
-    assert starts and at < starts[0] < at + 0.4, (starts, at)
+    # Heard, and not for the echo before the user spoke: within 300 ms of audio of the onset (the VAD's own
+    # 200 ms minimum speech included).
+    assert starts and at < starts[0] < at + 0.3, (starts, at)
 
 
 # --------------------------------------------------------------------------- main_app over the real services
