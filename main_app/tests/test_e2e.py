@@ -80,11 +80,6 @@ def long_reply_app(services, tmp_path_factory):
                                                "LLM_GUARD": "false"}) as llm:
         env = app_env({**services, "llm": llm}, tmp_path_factory.mktemp("long") / "rvchat.sqlite3",
                       APP_MAX_REPLY_SENTENCES="0", APP_MAX_TOKENS="400",
-                      # The user here talks over the first reply's first audio, where the echo guard,
-                      # its delay not yet found, lets through only a voice louder than the reply
-                      # (echo.py): 1 of 2 full-suite runs missed the barge-in. This test is about
-                      # cancelling upstream work; barge-in through the guard is test_echo.py's.
-                      APP_ECHO_GUARD="false",
                       APP_SYSTEM_PROMPT="You are a storyteller. Tell long, detailed stories of many paragraphs.")
         with ServiceProcess("rvchat_app", "APP_", env) as proc:
             yield proc
