@@ -46,10 +46,12 @@ def onset_s(vad_url: str, pcm16: bytes) -> float:
     return r.json()["segments"][0]["start"]
 
 
-async def room_session(ws_url: str, room, replies: int, user: tuple[bytes, float] | None, k: int) -> list[dict]:
+async def room_session(ws_url: str, room, replies: int, user: tuple[bytes, float] | None, k: int,
+                       first_at: float | None = None) -> list[dict]:
     """``replies`` questions in one session through ``room``; with ``user`` (pcm, onset), the last one is
-    talked over. A row per reply."""
-    from rvchat_app.loopback import LoopbackPage
+    talked over: 1.0-2.5 s into it, or with ``first_at`` (one reply, the session's first) that many seconds
+    into it, where the guard has not found the echo's delay yet. A row per reply."""
+    from rvchat_app.loopback import PLAYER_LEAD_S, LoopbackPage
 
     page = await LoopbackPage.open(ws_url, room, seed=k)
     rows = []
@@ -61,9 +63,19 @@ async def room_session(ws_url: str, room, replies: int, user: tuple[bytes, float
             row = {"room": (room.delay_ms, room.gain_db), "turn": turn}
             talk_at = None
             if user is not None and i == replies - 1:
-                talk_at = first["_t"] + 1.0 + 0.5 * (k % 4)
-                page.talk(user[0], talk_at)
-                row["onset"] = talk_at + user[1]
+                if first_at is None:
+                    talk_at = first["_t"] + 1.0 + 0.5 * (k % 4)
+                    page.talk(user[0], talk_at)
+                    row["onset"] = talk_at + user[1]
+                else:
+                    # The recording from 50 ms before its speech, whose onset comes first_at s after the reply
+                    # starts to play (the page plays a chunk PLAYER_LEAD_S after it arrives).
+                    pcm = user[0][int(max(0.0, user[1] - 0.05) * 16000) * 2:]
+                    onset = min(user[1], 0.05)
+                    talk_at = first["_t"] + PLAYER_LEAD_S + first_at - onset
+                    page.talk(pcm, talk_at)
+                    row["onset"] = talk_at + onset
+                    row["first_at"] = first_at
             await page.until_played(turn)
             stops = [e for e in page.events if e.get("turn") == turn and e["type"] in STOPS]
             if talk_at is None:
@@ -86,11 +98,12 @@ def guard_cost_us() -> float:
     from rvchat_app.echo import EchoGuard
     from rvchat_app.loopback import Room, through_room
     from rvchat_app.testing import load_pcm16
+    from rvchat_common.audio import float_to_pcm16
     from rvchat_common.testing import speech_sample
 
     reply = np.frombuffer(load_pcm16(speech_sample("ljspeech_LJ001-0001.wav")), "<i2").astype(np.float32) / 32768
     mic, start = through_room(reply, Room(delay_ms=150, gain_db=-12))
-    pcm = (mic * 32767).astype("<i2").tobytes()
+    pcm = float_to_pcm16(mic)
     guard = EchoGuard()
     frames = len(pcm) // 640
     t0 = time.perf_counter()
@@ -145,6 +158,23 @@ def run() -> str:
                               f"{sum(r['self'] for r in rows)}/{len(rows)} self, "
                               f"{[round(r['detected_s'], 3) if r.get('detected_s') is not None else None for r in rows if 'onset' in r]}",
                               flush=True)
+                    # The user talks over the first reply of a fresh session, 0.1-0.5 s into it: before the
+                    # guard has found the echo's delay.
+                    if mode == "on" and os.environ.get("BENCH_ECHO_FIRST", "1") == "1":
+                        for k, room in enumerate(rooms):
+                            first_at = (0.1, 0.3, 0.5)[k % 3]
+                            try:
+                                rows = asyncio.run(room_session(app.ws_url, room, 1, users[k % len(users)], 200 + k,
+                                                                first_at=first_at))
+                            except TimeoutError:
+                                print(f"   echo first room {room.delay_ms:.0f} ms {room.gain_db:+.0f} dB: lost (timeout)")
+                                continue
+                            results[mode] += rows
+                            if raw:
+                                raw.write_text(json.dumps(results, indent=1))
+                            print(f"   echo first room {room.delay_ms:.0f} ms {room.gain_db:+.0f} dB at {first_at} s: "
+                                  f"{[round(r['detected_s'], 3) if r.get('detected_s') is not None else None for r in rows]}"
+                                  f"{' self' if rows[0]['self'] else ''}", flush=True)
                     # No echo at all (headphones): how fast a barge-in is without the guard's help or harm.
                     for k in range(len(USERS)):
                         try:
@@ -180,7 +210,7 @@ def report(results: dict[str, list[dict]], cost_us: float, seconds: float, load0
               "detected | median ms | p90 ms | max ms |")
     lines = ["## Self-hearing guard: echo loopback", "", intro, "", header, "|---|---|---|---|---|---|---|---|---|"]
     for mode, label in (("off", "without the guard (APP_ECHO_GUARD=false)"), ("on", "**with the guard** (default)")):
-        rows = [r for r in results[mode] if not r.get("headphones")]
+        rows = [r for r in results[mode] if not r.get("headphones") and "first_at" not in r]
         alone = [r for r in rows if "onset" not in r]
         n_self = sum(r["self"] for r in alone)
         talked = [r for r in rows if "onset" in r]
@@ -189,6 +219,16 @@ def report(results: dict[str, list[dict]], cost_us: float, seconds: float, load0
                      f"{len(talked) or '–'} | {f'{len(det)}/{len(talked)}' if talked else '–'} | "
                      f"{_ms(statistics.median(det)) if det else '–'} | {_ms(percentile(det, 0.9)) if det else '–'} | "
                      f"{_ms(max(det)) if det else '–'} |")
+    first = [r for r in results["on"] if "first_at" in r]
+    if first:
+        det = [r["detected_s"] for r in first if r.get("detected_s") is not None]
+        lines += ["", ("The first reply of a fresh session talked over 0.1-0.5 s after it starts to play (the guard "
+                       "has not found the echo's delay yet), one session per room:"), "",
+                  ("| main_app | replies talked over | paused before the user spoke | detected | median ms | p90 ms | "
+                   "max ms | within 300 ms |"), "|---|---|---|---|---|---|---|---|",
+                  (f"| with the guard | {len(first)} | {sum(r['self'] for r in first)} | {len(det)}/{len(first)} | "
+                   f"{_ms(statistics.median(det)) if det else '–'} | {_ms(percentile(det, 0.9)) if det else '–'} | "
+                   f"{_ms(max(det)) if det else '–'} | {sum(d <= 0.3 for d in det)} |")]
     lines += ["", "Barge-in with no echo at all (headphones), the same recordings:", "",
               "| main_app | detected | median ms | max ms |", "|---|---|---|---|"]
     for mode, label in (("off", "without the guard"), ("on", "with the guard")):
@@ -199,16 +239,20 @@ def report(results: dict[str, list[dict]], cost_us: float, seconds: float, load0
     lines += ["", (f"The guard's cost: {cost_us:.0f} µs of CPU per 20 ms mic frame with a reply playing "
                    f"({cost_us / 20000 * 100:.1f}% of one core per voice session), in this process."), "",
               "<details><summary>Per room (guard on)</summary>", "",
-              "| room | replies | self-interruptions | talked over: detected after ms |", "|---|---|---|---|"]
+              ("| room | replies | self-interruptions | talked over: detected after ms | first reply: talked over at "
+               "s, detected after ms |"), "|---|---|---|---|---|"]
     by_room: dict = {}
     for r in results["on"]:
-        if not r.get("headphones"):
-            by_room.setdefault(r["room"], []).append(r)
+        if not r.get("headphones") and "first_at" not in r:
+            by_room.setdefault(tuple(r["room"]), []).append(r)
+    firsts = {tuple(r["room"]): r for r in first}
     for (d, g), rows in sorted(by_room.items()):
         alone = [r for r in rows if "onset" not in r]
         talked = [r for r in rows if "onset" in r]
         det = ", ".join(_ms(r.get("detected_s")) for r in talked)
-        lines.append(f"| {d:.0f} ms {g:+.0f} dB | {len(alone)} | {sum(r['self'] for r in alone)} | {det} |")
+        f = firsts.get((d, g))
+        fcell = f"{f['first_at']}: {'paused before' if f['self'] else _ms(f.get('detected_s'))}" if f else "–"
+        lines.append(f"| {d:.0f} ms {g:+.0f} dB | {len(alone)} | {sum(r['self'] for r in alone)} | {det} | {fcell} |")
     lines += ["", "</details>"]
     return "\n".join(lines)
 
