@@ -205,7 +205,7 @@ def level_db(x: np.ndarray) -> float:
 # The user talks over the start of a fresh guard's first reply (a recording as the reply: Piper's voice differs
 # from one synthesis to the next, and so would the outcome). Before the harmonic search and the per-delay bound
 # (echo.py), the guard, its delay not yet found, took out everything under the loudest reply at -6 dB: these
-# were heard 332-492 ms after the onset or not at all; now 164-268 ms (unguarded, this VAD takes 204-248).
+# were heard 332-492 ms after the onset or not at all; now 204-268 ms (unguarded, this VAD takes 204-248).
 # (room delay ms, room gain dB, user, user's level against the reply dB, speech onset into the reply s)
 FIRST_REPLY = [(50, -6, USER, -6, 0.3), (150, -6, "common_voice_en_22058264.wav", -6, 0.3),
                (100, -12, USER, -12, 0.3), (250, -6, USER, -12, 0.3),
