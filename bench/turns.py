@@ -17,7 +17,11 @@ speculative final does. A rule cuts the speaker off when a pause outlasts its ho
 product's defaults and a grid of thresholds and holds to choose them from.
 
 ``BENCH_TURNS_CACHE=path``: keep the replayed pauses (transcripts and probabilities) in a JSON file
-and reuse it, to try rules without the models.
+and reuse it, to try rules without the models. ``BENCH_TURNS_PROMPTS=1``: also score other ways of asking
+the model (LiveKit's turn-detector recipe, a conversation before the words) on the same transcripts.
+
+Held-out check: the clips are split in two halves (alternately, by name); the product's rule is reported
+on each half, so that a threshold tuned on one half is seen on the other.
 """
 
 from __future__ import annotations
@@ -128,6 +132,69 @@ def collect() -> tuple[list[dict], int, float, list[float]]:
     return items, len(clips), time.perf_counter() - t0, eou_ms
 
 
+SMOLLM2_SYSTEM = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                  "<|im_end|>\n")  # what SmolLM2's chat template puts first when there is no system message
+GREETING = "<|im_start|>assistant\nHi! How can I help you today?<|im_end|>\n"
+EXCHANGE = ("<|im_start|>system\nYou are a voice assistant. The user's words are transcribed speech.<|im_end|>\n"
+            "<|im_start|>user\nwhat's the weather like tomorrow in london<|im_end|>\n"
+            "<|im_start|>assistant\nTomorrow in London: cloudy, 14 degrees, light rain in the afternoon.<|im_end|>\n"
+            "<|im_start|>user\nok thanks and can you remind me to take an umbrella<|im_end|>\n"
+            "<|im_start|>assistant\nSure, I'll remind you at eight.<|im_end|>\n")
+
+
+def livekit_normalise(text: str) -> str:
+    """livekit-plugins-turn-detector's _normalize_text: NFKC, lower case, punctuation removed but ' and -."""
+    import re
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", text.lower())
+    text = "".join(c for c in text if not (unicodedata.category(c).startswith("P") and c not in "'-"))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+# (name, text before the user's turn, normalisation, the tokens that count as an end)
+PROMPTS = [
+    ("the product (rvchat_llm/eou.py): trailing punctuation stripped, P(. ? ! or <|im_end|>)", "", "strip", "all"),
+    ("LiveKit's recipe: their normalisation, P(<|im_end|>)", "", "livekit", "im_end"),
+    ("LiveKit's recipe with SmolLM2's default system turn and an assistant greeting before", SMOLLM2_SYSTEM + GREETING,
+     "livekit", "im_end"),
+    ("LiveKit's normalisation, P(. ? ! or <|im_end|>)", "", "livekit", "all"),
+    ("an assistant greeting before, P(. ? ! or <|im_end|>)", GREETING, "strip", "all"),
+    ("a voice-assistant system turn and a two-turn exchange before, P(. ? ! or <|im_end|>)", EXCHANGE, "strip", "all"),
+    ("the same with LiveKit's normalisation", EXCHANGE, "livekit", "all"),
+]
+
+
+def prompt_variants(items: list[dict]) -> list[tuple[str, list[list[float]], list[float | None]]]:
+    """Each of PROMPTS' probabilities for the replay's transcripts: (name, per utterance its pauses', its end's)."""
+    import llama_cpp
+    from rvchat_common.models import gguf_model
+    from rvchat_llm.eou import STRIP
+
+    llm = llama_cpp.Llama(model_path=str(gguf_model(None)), n_ctx=512, n_batch=512, n_threads=1, n_threads_batch=1,
+                          verbose=False)
+
+    def tok(s: str) -> list[int]:
+        return llm.tokenize(s.encode(), add_bos=False, special=True)
+
+    im_end = tok("<|im_end|>")[-1]
+    stops = sorted({tok(s)[-1] for s in (".", "?", "!")})
+    out = []
+    for name, before, norm, ends in PROMPTS:
+        def p_end(text: str, before: str = before, norm: str = norm, ends: str = ends) -> float:
+            words = livekit_normalise(text) if norm == "livekit" else text.strip().rstrip(STRIP)
+            llm.reset()
+            llm.eval(tok(f"{before}<|im_start|>user\n{words}")[-200:])
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).astype(np.float64)
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            return float(p[im_end] + (p[stops].sum() if ends == "all" else 0.0))
+
+        out.append((name, [[p_end(p["text"]) for p in it["pauses"]] for it in items],
+                    [p_end(it["end_text"]) if it["end_text"] is not None else None for it in items]))
+    return out
+
+
 def run() -> str:
     from rvchat_app.endpointing import Holds
     from rvchat_app.settings import Settings as AppSettings
@@ -164,18 +231,20 @@ def run() -> str:
     before = Holds(complete_ms=500, unsure_ms=unsure, incomplete_ms=900)
     rules.append(("words alone at the defaults before the LLM's probability (500, 500, 900)",
                   lambda p: before.for_text(p["text"])))
+    previous = Holds(complete_ms=300, unsure_ms=unsure, incomplete_ms=700)
+    rules.append(("the product before: LLM end-of-utterance >= 0.3: 300, else 700", with_eou(previous, 0.3)))
     rules.append((f"**{product}**", with_eou(words_rule, threshold)))
     grid = []
     for complete in (300, 500):
-        for incomplete in (700, 900, 1200):
+        for incomplete in (700, 900, 1200, 1600, 2000):
             for th in (0.1, 0.2, 0.3, 0.5):
                 holds = Holds(complete_ms=complete, unsure_ms=unsure, incomplete_ms=incomplete)
                 grid.append((f"LLM >= {th:g}: {complete}, else {incomplete}", with_eou(holds, th)))
-    ended = [it for it in items if it["end_text"] is not None]
-    paused = [it for it in items if it["kind"] != "natural"]
-    natural = [it for it in items if it["kind"] == "natural"]
 
-    def row(name: str, hold_of) -> str:
+    def row(name: str, hold_of, items=items) -> str:
+        ended = [it for it in items if it["end_text"] is not None]
+        paused = [it for it in items if it["kind"] != "natural"]
+        natural = [it for it in items if it["kind"] == "natural"]
         n_cut = sum(cut(it, hold_of) for it in items)
         waits = [hold_of({"text": it["end_text"], "eou": it["end_eou"]}) for it in ended]
         return (f"| {name} | {n_cut}/{len(items)} ({100 * n_cut / len(items):.0f}%) | "
@@ -211,6 +280,32 @@ def run() -> str:
         *header,
         *(row(name, hold_of) for name, hold_of in grid),
     ]
+    clips = sorted({it["clip"] for it in items})
+    halves = [[it for it in items if clips.index(it["clip"]) % 2 == h] for h in (0, 1)]
+    lines += ["", ("Held out: the same rules on each half of the clips (alternately by name; a threshold or hold "
+                   "tuned on one half, seen on the other):"), "", *header]
+    for name, hold_of in [rules[-1], *[(n, h) for n, h in grid if n.startswith(("LLM >= 0.2: 300", "LLM >= 0.3: 300"))
+                                        and n.endswith(("1600", "2000"))]]:
+        for h, part in enumerate(halves):
+            lines.append(row(f"{name.strip('*')}, half {'AB'[h]} ({len({it['clip'] for it in part})} clips)",
+                             hold_of, part))
+    if os.environ.get("BENCH_TURNS_PROMPTS"):
+        lines += ["", ("Other ways of asking the model, on the same transcripts: how well the probability separates "
+                       "the real ends from the mid-sentence pauses of the paused utterances (AUC: the chance that an "
+                       "end scores above a pause), how many ends reach each threshold (the median wait is the short "
+                       "hold when half do), and the cut-offs with the long hold at 1600 ms:"), "",
+                  "| asked | AUC | ends >= 0.1 / 0.2 / 0.3 | cut off at 0.1 / 0.2 / 0.3, 300 else 1600 |",
+                  "|---|---|---|---|"]
+        holds = Holds(complete_ms=300, unsure_ms=unsure, incomplete_ms=1600)
+        for name, p_pauses, p_ends in prompt_variants(items):
+            pos = [e for e in p_ends if e is not None]
+            neg = [q for it, ps in zip(items, p_pauses) if it["kind"] != "natural" for q in ps]
+            auc = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / len(pos) / len(neg)
+            scored = [{**it, "pauses": [{**p, "eou": q} for p, q in zip(it["pauses"], ps)]}
+                      for it, ps in zip(items, p_pauses)]
+            cuts = [sum(cut(it, with_eou(holds, th)) for it in scored) for th in (0.1, 0.2, 0.3)]
+            lines.append(f"| {name} | {auc:.2f} | {' / '.join(str(sum(e >= th for e in pos)) for th in (0.1, 0.2, 0.3))}"
+                         f" of {len(pos)} | {' / '.join(f'{c}/{len(items)}' for c in cuts)} |")
     lines += ["", (f"Utterances with at least one pause of {SPECULATIVE_MS} ms or more: "
                    f"{sum(1 for it in items if it['pauses'])}."), "",
               "<details><summary>Pauses and the words before them</summary>", "",

@@ -6,6 +6,13 @@ the end of the message (``<|im_end|>``). LiveKit's first text turn detector was 
 bench/turns.py it tells "And so my fellow Americans asked not" (0.01) from "...ask what you can do
 for your country" (0.59), where Whisper's full stop after half a sentence fools a punctuation rule.
 
+Not LiveKit's recipe (lower-case, punctuation removed, P(``<|im_end|>``) alone, the conversation before):
+their model was fine-tuned for it, this one is not. On bench/turns.py's transcripts P(``<|im_end|>``) alone
+tells ends from mid-sentence pauses worse (AUC 0.70 against 0.82 here; no end reaches 0.1), their
+normalisation with these end tokens as well as now (0.82), and a conversation before the words a little
+better (0.86) but not where it counts: at every threshold where half the ends still get the short hold it
+cut as many utterances off or more (bench/results/turns.md, "Other ways of asking the model").
+
 Its own small llama context on the service's GGUF (the weights are mmap'd, so the OS shares them
 with the generating copies), one thread, behind a lock: it never waits for a reply's generation
 and a reply never waits for it. The last prompt stays in the KV cache, so the same utterance

@@ -53,6 +53,36 @@ def test_unfinished_words_score_lower_than_a_question(llm_service):
     assert eou(llm_service.url, {"text": "What is the capital of France?"}).json()["probability"] == p_question
 
 
+# Whisper tiny.en's transcripts at the pauses of bench/turns.py's set (bench/results/turns.md): the words
+# before a speaker's thinking pause, and the same utterances' real ends. main_app holds 300 ms from 0.3
+# (APP_TURN_END_EOU_THRESHOLD) and its long hold (1600 ms) below it.
+PAUSED = ["And so my fellow Americans asked not", "And so my fellow Americans asked not what you",
+          "The Red Fox has read many books, but...", "And I think it's like...",
+          "For although the Chinese took impressions from wood blocks engraved in",
+          "produced the block books which were the immediate", "in being coming."]
+FINISHED = ["And so my fellow Americans ask not what your country can do for you. Ask what you can do for your country.",
+            "The Red Fox has read many books, but there's always more to read.",
+            "Montreal forced liner. I hardly know her.",
+            "The truck righted itself just before I tipped over on to its top and came to a full stop."]
+
+
+@pytest.fixture(scope="module")
+def model():
+    from rvchat_common.models import gguf_model
+    from rvchat_llm.eou import EndOfUtterance
+
+    m = EndOfUtterance(gguf_model(None))
+    m.load()
+    return m
+
+
+@pytest.mark.models
+def test_real_pauses_score_below_the_threshold_and_real_ends_above(model):
+    paused = {t: model.probability(t) for t in PAUSED}
+    finished = {t: model.probability(t) for t in FINISHED}
+    assert max(paused.values()) < 0.3 <= min(finished.values()), (paused, finished)
+
+
 @pytest.mark.models
 @pytest.mark.parametrize("body", [{}, {"text": ""}, {"text": 5}, {"text": None}, {"text": "x" * 4001},
                                   {"words": "hello"}, [], "hello"])
