@@ -42,8 +42,9 @@ would follow the user's voice up once they talk over the reply.) After 1.5 s of 
 echo found (headphones, a browser's echo cancellation that works) the guard stands aside and the
 residual is the mic.
 
-Cost: one 512-point FFT and its inverse per 16 ms of mic, and a delay search every 128 ms: 150 us
-of CPU per 20 ms mic frame with a reply playing (bench/results/echo.md).
+Cost: one 512-point FFT and its inverse per 16 ms of mic, and a delay search every 128 ms: 150-166 us
+of CPU per 20 ms mic frame with a reply playing (bench/results/echo.md). Until the delay is found (a
+session's first ~0.5 s of echo) the bound and the harmonic search every 32 ms make it ~720 us a frame.
 """
 
 from __future__ import annotations
