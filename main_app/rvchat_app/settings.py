@@ -67,13 +67,13 @@ class Settings(ServiceSettings):
         "300 with the LLM cut 2 of 20 recordings off at their natural pauses, as 500 does; by the punctuation "
         "alone 5 (Whisper puts a full stop after half a sentence too).")
     turn_end_incomplete_ms: int = Field(
-        1600, ge=0, le=10000, description="Silence that ends a turn whose words are not finished (end-of-utterance "
+        700, ge=0, le=10000, description="Silence that ends a turn whose words are not finished (end-of-utterance "
         "probability below the threshold, a trailing comma or dash, 'and', 'because', 'the', a number being "
-        "dictated): the longest hold; at least the turn-end silence. Longer than a speaker's thinking pause "
-        "mid-sentence (bench/results/turns.md: 0.4-1.2 s inserted, heard as up to 1.54 s): 1600 cut 6 of 120 "
-        "utterances off (5%; all 6 a list of words that reads finished at the pause), 1200 20%, 700 58%. The "
-        "cost: the finished utterances the model calls unfinished (about half of read sentences) wait it, so "
-        "the wait after a finished utterance is a median 300 ms but p90 1600. LiveKit holds up to 3 s.")
+        "dictated): the longest hold; at least the turn-end silence. A trade: every reply the model calls "
+        "unfinished (about half of finished read sentences) waits it, so it sets the voice-to-voice p90 "
+        "(700: median 695 ms, p90 781 in bench/results/voice.md); longer holds let thinking pauses through "
+        "(bench/results/turns.md, 0.4-1.2 s pauses inserted mid-sentence: 700 cuts 58% off, 1200 20%, "
+        "1600 5%, at a p90 wait after finished utterances of 700, 1200, 1600 ms).")
     turn_end_eou: bool = Field(
         True, description="Decide the turn-end silence from the LLM service's end-of-utterance probability "
         "(POST /v1/eou: the embedded model's chance that the user's words are finished): at least "
