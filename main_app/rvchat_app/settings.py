@@ -114,8 +114,9 @@ class Settings(ServiceSettings):
         "is playing taken out (main_app knows what it sent and when it plays), so without headphones, or when "
         "the browser's echo cancellation fails, the assistant does not barge in on itself; the user talking "
         "over it still does. bench/results/echo.md, an echo 50-250 ms late at -6 to -20 dB: 24 of 24 replies "
-        "interrupted themselves without it, 0 of 60 with it; a user talking over a reply paused it in 15 of "
-        "15 (median 124 ms after the speech began, at most 262).")
+        "interrupted themselves without it, 0 of 135 with it; a user talking over a reply paused it in 15 of "
+        "15 (median 129 ms after the speech began), over the first 0.1-0.5 s of a session's first reply "
+        "(before the echo's delay is known) in 11 of 15 (median 215 ms).")
     echo_max_delay_ms: int = Field(
         500, ge=100, le=2000, description="Longest delay at which the reply's echo may reach the mic after the "
         "page's player was handed the audio (its output buffer, the room, the mic's frames and the network).")
