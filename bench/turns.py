@@ -203,7 +203,10 @@ def run() -> str:
     unsure = int(os.environ.get("BENCH_UNSURE_MS", app.vad_min_silence_ms))
     words_rule = Holds(complete_ms=int(os.environ.get("BENCH_COMPLETE_MS", app.turn_end_complete_ms)),
                        unsure_ms=unsure,
-                       incomplete_ms=int(os.environ.get("BENCH_INCOMPLETE_MS", app.turn_end_incomplete_ms)))
+                       incomplete_ms=int(os.environ.get("BENCH_INCOMPLETE_MS", app.turn_end_incomplete_ms)),
+                       midsentence_ms=int(os.environ.get("BENCH_MIDSENTENCE_MS", app.turn_end_midsentence_ms)),
+                       midsentence_below=float(os.environ.get("BENCH_EOU_MIDSENTENCE",
+                                                              app.turn_end_eou_midsentence)))
     threshold = float(os.environ.get("BENCH_EOU_THRESHOLD", app.turn_end_eou_threshold))
     cache = os.environ.get("BENCH_TURNS_CACHE")
     if cache and os.path.exists(cache):
@@ -222,8 +225,9 @@ def run() -> str:
         # Exactly the product's choice (recognition.py -> Holds.for_turn) with the service's probability.
         return lambda p: holds.for_turn(p["text"], p["eou"], th)
 
-    product = f"the product: LLM end-of-utterance >= {threshold:g}: {words_rule.complete_ms}, else " \
-              f"{words_rule.incomplete_ms} (APP_TURN_END_EOU defaults)"
+    product = f"the product: LLM end-of-utterance >= {threshold:g}: {words_rule.complete_ms}, " \
+              f">= {words_rule.midsentence_below:g}: {words_rule.incomplete_ms}, else " \
+              f"{words_rule.longest_ms} (APP_TURN_END_EOU defaults)"
     rules = [(f"fixed {ms} ms", lambda _p, ms=ms: ms) for ms in FIXED_MS]
     rules.append(((f"words alone: {words_rule.complete_ms} after a sentence, {words_rule.unsure_ms} unpunctuated, "
                    f"{words_rule.incomplete_ms} after a comma or 'and' (APP_TURN_END_EOU=false)"),
@@ -233,6 +237,8 @@ def run() -> str:
                   lambda p: before.for_text(p["text"])))
     previous = Holds(complete_ms=300, unsure_ms=unsure, incomplete_ms=700)
     rules.append(("the product before: LLM end-of-utterance >= 0.3: 300, else 700", with_eou(previous, 0.3)))
+    longer = Holds(complete_ms=300, unsure_ms=unsure, incomplete_ms=1600)
+    rules.append(("one long hold: LLM end-of-utterance >= 0.3: 300, else 1600", with_eou(longer, 0.3)))
     rules.append((f"**{product}**", with_eou(words_rule, threshold)))
     grid = []
     for complete in (300, 500):
@@ -240,6 +246,13 @@ def run() -> str:
             for th in (0.1, 0.2, 0.3, 0.5):
                 holds = Holds(complete_ms=complete, unsure_ms=unsure, incomplete_ms=incomplete)
                 grid.append((f"LLM >= {th:g}: {complete}, else {incomplete}", with_eou(holds, th)))
+    tiers = []  # three holds: finished, unsure, mid-sentence
+    for incomplete in (700, 900):
+        for below in (0.003, 0.005, 0.01, 0.02, 0.03, 0.05):
+            for mid in (1200, 1600, 2000):
+                holds = Holds(complete_ms=300, unsure_ms=unsure, incomplete_ms=incomplete, midsentence_ms=mid,
+                              midsentence_below=below)
+                tiers.append((f"LLM >= 0.3: 300, >= {below:g}: {incomplete}, else {mid}", with_eou(holds, 0.3)))
 
     def row(name: str, hold_of, items=items) -> str:
         ended = [it for it in items if it["end_text"] is not None]
@@ -279,13 +292,17 @@ def run() -> str:
         "",
         *header,
         *(row(name, hold_of) for name, hold_of in grid),
+        "",
+        "Three holds (a third, longest, only for words the model is near-certain go on):",
+        "",
+        *header,
+        *(row(name, hold_of) for name, hold_of in tiers),
     ]
     clips = sorted({it["clip"] for it in items})
     halves = [[it for it in items if clips.index(it["clip"]) % 2 == h] for h in (0, 1)]
     lines += ["", ("Held out: the same rules on each half of the clips (alternately by name; a threshold or hold "
                    "tuned on one half, seen on the other):"), "", *header]
-    for name, hold_of in [rules[-1], *[(n, h) for n, h in grid if n.startswith(("LLM >= 0.2: 300", "LLM >= 0.3: 300"))
-                                        and n.endswith(("1600", "2000"))]]:
+    for name, hold_of in [rules[-1], rules[-2], *[(n, h) for n, h in tiers if n.endswith(": 700, else 1600")]]:
         for h, part in enumerate(halves):
             lines.append(row(f"{name.strip('*')}, half {'AB'[h]} ({len({it['clip'] for it in part})} clips)",
                              hold_of, part))

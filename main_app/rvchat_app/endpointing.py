@@ -59,13 +59,25 @@ class Holds:
     complete_ms: int
     unsure_ms: int
     incomplete_ms: int
+    # Words that stop mid-sentence: the end-of-utterance probability below ``midsentence_below`` (the
+    # embedded model is near-certain more follows: "ask not what you" 0.00). 0 ms: no tier of their own.
+    midsentence_ms: int = 0
+    midsentence_below: float = 0.0
+
+    @property
+    def longest_ms(self) -> int:
+        return max(self.incomplete_ms, self.midsentence_ms, self.unsure_ms)
 
     def for_turn(self, text: str, eou: float | None, threshold: float) -> int:
         """The hold for ``text`` given the end-of-utterance probability ``eou`` (None: unknown, the words
-        rule). Words that promise more (a comma, "and", "the") hold long whatever the model says; the
-        rest hold short when ``eou >= threshold`` and long below it."""
+        rule). Under ``midsentence_below`` the words stop mid-sentence: the longest hold. Otherwise short
+        when ``eou >= threshold``, unless the words promise more (a comma, "and", "the"), and the
+        incomplete hold when not. Only the model sends a turn to the longest hold: Whisper ends a finished
+        sentence read with rising voice with a comma too ("...by a similar process,")."""
         if eou is None:
             return self.for_text(text)
+        if eou < self.midsentence_below:
+            return self.longest_ms
         if completeness(text) is Completeness.INCOMPLETE or eou < threshold:
             return max(self.incomplete_ms, self.unsure_ms)
         return min(self.complete_ms, self.unsure_ms)

@@ -112,7 +112,8 @@ class TurnDetector:
         """The turn-end silences by what was said; the page's turn-end silence is the unsure case."""
         s = self.settings
         return Holds(complete_ms=s.turn_end_complete_ms, unsure_ms=self.config["min_silence_ms"],
-                     incomplete_ms=s.turn_end_incomplete_ms)
+                     incomplete_ms=s.turn_end_incomplete_ms, midsentence_ms=s.turn_end_midsentence_ms,
+                     midsentence_below=s.turn_end_eou_midsentence)
 
     def _wanted_threshold(self) -> float:
         base = self.config["threshold"]
@@ -349,7 +350,7 @@ class TurnDetector:
                 eou = self._ask_eou(text)
                 # Asking the LLM: the reply is prepared meanwhile and held for the longest silence until the
                 # answer (or the timeout) says which (see _decide_hold).
-                commit_at = pending["speech_end"] + (holds.for_turn(text, 0.0, 1.0) if eou is not None
+                commit_at = pending["speech_end"] + (holds.longest_ms if eou is not None
                                                      else holds.for_text(text)) / 1000
             replaces = self._carry_message_id
             self.clear_carry()

@@ -67,24 +67,34 @@ class Settings(ServiceSettings):
         "300 with the LLM cut 2 of 20 recordings off at their natural pauses, as 500 does; by the punctuation "
         "alone 5 (Whisper puts a full stop after half a sentence too).")
     turn_end_incomplete_ms: int = Field(
-        700, ge=0, le=10000, description="Silence that ends a turn whose words are not finished (end-of-utterance "
+        700, ge=0, le=10000, description="Silence that ends a turn whose words may not be finished (end-of-utterance "
         "probability below the threshold, a trailing comma or dash, 'and', 'because', 'the', a number being "
-        "dictated): the longest hold; at least the turn-end silence. A trade: every reply the model calls "
-        "unfinished (about half of finished read sentences) waits it, so it sets the voice-to-voice p90 "
-        "(700: median 695 ms, p90 781 in bench/results/voice.md); longer holds let thinking pauses through "
-        "(bench/results/turns.md, 0.4-1.2 s pauses inserted mid-sentence: 700 cuts 58% off, 1200 20%, "
-        "1600 5%, at a p90 wait after finished utterances of 700, 1200, 1600 ms).")
+        "dictated); at least the turn-end silence. A trade: every reply the model is unsure of (about half "
+        "of finished read sentences) waits it, so it sets the voice-to-voice p90 (700: median 695 ms, p90 "
+        "781 in bench/results/voice.md); words the model is near-certain go on wait "
+        "APP_TURN_END_MIDSENTENCE_MS instead.")
+    turn_end_midsentence_ms: int = Field(
+        1600, ge=0, le=10000, description="Silence that ends a turn whose words stop mid-sentence: the "
+        "end-of-utterance probability under APP_TURN_END_EOU_MIDSENTENCE (the model is near-certain more "
+        "follows: 'ask not what you' 0.00). People pause 0.4-1.2 s to think mid-sentence; few finished "
+        "sentences score that low (9 of 120; 56 of 142 pauses do), so this long hold lets many of those "
+        "pauses through without moving the p90 wait (bench/results/turns.md: 57% -> 39% cut off, p90 wait 700 ms either way; one "
+        "long hold of 1600 for every unsure turn: 3%, at a p90 of 1600). 0: the incomplete hold.")
     turn_end_eou: bool = Field(
         True, description="Decide the turn-end silence from the LLM service's end-of-utterance probability "
         "(POST /v1/eou: the embedded model's chance that the user's words are finished): at least "
-        "APP_TURN_END_EOU_THRESHOLD, the complete hold; below, the incomplete hold; words that promise more "
-        "(a comma, 'and', 'the') hold long anyway. Off, unanswered in time or unsupported: Whisper's "
+        "APP_TURN_END_EOU_THRESHOLD, the complete hold; below, the incomplete hold (and the mid-sentence "
+        "hold under APP_TURN_END_EOU_MIDSENTENCE); words that promise more (a comma, 'and', 'the') hold at "
+        "least the incomplete hold. Off, unanswered in time or unsupported: Whisper's "
         "punctuation decides alone (it ends half sentences with a full stop at a pause).")
     turn_end_eou_threshold: float = Field(
         0.3, ge=0, le=1, description="End-of-utterance probability from which the words count as finished. "
         "bench/results/turns.md: 0.3 kept the natural pauses of 20 recordings as 500 ms does (2 cut off, 4 at "
         "0.1) while a finished sentence waits only the complete hold; above 0.3 the median finished "
         "utterance waits the long hold.")
+    turn_end_eou_midsentence: float = Field(
+        0.01, ge=0, le=1, description="End-of-utterance probability under which the words stop "
+        "mid-sentence and hold APP_TURN_END_MIDSENTENCE_MS (0: no such tier).")
     turn_end_eou_timeout_ms: int = Field(
         300, ge=0, le=5000, description="Longest wait for the end-of-utterance probability after the "
         "transcript (the reply is being prepared meanwhile); then the punctuation decides.")

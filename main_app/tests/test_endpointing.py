@@ -60,6 +60,28 @@ def test_probability_decides_unless_the_words_promise_more():
     assert Holds(complete_ms=300, unsure_ms=1500, incomplete_ms=1200).for_turn("Yes", 0.1, 0.2) == 1500
 
 
+
+def test_words_the_model_is_near_certain_go_on_hold_longest():
+    # Three holds: finished (>= 0.3), unsure (under it), mid-sentence (under 0.01).
+    holds = Holds(complete_ms=300, unsure_ms=500, incomplete_ms=700, midsentence_ms=1600, midsentence_below=0.01)
+    assert holds.longest_ms == 1600
+    assert holds.for_turn("And so my fellow Americans asked not what you", 0.002, 0.3) == 1600
+    assert holds.for_turn("This is a long stop.", 0.013, 0.3) == 700  # a finished sentence the model doubts
+    assert holds.for_turn("What time is it?", 0.6, 0.3) == 300
+    # A comma promises more, but only the model sends a turn to the longest hold: Whisper ends finished
+    # sentences read with a rising voice with a comma too.
+    assert holds.for_turn("I would like to know,", 0.9, 0.3) == 700
+    assert holds.for_turn("I would like to know,", 0.004, 0.3) == 1600
+    assert holds.for_text("and the") == 700  # the words rule (no model) never holds longest
+    assert holds.for_text("what time is it") == 500
+    # Without the tier (0 ms, the default), everything unfinished holds the incomplete hold, as before.
+    two = Holds(complete_ms=300, unsure_ms=500, incomplete_ms=700)
+    assert two.for_turn("asked not what you", 0.002, 0.3) == two.for_turn("and,", 0.9, 0.3) == two.longest_ms == 700
+    # The page's turn-end silence still bounds it: never shorter than that for unfinished words.
+    assert Holds(complete_ms=300, unsure_ms=2000, incomplete_ms=700, midsentence_ms=1600,
+                 midsentence_below=0.01).for_turn("what you", 0.0, 0.3) == 2000
+
+
 class Page:
     def __init__(self) -> None:
         self.events: list[dict] = []
@@ -96,7 +118,7 @@ async def commit_ms(tmp_path, hub: FakeHub, **settings) -> float:
 
 # The fake services answer in a few ms, so the commit comes right at the chosen hold; the bounds below
 # are 800 ms apart, so they tell the holds apart, not how fast anything ran.
-SHORT, LONG = (290, 1100), (1190, 5000)
+SHORT, LONG, LONGEST = (290, 1100), (1190, 5000), (1590, 5000)
 
 
 @pytest.mark.parametrize("transcript,eou,delay,expected", [
@@ -104,6 +126,7 @@ SHORT, LONG = (290, 1100), (1190, 5000)
     ("And so my fellow American.", 0.04, 0.0, LONG),  # Whisper's full stop after half a sentence
     ("tell me about the weather", 0.6, 0.0, SHORT),  # no punctuation: the model says finished
     ("I would like to know,", 0.9, 0.0, LONG),  # a comma promises more, whatever the model says
+    ("And so my fellow Americans asked not what you", 0.002, 0.0, LONGEST),  # mid-sentence (1600 by default)
     ("What is the capital of France?", None, 0.0, SHORT),  # no model in the LLM service: the words rule
     ("And so my fellow American.", 0.04, 3.0, SHORT),  # no answer within the timeout: the words rule
 ])
