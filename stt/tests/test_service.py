@@ -17,8 +17,10 @@ from .conftest import MANIFEST, non_speech, pcm16, wav_file_bytes
 
 pytestmark = pytest.mark.models
 
-# WER of tiny.en on each clip through /transcribe, measured on this machine (identical to
-# faster-whisper called directly with its defaults). Tests allow 0.15 on top.
+# WER of tiny.en on each clip through /transcribe, measured on one machine (identical to faster-whisper
+# called directly with its defaults). Tests allow 0.15 on top of it, or of faster-whisper direct on the
+# machine the test runs on, whichever is worse: CTranslate2's kernels differ by CPU (on an AMD EPYC without
+# AVX-512 tiny.en itself writes "I really don't know how to put that like this." for mfa_falsetto2, 0.33).
 MEASURED_WER = {
     "jfk_inaugural_1961.wav": 0.0, "ljspeech_LJ001-0001.wav": 0.04, "ljspeech_LJ001-0002.wav": 0.0,
     "ljspeech_LJ001-0003.wav": 0.0, "ljspeech_LJ001-0004.wav": 0.0, "ljspeech_LJ001-0005.wav": 0.04,
@@ -69,10 +71,11 @@ def direct_texts() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
-def test_every_clip_transcribed_within_measured_wer(service_texts, name):
+def test_every_clip_transcribed_within_measured_wer(service_texts, direct_texts, name):
     text = service_texts[name]
     assert text.strip(), f"speech in {name} came back empty: a guard dropped real speech"
-    assert wer(MANIFEST[name]["text"], text) <= bound(name), text
+    here = wer(MANIFEST[name]["text"], direct_texts[name])
+    assert wer(MANIFEST[name]["text"], text) <= max(bound(name), min(1.0, here + 0.15)), (text, direct_texts[name])
 
 
 def test_service_matches_faster_whisper_in_process(service_texts, direct_texts):
