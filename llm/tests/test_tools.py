@@ -370,6 +370,17 @@ def test_trimming_never_keeps_a_result_without_its_call():
     assert [m["role"] for m in kept] == ["assistant", "user"] and dropped == 3
 
 
+def test_the_loosened_schema_keeps_names_types_and_enums_with_short_strings():
+    from rvchat_llm.providers.local_tools import LOOSE_STRING_CHARS, _loosened
+
+    short = {"type": "string", "maxLength": LOOSE_STRING_CHARS}
+    loose = _loosened({"type": "object", "required": ["a", "gone"], "properties": {
+        "a": {"$ref": "#/$defs/x"}, "b": {"type": "string", "pattern": "[a-z]+"}, "c": {"type": "integer"},
+        "d": {"enum": ["x", "y"]}, "e": {"type": ["string", "null"]}}, "$defs": {"x": {"$ref": "#/$defs/x"}}})
+    assert loose == {"type": "object", "required": ["a"], "properties": {
+        "a": short, "b": short, "c": {"type": "integer"}, "d": {"enum": ["x", "y"]}, "e": short}}
+
+
 def test_local_schemas_llama_cpp_cannot_follow_still_give_an_object(llm_service):
     # A $ref that refers only to itself converts to a left-recursive grammar, which llama.cpp
     # refuses (and llama-cpp-python then crashed the process on); a pattern the converter lacks.

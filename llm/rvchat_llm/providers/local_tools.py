@@ -107,7 +107,8 @@ def args_grammars(parameters: dict[str, Any] | None) -> list[LlamaGrammar]:
     First the whole schema (``LlamaGrammar.from_json_schema`` covers types, properties, required,
     enum, const, anyOf/oneOf, arrays, formats, lengths and local $refs); then, where the converter or
     llama.cpp cannot follow it (a ``pattern`` without ^...$, ``not``, a $ref that only refers to
-    itself), the same properties with only their types and enums; last any JSON object. With any
+    itself), the same properties with only their types and enums (strings, and values of no usable type,
+    as strings of at most ``LOOSE_STRING_CHARS``); last any JSON object. With any
     object the model copied the schema itself into the arguments; with the loosened one it kept the
     tool's property names.
     """
@@ -124,12 +125,20 @@ def args_grammars(parameters: dict[str, Any] | None) -> list[LlamaGrammar]:
     return [*out, any_object_grammar()]
 
 
+LOOSE_STRING_CHARS = 48
+
+
 def _loosened(params: dict[str, Any]) -> dict[str, Any]:
     def simple(sub: Any) -> dict[str, Any]:
-        if not isinstance(sub, dict):
-            return {}
-        kept = {k: sub[k] for k in ("type", "enum") if k in sub}
-        return kept if isinstance(kept.get("type", "string"), str) else {}
+        # A value with no type it can keep (a $ref to itself, a list of types) becomes a short string, and
+        # strings are short: left free, the model wrote the schema's own "$ref" path on and on
+        # ("#/$defs/x/Paris/2017/2018/...") until max_tokens cut the arguments mid-string.
+        kept = {k: sub[k] for k in ("type", "enum") if k in sub} if isinstance(sub, dict) else {}
+        if not isinstance(kept.get("type", "string"), str):
+            kept = {}
+        if "enum" not in kept and kept.get("type", "string") == "string":
+            kept = {"type": "string", "maxLength": LOOSE_STRING_CHARS}
+        return kept
 
     props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
     required = [r for r in params.get("required") or [] if r in props]
