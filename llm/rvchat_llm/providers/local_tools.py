@@ -134,11 +134,10 @@ def _loosened(params: dict[str, Any]) -> dict[str, Any]:
         # strings are short: left free, the model wrote the schema's own "$ref" path on and on
         # ("#/$defs/x/Paris/2017/2018/...") until max_tokens cut the arguments mid-string.
         kept = {k: sub[k] for k in ("type", "enum") if k in sub} if isinstance(sub, dict) else {}
-        if not isinstance(kept.get("type", "string"), str):
-            kept = {}
-        if "enum" not in kept and kept.get("type", "string") == "string":
-            kept = {"type": "string", "maxLength": LOOSE_STRING_CHARS}
-        return kept
+        kind = kept.get("type", "string")
+        if isinstance(kind, str) and ("enum" in kept or kind != "string"):
+            return kept
+        return {"type": "string", "maxLength": LOOSE_STRING_CHARS}
 
     props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
     required = [r for r in params.get("required") or [] if r in props]
