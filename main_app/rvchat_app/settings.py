@@ -67,9 +67,9 @@ class Settings(ServiceSettings):
         "300 with the LLM cut 2 of 20 recordings off at their natural pauses, as 500 does; by the punctuation "
         "alone 5 (Whisper puts a full stop after half a sentence too).")
     turn_end_incomplete_ms: int = Field(
-        700, ge=0, le=10000, description="Silence that ends a turn whose words may not be finished (end-of-utterance "
-        "probability below the threshold, a trailing comma or dash, 'and', 'because', 'the', a number being "
-        "dictated); at least the turn-end silence. A trade: every reply the model is unsure of (about half "
+        700, ge=0, le=10000, description="Silence that ends a turn whose words may not be finished "
+        "(end-of-utterance probability below the threshold, a trailing comma or dash, 'and', 'because', 'the', "
+        "a number being dictated); at least the turn-end silence. A trade: every reply the model is unsure of (about half "
         "of finished read sentences) waits it, so it sets the voice-to-voice p90 (700: median 695 ms, p90 "
         "781 in bench/results/voice.md); words the model is near-certain go on wait "
         "APP_TURN_END_MIDSENTENCE_MS instead.")
@@ -78,8 +78,9 @@ class Settings(ServiceSettings):
         "end-of-utterance probability under APP_TURN_END_EOU_MIDSENTENCE (the model is near-certain more "
         "follows: 'ask not what you' 0.00). People pause 0.4-1.2 s to think mid-sentence; few finished "
         "sentences score that low (9 of 120; 56 of 142 pauses do), so this long hold lets many of those "
-        "pauses through without moving the p90 wait (bench/results/turns.md: 57% -> 39% cut off, p90 wait 700 ms either way; one "
-        "long hold of 1600 for every unsure turn: 3%, at a p90 of 1600). 0: the incomplete hold.")
+        "pauses through without moving the p90 wait (bench/results/turns.md: 57% -> 39% cut off, p90 wait "
+        "700 ms either way; one long hold of 1600 for every unsure turn: 3%, at a p90 of 1600). 0: the "
+        "incomplete hold.")
     turn_end_eou: bool = Field(
         True, description="Decide the turn-end silence from the LLM service's end-of-utterance probability "
         "(POST /v1/eou: the embedded model's chance that the user's words are finished): at least "
