@@ -130,6 +130,21 @@ def run() -> str:
                 for name in ("vad", "stt", "tts", "llm")}
     results: dict[str, list[dict]] = {"on": [], "off": []}
     raw = Path(os.environ["BENCH_ECHO_JSON"]) if os.environ.get("BENCH_ECHO_JSON") else None  # rows as they come
+
+    def session(app, mode: str, room, replies: int, user, k: int, first_at: float | None = None,
+                **tags) -> list[dict] | None:
+        """One session's rows (with ``tags``), added to the results as they come; None if it timed out."""
+        try:
+            rows = asyncio.run(room_session(app.ws_url, room, replies, user, k, first_at=first_at))
+        except TimeoutError:
+            return None
+        for r in rows:
+            r.update(tags)
+        results[mode] += rows
+        if raw:
+            raw.write_text(json.dumps(results, indent=1))
+        return rows
+
     try:
         for svc in services.values():
             svc.start()
@@ -143,17 +158,13 @@ def run() -> str:
                     for k, room in enumerate(rooms):
                         # The last reply of each session is talked over (guard on; off, it has paused itself).
                         user = users[k % len(users)] if mode == "on" else None
-                        try:
-                            rows = asyncio.run(room_session(app.ws_url, room, replies + (user is not None), user, k))
-                        except TimeoutError:
+                        rows = session(app, mode, room, replies + (user is not None), user, k)
+                        if rows is None:
                             # Without the guard the assistant can answer its own echo, and a question's reply
                             # may never get to speak: the room counts as lost, the run goes on.
                             print(f"   echo {mode} room {room.delay_ms:.0f} ms {room.gain_db:+.0f} dB: lost (timeout)")
                             results.setdefault(f"{mode}_lost", []).append({"room": (room.delay_ms, room.gain_db)})
                             continue
-                        results[mode] += rows
-                        if raw:
-                            raw.write_text(json.dumps(results, indent=1))
                         print(f"   echo {mode} room {room.delay_ms:.0f} ms {room.gain_db:+.0f} dB: "
                               f"{sum(r['self'] for r in rows)}/{len(rows)} self, "
                               f"{[round(r['detected_s'], 3) if r.get('detected_s') is not None else None for r in rows if 'onset' in r]}",
@@ -163,27 +174,16 @@ def run() -> str:
                     if mode == "on" and os.environ.get("BENCH_ECHO_FIRST", "1") == "1":
                         for k, room in enumerate(rooms):
                             first_at = (0.1, 0.3, 0.5)[k % 3]
-                            try:
-                                rows = asyncio.run(room_session(app.ws_url, room, 1, users[k % len(users)], 200 + k,
-                                                                first_at=first_at))
-                            except TimeoutError:
+                            rows = session(app, mode, room, 1, users[k % len(users)], 200 + k, first_at=first_at)
+                            if rows is None:
                                 print(f"   echo first room {room.delay_ms:.0f} ms {room.gain_db:+.0f} dB: lost (timeout)")
                                 continue
-                            results[mode] += rows
-                            if raw:
-                                raw.write_text(json.dumps(results, indent=1))
                             print(f"   echo first room {room.delay_ms:.0f} ms {room.gain_db:+.0f} dB at {first_at} s: "
                                   f"{[round(r['detected_s'], 3) if r.get('detected_s') is not None else None for r in rows]}"
                                   f"{' self' if rows[0]['self'] else ''}", flush=True)
                     # No echo at all (headphones): how fast a barge-in is without the guard's help or harm.
                     for k in range(len(USERS)):
-                        try:
-                            rows = asyncio.run(room_session(app.ws_url, Room(gain_db=-200), 1, users[k], 100 + k))
-                        except TimeoutError:
-                            continue
-                        for r in rows:
-                            r["headphones"] = True
-                        results[mode] += rows
+                        session(app, mode, Room(gain_db=-200), 1, users[k], 100 + k, headphones=True)
     finally:
         for svc in services.values():
             svc.stop()
