@@ -64,3 +64,26 @@ def test_a_queued_detection_whose_client_left_gives_up_its_place():
         r = httpx.post(url, content=pcm, headers=headers, timeout=30)
         assert r.status_code == 200, r.text  # not 503 queue_full: the place was given up
         first.join()
+
+
+def test_without_pyav_the_image_reads_wav_flac_mp3_ogg_and_says_so_for_the_rest(monkeypatch, tmp_path):
+    # The VAD image leaves PyAV out (rvchat_common.audio decodes with libsndfile there).
+    import subprocess
+
+    from rvchat_common import audio
+    from rvchat_common.testing import speech_sample
+
+    monkeypatch.setattr(audio, "_pyav", lambda: None)
+    src = speech_sample("ljspeech_LJ001-0002.wav")
+    with TestClient(app()) as client:
+        for ext, ok in (("mp3", True), ("ogg", True), ("flac", True), ("webm", False), ("m4a", False)):
+            path = tmp_path / f"clip.{ext}"
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), str(path)], check=True, timeout=60)
+            r = client.post("/detect", files={"file": (path.name, path.read_bytes())})
+            if ok:
+                assert r.status_code == 200 and abs(r.json()["duration"] - 1.9) < 0.1, (ext, r.text)
+            else:
+                err = r.json()["error"]
+                assert r.status_code == 415 and err["code"] == "unsupported_audio", (ext, r.text)
+                assert "webm and m4a need" in err["message"]
+        assert client.get("/healthz").status_code == 200
