@@ -135,6 +135,9 @@ class ChatEngine(Protocol):
     async def end_of_utterance(self, text: str) -> float:
         """P(a user's message ends after ``text``); APIError 501 when the service has no model for it."""
 
+    async def prefill(self, req: Request) -> int:
+        """Evaluate the prompt of a generation to come; the prompt tokens evaluated."""
+
 
 class LLMEngine:
     """Generation over the configured provider, with the service's defaults and limits."""
@@ -283,14 +286,10 @@ class LLMEngine:
         return system + [{**last, "content": text}]
 
     # --- generation ------------------------------------------------------------------
-    async def stream(self, req: Request) -> AsyncIterator[Delta | ToolCallDelta | Done]:
-        """Deltas (text or tool call pieces), then one Done. Raises APIError (before or during the stream).
-
-        Closing this iterator early (client gone, cancel) closes the provider's stream,
-        which stops generation upstream or in the worker thread.
-        """
+    async def _prepared(self, req: Request) -> tuple[list[dict[str, Any]], int, ChatOptions]:
+        """The messages the provider gets (system prompt in, trimmed to fit), how many were dropped, and
+        the options: the same for a generation and for the prefill that prepares it."""
         s = self.settings
-        t0 = time.perf_counter()
         max_tokens = min(req.max_tokens or s.max_tokens, s.max_tokens_limit)
         messages, dropped, max_tokens = await asyncio.to_thread(self.prepare, req, max_tokens)
         options = ChatOptions(model=self.model_for(req.model),
@@ -299,6 +298,27 @@ class LLMEngine:
                               max_tokens=max_tokens, stop=req.stop, top_p=req.top_p, seed=req.seed,
                               tools=req.tools, tool_choice=req.tool_choice,
                               parallel_tool_calls=req.parallel_tool_calls)
+        return messages, dropped, options
+
+    async def prefill(self, req: Request) -> int:
+        """Evaluate ``req``'s prompt into the provider's prompt cache ahead of the generation that will
+        start with it (the user's words so far): the prompt tokens evaluated, 0 where the provider keeps
+        no cache of its own (Ollama and OpenAI-compatible servers keep theirs out of reach)."""
+        prefill = getattr(self.provider, "prefill", None)
+        if prefill is None:
+            return 0
+        messages, _, options = await self._prepared(req)
+        return await prefill(messages, options)
+
+    async def stream(self, req: Request) -> AsyncIterator[Delta | ToolCallDelta | Done]:
+        """Deltas (text or tool call pieces), then one Done. Raises APIError (before or during the stream).
+
+        Closing this iterator early (client gone, cancel) closes the provider's stream,
+        which stops generation upstream or in the worker thread.
+        """
+        s = self.settings
+        t0 = time.perf_counter()
+        messages, dropped, options = await self._prepared(req)
         gen_id = uuid.uuid4().hex[:16]
         parts: list[str] = []
         calls = ToolCalls()

@@ -9,6 +9,7 @@ the new turn. Every event of a generation carries its id.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Callable
 
@@ -25,6 +26,7 @@ from .schemas import to_request
 from .tools import ToolCalls
 
 router = APIRouter()
+log = logging.getLogger("rvchat.llm.ws")
 
 # A conversation's history can be long: text frames up to the server's own frame limit.
 LIMITS = Limits(max_text_bytes=MAX_FRAME_BYTES)
@@ -42,6 +44,7 @@ class LlmSession:
         self.model_ready = model_ready
         self.current: asyncio.Task[None] | None = None
         self._side: set[asyncio.Task[None]] = set()  # eou answers in progress
+        self.prefilling: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         try:
@@ -51,6 +54,7 @@ class LlmSession:
                 self.current.cancel()
             for task in list(self._side):
                 task.cancel()
+            self._stop_prefill()
 
     async def on_event(self, event: llm.ClientEvent) -> None:
         if isinstance(event, llm.Eou):  # beside the generation, in its own task: it must not wait for one
@@ -61,6 +65,14 @@ class LlmSession:
             task = asyncio.create_task(self._eou(event))
             self._side.add(task)
             task.add_done_callback(self._side.discard)
+            return
+        if isinstance(event, llm.Prefill):  # beside the generation; a newer one replaces it
+            try:
+                req = to_request(self.engine.settings, event)
+            except APIError as exc:
+                raise ProtocolError("invalid_event", exc.message, param=exc.param) from None
+            self._stop_prefill()
+            self.prefilling = asyncio.create_task(self._prefill(event.id, req))
             return
         if isinstance(event, llm.Cancel):
             if not await self._stop_current():
@@ -73,8 +85,28 @@ class LlmSession:
         if not self.model_ready():
             await self.sock.error("model_loading", "model is still loading; retry shortly", status=503)
             return
+        self._stop_prefill()  # the generation it prepared has come: its copy of the model is needed now
         await self._stop_current()
         self.current = asyncio.create_task(self._generate(req))
+
+    def _stop_prefill(self) -> None:
+        if self.prefilling is not None and not self.prefilling.done():
+            self.prefilling.cancel()  # a prefill in the model stops at its next batch (the abort callback)
+        self.prefilling = None
+
+    async def _prefill(self, rid: str, req: Request) -> None:
+        tokens = 0
+        try:
+            if self.model_ready():
+                tokens = await self.engine.prefill(req)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            log.info("prefill failed: %s", exc)  # only an optimisation: the generation does it all
+        try:
+            await self.sock.send(llm.Prefilled(id=rid, tokens=tokens))
+        except Exception:  # the client has gone
+            pass
 
     async def _eou(self, event: llm.Eou) -> None:
         try:

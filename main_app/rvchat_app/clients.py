@@ -276,14 +276,15 @@ class SttStream(ServiceStream):
 
 
 class LlmStream(ServiceStream):
-    """Token streaming: ``generate`` -> start, delta..., done | cancelled; and ``eou`` -> the probability that
-    the user's words are finished, answered beside the generation (its answers never reach ``events()``'s
-    reader, which is the reply's)."""
+    """Token streaming: ``generate`` -> start, delta..., done | cancelled; ``eou`` -> the probability that
+    the user's words are finished, and ``prefill`` (the prompt of the reply to come), answered beside the
+    generation (their answers never reach ``events()``'s reader, which is the reply's)."""
 
     name = "llm"
     expects_ready = False  # the LLM protocol has no greeting: the socket is usable once open
     server_events = llm.server_events
     EOU_PREFIX = "eou-"  # the ids of eou requests (generation ids are the service's hex)
+    PREFILL_PREFIX = "prefill-"
 
     def __init__(self, base_url: str | Replicas, api_key: str | None = None) -> None:
         super().__init__(base_url, api_key)
@@ -302,9 +303,19 @@ class LlmStream(ServiceStream):
         finally:
             self._eou.pop(rid, None)
 
+    async def prefill(self, messages: list[dict], **options: Any) -> None:
+        """Have the LLM evaluate the prompt of the reply to come (the user's words so far) ahead of its
+        ``generate``; its answer (``prefilled``) is not waited for."""
+        options.setdefault("trim", True)
+        await self.send_event(llm.Prefill(id=f"{self.PREFILL_PREFIX}{next(self._eou_ids)}", messages=messages,
+                                          **{k: v for k, v in options.items() if v is not None}))
+
     async def events(self) -> AsyncIterator[Any]:
         while True:
             event = await self._next_event()
+            if isinstance(event, llm.Prefilled) or (
+                    isinstance(event, ErrorEvent) and (event.id or "").startswith(self.PREFILL_PREFIX)):
+                continue  # a prefill's answer: nobody waits for it
             if isinstance(event, (llm.EouResult, ErrorEvent)) and (event.id or "").startswith(self.EOU_PREFIX):
                 future = self._eou.get(event.id or "")
                 if future is not None and not future.done():

@@ -140,7 +140,7 @@ class History:
         rows = await self.store.messages(self.conversation_id, last=self.history_messages)
         return chat_messages(rows)
 
-    async def context(self) -> list[dict]:
+    async def context(self, pending: str | None = None) -> list[dict]:
         """The conversation as the LLM sees it: a window that only moves forward in jumps.
 
         A window sliding by one exchange per turn changes the prompt's beginning every
@@ -148,18 +148,24 @@ class History:
         the previous prompt is a prefix of the new one and the LLM's KV cache reuses it:
         only the new user message is evaluated. When the window holds more than
         ``history_messages``, it jumps to the last exchange.
+
+        With ``pending`` (the user's words so far, not stored yet) it is the context the reply to them
+        will get, for the LLM's prefill; the window is not moved for it.
         """
         cid = self.conversation_id
-        recent = await self.store.messages(cid, last=self.history_messages + 8)
+        recent = await self.store.messages(cid, last=self.history_messages + 8) if cid is not None else []
         recent = [m for m in recent if _kept(m)]
-        start = self._window_start.get(cid)
+        if pending is not None:
+            recent.append({"id": (recent[-1]["id"] + 1) if recent else 0, "role": "user", "content": pending})
+        start = self._window_start.get(cid) if cid is not None else None
         window = [m for m in recent if start is not None and m["id"] >= start]
         if start is None or not window or len(window) > self.history_messages:
             at = max(0, len(recent) - 3)  # the last exchange and the new message
             while at > 0 and recent[at]["role"] != "user":
                 at -= 1  # from the exchange's user message, with its tool calls and results
             window = recent[at:]
-            self._window_start[cid] = window[0]["id"] if window else None
+            if pending is None:
+                self._window_start[cid] = window[0]["id"] if window else None
         return chat_messages(window)
 
 

@@ -68,6 +68,9 @@ class TurnHooks(Protocol):
     async def notify(self, event: page.Event) -> None:
         """An event for the page (speech_start, speech_end, partial, no_speech, errors)."""
 
+    async def on_partial(self, text: str) -> None:
+        """The user's words so far in this turn (a partial transcript): the reply to them may be prepared."""
+
 
 class TurnDetector:
     def __init__(self, settings: Settings, links: Links, hooks: TurnHooks) -> None:
@@ -325,6 +328,9 @@ class TurnDetector:
     async def on_stt(self, event: stt.ServerEvent | Closed) -> None:
         if isinstance(event, stt.Partial):
             await self.hooks.notify(page.Partial(text=event.text))
+            words = f"{self._carry_text} {event.text.strip()}" if self._carry_text else event.text.strip()
+            if is_meaningful(words):
+                await self.hooks.on_partial(words)
         elif isinstance(event, stt.Final):
             pending, self._pending = self._pending, None
             if pending is None:

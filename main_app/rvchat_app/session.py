@@ -34,7 +34,7 @@ from .history import History, history_for_request
 from .links import LABELS, Link, Links, StreamFactory
 from .playout import Playout
 from .recognition import TurnDetector
-from .reply import DEFAULT_TTS_RATE, DirectUpstream, Phase, Reply, ReplyFailed, ReplyStream
+from .reply import DEFAULT_TTS_RATE, ENDED, DirectUpstream, Phase, Reply, ReplyFailed, ReplyStream
 from .settings import Settings
 from .store import Store
 from .tools import Hooks, Result, Toolbox, answer_calls
@@ -458,6 +458,26 @@ class Session:
         await self._sync_state()
         reply.task = self._spawn(self._run_reply(reply), f"turn-{turn}")
 
+    def _llm_options(self) -> dict[str, Any]:
+        s = self.settings
+        return {"system": s.system_prompt, "max_tokens": s.max_tokens, "temperature": s.temperature,
+                "model": s.llm_model}
+
+    async def on_partial(self, text: str) -> None:
+        """The user's words so far: the LLM evaluates the reply's prompt with them now, so that the reply's
+        generation evaluates only the words after them (APP_LLM_PREFILL). Not while a reply is under way:
+        its words would change the history the prompt starts with."""
+        llm = self.links.get("llm")
+        if not self.settings.llm_prefill or llm is None or not llm.up or not llm.idle.is_set() \
+                or (self.reply is not None and self.reply.phase not in ENDED):
+            return
+        self._spawn(self._prefill(llm, text), "prefill")
+
+    async def _prefill(self, llm: Link, text: str) -> None:
+        messages = await self.history.context(pending=text)
+        choice = self.tools.choose(text) if self.tools is not None else {}
+        await llm.call("prefill", messages, **{**self._llm_options(), **choice})
+
     def _first_audio_cb(self, turn: int) -> Callable[[float], Awaitable[None]]:
         async def first_audio(at: float) -> None:
             reply = self._recent.get(turn)
@@ -505,9 +525,7 @@ class Session:
             messages = await self.history.context()
             if reply.voice and tts is not None and not tts.idle.is_set() and not await tts.wait_idle(2.0):
                 await tts.restart()
-            s = self.settings
-            options = {"system": s.system_prompt, "max_tokens": s.max_tokens, "temperature": s.temperature,
-                       "model": s.llm_model}
+            options = self._llm_options()
             if reply.say is not None:
                 await reply.playout.emit(page.ReplyStart(turn=reply.id, voice=reply.voice))
                 await reply.stream.speak(reply.say)

@@ -60,6 +60,11 @@ class Settings(ServiceSettings):
         "has passed; its text and audio reach the page only once the full silence has passed, and it is "
         "dropped if the user goes on speaking. 0 turns speculation off.",
     )
+    llm_prefill: bool = Field(
+        True, description="While the user speaks, have the LLM service evaluate the prompt of the reply to "
+        "come from each partial transcript (its 'prefill'), so the reply's generation evaluates only the last "
+        "words: on a slow CPU the history's new end and the user's words are most of the time to the first "
+        "token. Only the embedded model does anything with it; skipped while a reply is under way.")
     turn_end_complete_ms: int = Field(
         300, ge=0, le=5000, description="Silence that ends a turn whose words read as finished: the LLM's "
         "end-of-utterance probability at least APP_TURN_END_EOU_THRESHOLD (or, without it, Whisper's final "

@@ -122,6 +122,7 @@ class FakeLlm(FakeStream):
         self.gen = 0
         self.running: str | None = None
         self.eou_asked: list[str] = []  # the texts of eou requests (not in sent: its last is the generate)
+        self.prefilled: list[list[dict]] = []  # the messages of prefill requests
 
     async def generate(self, messages: list[dict], **options: Any) -> None:
         self._check()
@@ -176,6 +177,11 @@ class FakeLlm(FakeStream):
         self.eou_asked.append(text)
         await asyncio.sleep(self.hub.eou_delay)
         return self.hub.eou
+
+    async def prefill(self, messages: list[dict], **options: Any) -> None:
+        """Recorded in ``prefilled`` (not in sent: its last is the generate); nothing is answered."""
+        self._check()
+        self.prefilled.append(messages)
 
     async def cancel(self) -> None:
         self._check()

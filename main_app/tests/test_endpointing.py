@@ -190,3 +190,100 @@ async def test_the_llm_link_answers_eou_beside_the_reply_events():
         assert [type(e) for e in reader_saw] == [llm.Delta, ErrorEvent] and reader_saw[1].id == "g1"
     finally:
         task.cancel()
+
+
+# ---------------------------------------------------------------- prefill: the reply's prompt from the partials
+async def test_partials_prefill_the_replys_prompt_and_not_while_a_reply_is_under_way(tmp_path):
+    from rvchat_common.protocol import stt
+
+    hub = FakeHub(transcript="What is the capital of Spain?", token_delay=0.001)
+    store = Store(str(tmp_path / "t.sqlite3"))
+    await store.open()
+    page = Page()
+    session = Session(send=page.send, store=store, settings=Settings(db_path=":memory:"),
+                      factories=hub.factories(), observe=lambda *_: None)
+    await session.start()
+    try:
+        for name in ("vad", "stt", "llm", "tts"):
+            await asyncio.wait_for(session.links[name].up_event.wait(), 2)
+        fake = hub.last("llm")
+        await session.detector.on_stt(stt.Partial(text="What is the", audio_seconds=1.0))
+        await until(lambda: fake.prefilled, timeout=2, what="a prefill")
+        assert fake.prefilled[0] == [{"role": "user", "content": "What is the"}]
+        await ScriptedUser(session, hub).says(start=0.4, end=1.0)
+        await until(lambda: page.of("reply_end"), timeout=10, what="the reply")
+        generated = json.loads(json.dumps(fake.sent[-1]))
+        assert generated["messages"] == [{"role": "user", "content": "What is the capital of Spain?"}]
+        # The next turn's prefill: the history as the next reply will see it, then the words so far.
+        await session.detector.on_stt(stt.Partial(text="And of", audio_seconds=1.0))
+        await until(lambda: len(fake.prefilled) == 2, timeout=2, what="the second prefill")
+        assert fake.prefilled[1][:2] == [{"role": "user", "content": "What is the capital of Spain?"},
+                                         {"role": "assistant", "content": page.of("reply_end")[0]["text"]}]
+        assert fake.prefilled[1][2:] == [{"role": "user", "content": "And of"}]
+        # While a reply is under way (the LLM generating), partials prefill nothing.
+        hub.token_delay = 0.2
+        await ScriptedUser(session, hub).says(start=0.4, end=1.0)
+        await until(lambda: session.reply is not None and session.reply.phase.value == "committed", timeout=10,
+                    what="a reply under way")
+        await session.detector.on_stt(stt.Partial(text="Wait", audio_seconds=1.0))
+        await asyncio.sleep(0.2)
+        assert len(fake.prefilled) == 2
+    finally:
+        await session.close()
+        await store.close()
+
+
+async def test_off_partials_prefill_nothing(tmp_path):
+    from rvchat_common.protocol import stt
+
+    hub = FakeHub(transcript="Hello.", token_delay=0.001)
+    store = Store(str(tmp_path / "t.sqlite3"))
+    await store.open()
+    session = Session(send=Page().send, store=store, settings=Settings(db_path=":memory:", llm_prefill=False),
+                      factories=hub.factories(), observe=lambda *_: None)
+    await session.start()
+    try:
+        await asyncio.wait_for(session.links["llm"].up_event.wait(), 2)
+        await session.detector.on_stt(stt.Partial(text="What is the", audio_seconds=1.0))
+        await asyncio.sleep(0.2)
+        assert hub.last("llm").prefilled == []
+    finally:
+        await session.close()
+        await store.close()
+
+
+async def test_the_llm_link_sends_prefill_and_keeps_its_answers_from_the_reply():
+    from rvchat_app.clients import LlmStream
+    from rvchat_common.protocol import ErrorEvent, dump, llm
+
+    stream = LlmStream("http://127.0.0.1:1")
+    incoming: asyncio.Queue = asyncio.Queue()
+    sent: list[str] = []
+
+    async def send(data):
+        sent.append(data)
+
+    async def recv():
+        return await incoming.get()
+
+    stream._send, stream._recv = send, recv
+    reader_saw: list = []
+
+    async def reader():
+        async for event in stream.events():
+            reader_saw.append(event)
+
+    task = asyncio.create_task(reader())
+    try:
+        await stream.prefill([{"role": "user", "content": "What is"}], system="Be brief.", temperature=None)
+        request = json.loads(sent[0])
+        assert request == {"type": "prefill", "id": request["id"], "system": "Be brief.", "trim": True,
+                           "messages": [{"role": "user", "content": "What is"}]}
+        incoming.put_nowait(dump(llm.Prefilled(id=request["id"], tokens=12)))
+        incoming.put_nowait(dump(ErrorEvent.of("internal_error", "x", status=500, id=request["id"])))
+        incoming.put_nowait(dump(llm.Delta(id="g1", content="Par")))
+        await until(lambda: reader_saw)
+        await asyncio.sleep(0.05)
+        assert [type(e) for e in reader_saw] == [llm.Delta]
+    finally:
+        task.cancel()

@@ -126,7 +126,17 @@ class Eou(EouParams, Event):
     id: str = Field(min_length=1, max_length=64, description="Chosen by the client; the answer carries it.")
 
 
-ClientEvent = Annotated[Generate | Cancel | Eou, Field(discriminator="type")]
+class Prefill(GenerateParams, Event):
+    """Evaluate the prompt of this conversation ahead of its ``generate`` - the user's words so far, from a
+    partial transcript - so that the generation evaluates only what changed; generates nothing. Answered
+    by ``prefilled`` with the same ``id``, beside any generation (it never cancels one; a ``generate``
+    cancels a prefill still running, and a newer prefill replaces an older one)."""
+
+    type: Literal["prefill"] = "prefill"
+    id: str = Field(min_length=1, max_length=64, description="Chosen by the client; the answer carries it.")
+
+
+ClientEvent = Annotated[Generate | Cancel | Eou | Prefill, Field(discriminator="type")]
 client_events: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
 
 
@@ -199,6 +209,15 @@ class EouResult(Event):
                                "end of the message).")
 
 
-ServerEvent = Annotated[Start | Delta | ToolCallEvent | Done | Cancelled | EouResult | ErrorEvent,
+class Prefilled(Event):
+    """The answer to ``prefill``: how many prompt tokens it evaluated (0: all were cached already, the
+    provider keeps no cache of its own (Ollama, OpenAI-compatible), or it gave way to a generation)."""
+
+    type: Literal["prefilled"] = "prefilled"
+    id: str
+    tokens: int = Field(ge=0)
+
+
+ServerEvent = Annotated[Start | Delta | ToolCallEvent | Done | Cancelled | EouResult | Prefilled | ErrorEvent,
                         Field(discriminator="type")]
 server_events: TypeAdapter[ServerEvent] = TypeAdapter(ServerEvent)

@@ -29,6 +29,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from rvchat_common.errors import APIError
 from rvchat_common.inference import ComputeGate, InferenceQueue
 from rvchat_common.models import gguf_model
 
@@ -66,6 +67,10 @@ RETRY_REPEAT_PENALTY = 1.3
 # speculative reply) lets go of it: a cancel ends within a token (~25 ms), evaluating the history
 # again on another copy takes 100-500 ms.
 RETURN_WAIT_S = 0.5
+
+# A prefill's place in the model queue and at the compute gate: after every generation (0, and the gate's
+# 0/1 phases of a reply).
+PREFILL_PRIORITY = 9
 
 
 def conversation_of(messages: list[dict[str, str]]) -> tuple[str, ...]:
@@ -244,6 +249,55 @@ class LocalProvider:
                     return
         finally:
             stop.set()  # the worker sees it before its next token and lets go of the model
+
+    # --- prefill ------------------------------------------------------------------
+    async def prefill(self, messages: list[dict[str, Any]], options: ChatOptions) -> int:
+        """Evaluate the prompt of a generation to come (its user's words so far) into the copy of the model
+        that will serve it, so that the generation evaluates only what changed: the tokens evaluated.
+
+        Never ahead of real work: it waits behind every generation for a queue slot and at the gate, and
+        is skipped while a generation waits for a slot or while the conversation's copy is busy (another
+        copy would evaluate the whole history: more than it saves). Cancelled (a ``generate`` came), it
+        stops at llama.cpp's next batch and the generation waits for the copy, as after a cancelled reply.
+        """
+        if self._llm is None or self.queue.waiting:
+            return 0
+        try:
+            slot = self.queue.slot(PREFILL_PRIORITY)
+        except APIError:  # the queue is full
+            return 0
+        stop = threading.Event()
+        try:
+            async with slot:
+                return await asyncio.to_thread(self._prefill, messages, options, stop)
+        finally:
+            stop.set()
+
+    def _prefill(self, messages: list[dict[str, Any]], options: ChatOptions, stop: threading.Event) -> int:
+        messages = prompt_messages(messages, options.offered_tools())
+        prompt = self._tokens(messages)
+        if len(prompt) >= self.settings.n_ctx:
+            return 0
+        conversation = conversation_of(messages)
+        with self._pool:
+            mine = [inst for inst in self._instances if inst.conversation == conversation]
+            if mine and not any(inst in self._free for inst in mine):
+                return 0
+        inst = self._take(prompt, conversation, stop)
+        try:
+            todo = len(prompt) - inst.cached(prompt)
+            if todo <= 1 or stop.is_set() or not self._gate.acquire((PREFILL_PRIORITY, next(self._arrivals)),
+                                                                    stop):
+                return 0
+            try:
+                with inst.interrupt.watching(stop):
+                    # The prompt evaluated and one token sampled, not evaluated: the cache ends with the prompt.
+                    inst.llm.create_completion(prompt, max_tokens=1, temperature=0.0)
+            finally:
+                self._gate.release()
+            return 0 if stop.is_set() else todo
+        finally:
+            self._give_back(inst)
 
     async def _run(self, slot: Any, messages: list[dict[str, Any]], options: ChatOptions,
                    stop: threading.Event, loop: asyncio.AbstractEventLoop, items: asyncio.Queue) -> None:
