@@ -44,7 +44,8 @@ class LlmSession:
         self.model_ready = model_ready
         self.current: asyncio.Task[None] | None = None
         self._side: set[asyncio.Task[None]] = set()  # eou answers in progress
-        self.prefilling: asyncio.Task[None] | None = None
+        self.prefilling: asyncio.Task[None] | None = None  # the prefills, one after the other
+        self.prefill_next: tuple[str, Request] | None = None  # the newest not started yet
 
     async def run(self) -> None:
         try:
@@ -66,13 +67,18 @@ class LlmSession:
             self._side.add(task)
             task.add_done_callback(self._side.discard)
             return
-        if isinstance(event, llm.Prefill):  # beside the generation; a newer one replaces it
+        if isinstance(event, llm.Prefill):  # beside the generation
             try:
                 req = to_request(self.engine.settings, event)
             except APIError as exc:
                 raise ProtocolError("invalid_event", exc.message, param=exc.param) from None
-            self._stop_prefill()
-            self.prefilling = asyncio.create_task(self._prefill(event.id, req))
+            # One running at a time, and a newer one replaces one still waiting: stopping a running prefill
+            # for the next partial's would throw its work away (a slow CPU never finished one).
+            if self.prefill_next is not None:
+                await self.sock.send(llm.Prefilled(id=self.prefill_next[0], tokens=0))
+            self.prefill_next = (event.id, req)
+            if self.prefilling is None or self.prefilling.done():
+                self.prefilling = asyncio.create_task(self._prefills())
             return
         if isinstance(event, llm.Cancel):
             if not await self._stop_current():
@@ -92,7 +98,13 @@ class LlmSession:
     def _stop_prefill(self) -> None:
         if self.prefilling is not None and not self.prefilling.done():
             self.prefilling.cancel()  # a prefill in the model stops at its next batch (the abort callback)
-        self.prefilling = None
+        self.prefilling = self.prefill_next = None  # (one not started is not answered: a generation came)
+
+    async def _prefills(self) -> None:
+        while self.prefill_next is not None:
+            rid, req = self.prefill_next
+            self.prefill_next = None
+            await self._prefill(rid, req)
 
     async def _prefill(self, rid: str, req: Request) -> None:
         tokens = 0

@@ -71,7 +71,7 @@ async def test_a_prefill_leaves_only_the_rest_to_evaluate_and_the_same_reply(pro
 @pytest.mark.models
 async def test_a_prefill_gives_way_to_its_generation(provider):
     # Cancelled at once (the generate came), it stops and the copy is free again for the generation.
-    messages = [SYSTEM, {"role": "user", "content": "Tell me about the sea, the waves and the wind " * 20}]
+    messages = [*HISTORY, {"role": "user", "content": "Tell me about the sea, the waves and the wind " * 20}]
     task = asyncio.create_task(provider.prefill(messages, options()))
     await asyncio.sleep(0.05)
     task.cancel()
@@ -101,3 +101,26 @@ async def test_the_websocket_answers_prefilled_and_a_generate_after_it_works(llm
             events.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
     done = events[-1]
     assert done["type"] == "done" and "madrid" in done["message"]["content"].lower(), done
+
+
+@pytest.mark.models
+async def test_one_prefill_at_a_time_and_the_newest_waiting_one_runs_next(llm_service):
+    # A running prefill is not thrown away for the next partial's: one waiting is replaced (answered 0).
+    base = [{"role": "system", "content": "Conversation " + "of many words " * 30},
+            {"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hello, how can I help?"}]
+    async with websockets.connect(llm_service.ws_url + "/ws") as ws:
+        for i, words in enumerate(["Tell me", "Tell me about", "Tell me about the sea"]):
+            await ws.send(json.dumps({"type": "prefill", "id": f"p{i}",
+                                      "messages": [*base, {"role": "user", "content": words}]}))
+            if i == 0:
+                await asyncio.sleep(0.05)  # p0 under way (127 tokens: far longer than this)
+        answers = {}
+        while len(answers) < 3:
+            event = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            answers[event["id"]] = event["tokens"]
+    assert answers["p1"] == 0  # replaced while it waited
+    assert answers["p0"] > 60 and 0 < answers["p2"] < 10  # the newest: only its words after p0's
+    # A first turn is not prefilled: every copy holds the default system prompt from the start.
+    async with websockets.connect(llm_service.ws_url + "/ws") as ws:
+        await ws.send(json.dumps({"type": "prefill", "id": "f", "messages": [{"role": "user", "content": "Tell"}]}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 60))["tokens"] == 0

@@ -149,8 +149,8 @@ class History:
         only the new user message is evaluated. When the window holds more than
         ``history_messages``, it jumps to the last exchange.
 
-        With ``pending`` (the user's words so far, not stored yet) it is the context the reply to them
-        will get, for the LLM's prefill; the window is not moved for it.
+        With ``pending`` (the user's words so far, not stored yet, possibly none) it is the context the
+        reply to them will get, for the LLM's prefill; the window is not moved for it.
         """
         cid = self.conversation_id
         recent = await self.store.messages(cid, last=self.history_messages + 8) if cid is not None else []
@@ -166,6 +166,8 @@ class History:
             window = recent[at:]
             if pending is None:
                 self._window_start[cid] = window[0]["id"] if window else None
+        if pending is not None:  # the last row (its words may be none yet, which chat_messages leaves out)
+            return [*chat_messages(window[:-1]), {"role": "user", "content": pending}]
         return chat_messages(window)
 
 

@@ -255,6 +255,10 @@ class Session:
                 await self._pause(reply)
             else:
                 await self._interrupt(reason="barge-in")
+        else:
+            # The user starts a turn: the LLM evaluates the history's new end (the last reply as stored, the
+            # user's header; the system prompt on a first turn) while they speak, not after.
+            self._prefill("")
 
     def speculating(self) -> bool:
         reply = self.reply
@@ -464,19 +468,24 @@ class Session:
                 "model": s.llm_model}
 
     async def on_partial(self, text: str) -> None:
-        """The user's words so far: the LLM evaluates the reply's prompt with them now, so that the reply's
-        generation evaluates only the words after them (APP_LLM_PREFILL). Not while a reply is under way:
-        its words would change the history the prompt starts with."""
+        self._prefill(text)
+
+    def _prefill(self, words: str) -> None:
+        """Have the LLM evaluate the prompt of the reply to come with the user's ``words`` so far (none yet at
+        the start of speech, a partial transcript later), so that the reply's generation evaluates only the
+        words after them (APP_LLM_PREFILL). Not while a reply is under way: its words would change the
+        history the prompt starts with."""
         llm = self.links.get("llm")
         if not self.settings.llm_prefill or llm is None or not llm.up or not llm.idle.is_set() \
                 or (self.reply is not None and self.reply.phase not in ENDED):
             return
-        self._spawn(self._prefill(llm, text), "prefill")
 
-    async def _prefill(self, llm: Link, text: str) -> None:
-        messages = await self.history.context(pending=text)
-        choice = self.tools.choose(text) if self.tools is not None else {}
-        await llm.call("prefill", messages, **{**self._llm_options(), **choice})
+        async def prefill() -> None:
+            messages = await self.history.context(pending=words)
+            choice = self.tools.choose(words) if self.tools is not None and words else {}
+            await llm.call("prefill", messages, **{**self._llm_options(), **choice})
+
+        self._spawn(prefill(), "prefill")
 
     def _first_audio_cb(self, turn: int) -> Callable[[float], Awaitable[None]]:
         async def first_audio(at: float) -> None:

@@ -62,9 +62,10 @@ class Settings(ServiceSettings):
     )
     llm_prefill: bool = Field(
         True, description="While the user speaks, have the LLM service evaluate the prompt of the reply to "
-        "come from each partial transcript (its 'prefill'), so the reply's generation evaluates only the last "
-        "words: on a slow CPU the history's new end and the user's words are most of the time to the first "
-        "token. Only the embedded model does anything with it; skipped while a reply is under way.")
+        "come (its 'prefill'): at the start of speech up to the user's words (the history's new end; the "
+        "system prompt on a first turn), and with APP_STT_PARTIALS each partial's words too, so the reply's "
+        "generation evaluates only the rest. Only the embedded model does anything with it; skipped while a "
+        "reply is under way.")
     turn_end_complete_ms: int = Field(
         300, ge=0, le=5000, description="Silence that ends a turn whose words read as finished: the LLM's "
         "end-of-utterance probability at least APP_TURN_END_EOU_THRESHOLD (or, without it, Whisper's final "

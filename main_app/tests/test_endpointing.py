@@ -192,8 +192,8 @@ async def test_the_llm_link_answers_eou_beside_the_reply_events():
         task.cancel()
 
 
-# ---------------------------------------------------------------- prefill: the reply's prompt from the partials
-async def test_partials_prefill_the_replys_prompt_and_not_while_a_reply_is_under_way(tmp_path):
+# ---------------------------------------------------------------- prefill: the reply's prompt ahead of it
+async def test_speech_start_and_partials_prefill_the_reply_and_not_while_one_is_under_way(tmp_path):
     from rvchat_common.protocol import stt
 
     hub = FakeHub(transcript="What is the capital of Spain?", token_delay=0.001)
@@ -207,27 +207,30 @@ async def test_partials_prefill_the_replys_prompt_and_not_while_a_reply_is_under
         for name in ("vad", "stt", "llm", "tts"):
             await asyncio.wait_for(session.links[name].up_event.wait(), 2)
         fake = hub.last("llm")
-        await session.detector.on_stt(stt.Partial(text="What is the", audio_seconds=1.0))
-        await until(lambda: fake.prefilled, timeout=2, what="a prefill")
-        assert fake.prefilled[0] == [{"role": "user", "content": "What is the"}]
+        # The first turn: at the start of speech the system prompt and the user's header (no words yet).
         await ScriptedUser(session, hub).says(start=0.4, end=1.0)
         await until(lambda: page.of("reply_end"), timeout=10, what="the reply")
+        assert fake.prefilled[0] == [{"role": "user", "content": ""}]
         generated = json.loads(json.dumps(fake.sent[-1]))
         assert generated["messages"] == [{"role": "user", "content": "What is the capital of Spain?"}]
-        # The next turn's prefill: the history as the next reply will see it, then the words so far.
+        # The next turn's: the history as the next reply will see it, then the words so far (a partial).
+        history = [{"role": "user", "content": "What is the capital of Spain?"},
+                   {"role": "assistant", "content": page.of("reply_end")[0]["text"]}]
         await session.detector.on_stt(stt.Partial(text="And of", audio_seconds=1.0))
-        await until(lambda: len(fake.prefilled) == 2, timeout=2, what="the second prefill")
-        assert fake.prefilled[1][:2] == [{"role": "user", "content": "What is the capital of Spain?"},
-                                         {"role": "assistant", "content": page.of("reply_end")[0]["text"]}]
-        assert fake.prefilled[1][2:] == [{"role": "user", "content": "And of"}]
-        # While a reply is under way (the LLM generating), partials prefill nothing.
+        await until(lambda: len(fake.prefilled) == 2, timeout=2, what="the partial's prefill")
+        assert fake.prefilled[1] == [*history, {"role": "user", "content": "And of"}]
+        # The next start of speech, once the reply has played: the history and the user's header; then, while
+        # the reply is under way (the LLM generating), partials prefill nothing.
+        await until(lambda: session.state == "listening", timeout=10, what="the reply played out")
         hub.token_delay = 0.2
         await ScriptedUser(session, hub).says(start=0.4, end=1.0)
-        await until(lambda: session.reply is not None and session.reply.phase.value == "committed", timeout=10,
-                    what="a reply under way")
+        await until(lambda: len(fake.prefilled) == 3, timeout=2, what="the start of speech's prefill")
+        assert fake.prefilled[2] == [*history, {"role": "user", "content": ""}]
+        await until(lambda: session.reply is not None and session.reply.phase.value == "committed",
+                    timeout=10, what="a reply under way")
         await session.detector.on_stt(stt.Partial(text="Wait", audio_seconds=1.0))
         await asyncio.sleep(0.2)
-        assert len(fake.prefilled) == 2
+        assert len(fake.prefilled) == 3
     finally:
         await session.close()
         await store.close()

@@ -127,10 +127,10 @@ class Eou(EouParams, Event):
 
 
 class Prefill(GenerateParams, Event):
-    """Evaluate the prompt of this conversation ahead of its ``generate`` - the user's words so far, from a
-    partial transcript - so that the generation evaluates only what changed; generates nothing. Answered
-    by ``prefilled`` with the same ``id``, beside any generation (it never cancels one; a ``generate``
-    cancels a prefill still running, and a newer prefill replaces an older one)."""
+    """Evaluate the prompt of this conversation ahead of its ``generate`` - up to the user's words so far
+    (none yet, or a partial transcript's) - so that the generation evaluates only what changed; generates
+    nothing. Answered by ``prefilled`` with the same ``id``, beside any generation (it never cancels one;
+    one runs at a time: a newer one replaces one still waiting, and a ``generate`` stops both)."""
 
     type: Literal["prefill"] = "prefill"
     id: str = Field(min_length=1, max_length=64, description="Chosen by the client; the answer carries it.")
