@@ -146,31 +146,41 @@ async def test_off_the_llm_is_not_asked(tmp_path):
     assert SHORT[0] <= waited < SHORT[1], waited
 
 
+class WiredLlm:
+    """An LlmStream on queues instead of a socket: ``sent`` holds what it sent, ``incoming`` feeds it events,
+    and ``reader_saw`` is what its reply reader (``events()``) got."""
+
+    def __init__(self) -> None:
+        from rvchat_app.clients import LlmStream
+
+        self.stream = LlmStream("http://127.0.0.1:1")
+        self.incoming: asyncio.Queue = asyncio.Queue()
+        self.sent: list[str] = []
+        self.reader_saw: list = []
+
+        async def send(data):
+            self.sent.append(data)
+
+        self.stream._send, self.stream._recv = send, self.incoming.get
+
+    async def __aenter__(self):
+        async def reader():
+            async for event in self.stream.events():
+                self.reader_saw.append(event)
+
+        self._task = asyncio.create_task(reader())
+        return self.stream, self.incoming, self.sent, self.reader_saw
+
+    async def __aexit__(self, *exc) -> None:
+        self._task.cancel()
+
+
 async def test_the_llm_link_answers_eou_beside_the_reply_events():
     """LlmStream: eou answers and errors (ids "eou-...") resolve the question and never reach the reply's
     reader; a late answer is dropped; the generation's own events pass through."""
-    from rvchat_app.clients import LlmStream
     from rvchat_common.protocol import ErrorEvent, dump, llm
 
-    stream = LlmStream("http://127.0.0.1:1")
-    incoming: asyncio.Queue = asyncio.Queue()
-    sent: list[str] = []
-
-    async def send(data):
-        sent.append(data)
-
-    async def recv():
-        return await incoming.get()
-
-    stream._send, stream._recv = send, recv
-    reader_saw: list = []
-
-    async def reader():
-        async for event in stream.events():
-            reader_saw.append(event)
-
-    task = asyncio.create_task(reader())
-    try:
+    async with WiredLlm() as (stream, incoming, sent, reader_saw):
         asked = asyncio.create_task(stream.eou("What is the capital of France?"))
         await until(lambda: sent)
         request = json.loads(sent[0])
@@ -188,8 +198,6 @@ async def test_the_llm_link_answers_eou_beside_the_reply_events():
         incoming.put_nowait(dump(ErrorEvent.of("upstream_timeout", "slow", status=504, id="g1")))
         await until(lambda: len(reader_saw) == 2)
         assert [type(e) for e in reader_saw] == [llm.Delta, ErrorEvent] and reader_saw[1].id == "g1"
-    finally:
-        task.cancel()
 
 
 # ---------------------------------------------------------------- prefill: the reply's prompt ahead of it
@@ -256,28 +264,9 @@ async def test_off_partials_prefill_nothing(tmp_path):
 
 
 async def test_the_llm_link_sends_prefill_and_keeps_its_answers_from_the_reply():
-    from rvchat_app.clients import LlmStream
     from rvchat_common.protocol import ErrorEvent, dump, llm
 
-    stream = LlmStream("http://127.0.0.1:1")
-    incoming: asyncio.Queue = asyncio.Queue()
-    sent: list[str] = []
-
-    async def send(data):
-        sent.append(data)
-
-    async def recv():
-        return await incoming.get()
-
-    stream._send, stream._recv = send, recv
-    reader_saw: list = []
-
-    async def reader():
-        async for event in stream.events():
-            reader_saw.append(event)
-
-    task = asyncio.create_task(reader())
-    try:
+    async with WiredLlm() as (stream, incoming, sent, reader_saw):
         await stream.prefill([{"role": "user", "content": "What is"}], system="Be brief.", temperature=None)
         request = json.loads(sent[0])
         assert request == {"type": "prefill", "id": request["id"], "system": "Be brief.", "trim": True,
@@ -288,5 +277,3 @@ async def test_the_llm_link_sends_prefill_and_keeps_its_answers_from_the_reply()
         await until(lambda: reader_saw)
         await asyncio.sleep(0.05)
         assert [type(e) for e in reader_saw] == [llm.Delta]
-    finally:
-        task.cancel()
