@@ -265,6 +265,10 @@ class LocalProvider:
         """
         if self._llm is None or self.queue.waiting:
             return 0
+        if sum(m["role"] != "system" for m in messages) < 2:
+            # A first turn: every copy holds the system prompt (load), and which copy its generation takes
+            # depends on its first words (``conversation_of``), which are not known yet.
+            return 0
         try:
             slot = self.queue.slot(PREFILL_PRIORITY)
         except APIError:  # the queue is full
@@ -277,10 +281,6 @@ class LocalProvider:
             stop.set()
 
     def _prefill(self, messages: list[dict[str, Any]], options: ChatOptions, stop: threading.Event) -> int:
-        if sum(m["role"] != "system" for m in messages) < 2:
-            # A first turn: every copy holds the system prompt (load), and which copy its generation takes
-            # depends on its first words (``conversation_of``), which are not known yet.
-            return 0
         messages = prompt_messages(messages, options.offered_tools())
         prompt = self._tokens(messages)
         if len(prompt) >= self.settings.n_ctx:
