@@ -271,8 +271,10 @@ class SttStream(ServiceStream):
     async def audio(self, pcm: bytes) -> None:
         await self.send_bytes(pcm)
 
-    async def end(self) -> None:
-        await self.send_event(stt.End())
+    async def end(self, speech: bool | None = None) -> None:
+        """The utterance is over; ``speech``: our VAD heard speech in it (the STT decodes it even where its
+        own speech gate would call it silence)."""
+        await self.send_event(stt.End(speech=speech))
 
 
 class LlmStream(ServiceStream):

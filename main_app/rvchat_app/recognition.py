@@ -304,7 +304,8 @@ class TurnDetector:
             t_end = now - wait
         await self.hooks.notify(page.SpeechEnded(timestamp=ts))
         stt = self.links.get("stt")
-        if stt is None or not await stt.call("end"):
+        # Our VAD heard this speech (speech_start after min_speech_ms): the STT must not drop it as silence.
+        if stt is None or not await stt.call("end", speech=True):
             await self.hooks.on_user_state()
             return
         pending = {"speech_end": t_end, "vad_end": now}

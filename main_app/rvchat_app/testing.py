@@ -102,9 +102,9 @@ class FakeStt(FakeStream):
         self._check()
         self.buffer.extend(pcm)
 
-    async def end(self) -> None:
+    async def end(self, speech: bool | None = None) -> None:
         self._check()
-        self.sent.append(stt.End().model_dump())
+        self.sent.append(stt.End(speech=speech).model_dump())
         self.utterances.append(bytes(self.buffer))
         self.buffer.clear()
         text = self.hub.transcripts.pop(0) if self.hub.transcripts else self.hub.transcript

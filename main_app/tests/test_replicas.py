@@ -119,8 +119,8 @@ async def test_stt_lost_after_the_end_gets_its_final_from_the_next_replica(store
     try:
         first = hub.last("stt")
 
-        async def end_without_answer() -> None:  # the replica takes the end, then dies before its final
-            first.sent.append(stt.End().model_dump())
+        async def end_without_answer(speech: bool | None = None) -> None:  # takes the end, dies before its final
+            first.sent.append(stt.End(speech=speech).model_dump())
             first.kill()
 
         first.end = end_without_answer

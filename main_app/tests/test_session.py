@@ -92,6 +92,8 @@ async def test_voice_turn_streams_transcript_then_text_then_audio(store):
         # STT got the pre-roll (300 ms before the VAD's start) plus the speech: (15 + 30 + 5) frames.
         stt = hub.last("stt")
         assert len(stt.utterances[0]) == (15 + 30 + 5) * len(FRAME)
+        # The end says our VAD heard speech, so the STT's own speech gate cannot drop the words.
+        assert stt.sent[-1] == {"type": "end", "speech": True}
         lat = await page.wait("latency")
         assert {"endpoint_ms", "stt_ms", "llm_first_token_ms", "tts_first_audio_ms", "total_ms"} <= set(lat)
         assert any(stage == "total_ms" for stage, _ in session.observed)

@@ -68,8 +68,9 @@ class SttEngine(Protocol):
         """Full-accuracy decoding of 16 kHz mono float32 (REST and OpenAI endpoints)."""
 
     def transcribe_stream(self, audio: np.ndarray, language: str | None = None,
-                          prompt: str | None = None) -> Transcript:
-        """Latency-tuned decoding of one streamed utterance."""
+                          prompt: str | None = None, gate: bool = True) -> Transcript:
+        """Latency-tuned decoding of one streamed utterance (``gate``: empty text where the speech gate
+        hears no speech; False when the client's VAD heard it)."""
 
 
 @runtime_checkable
@@ -270,13 +271,15 @@ class WhisperEngine:
 
     # --- fast decoding (WebSocket stream) -----------------------------------
     def transcribe_stream(self, audio: np.ndarray, language: str | None = None,
-                          prompt: str | None = None) -> Transcript:
-        """Greedy, timestamp-free decoding of one utterance, tuned for latency."""
+                          prompt: str | None = None, gate: bool = True) -> Transcript:
+        """Greedy, timestamp-free decoding of one utterance, tuned for latency. Without ``gate`` the
+        audio is decoded even where the speech gate hears nothing; segments over no detected speech
+        still go through the hallucination filter."""
         assert self.model is not None, "engine not loaded"
         language = self.check_language(language)
         audio = _sanitise(audio)
         spans = self.speech_spans(audio)
-        if self.settings.speech_gate and not spans:
+        if gate and self.settings.speech_gate and not spans:
             return self._silent(audio, language, spans)
         duration = audio.size / SAMPLE_RATE
         seg = None

@@ -87,7 +87,7 @@ class SttSession:
         if isinstance(event, stt.Config):
             await self.configure(event)
         elif isinstance(event, stt.End):
-            await self.finalise()
+            await self.finalise(heard=bool(event.speech))
         else:
             self._new_utterance()
             await self.sock.send(stt.ResetAck())
@@ -205,8 +205,14 @@ class SttSession:
                 return None
         return None
 
-    async def finalise(self, auto: bool = False) -> None:
+    async def finalise(self, auto: bool = False, heard: bool = False) -> None:
         """Transcribe the utterance and send ``final``; the next audio starts a new utterance.
+
+        ``heard``: the client's VAD heard speech (``end`` with ``speech``), so the speech gate's count of
+        windows does not get to call it silence: on a falsetto, Silero here found 3 of the 4 windows the
+        gate wants where the VAD service's heard 1.1 s of speech, and the user's words were lost. Audio
+        in which this stream's tracker heard nothing at all still gets no decode, and a decode still goes
+        through the hallucination filter.
 
         A failed decode propagates: the receive loop answers ``internal_error`` and closes with 1011;
         a full model queue (APIError 503) is an error event and the connection stays open.
@@ -216,6 +222,8 @@ class SttSession:
         utt.finish_scoring()
         audio = utt.audio()
         early = None if utt.no_speech or audio.size == 0 else await self._early_result()
+        if early is not None and heard and not early.segments:
+            early = None  # an early decode the gate silenced: decode again without the gate
         self._new_utterance()
         duration = round(audio.size / SAMPLE_RATE, 3)
         if audio.size == 0 or utt.no_speech:
@@ -226,7 +234,7 @@ class SttSession:
         result = early
         if result is None:
             result = await self.queue.run(self.engine.transcribe_stream, audio, self.language, self.prompt,
-                                          priority=FINAL)
+                                          not heard, priority=FINAL)
         elapsed = (time.perf_counter() - t0) * 1000
         self.metrics.inference.labels("stream_final").observe(elapsed / 1000)
         log.debug("final in %.0f ms (%s)", elapsed, "early" if early is not None else "decoded")

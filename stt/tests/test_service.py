@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from rvchat_common.audio import decode_audio
+from rvchat_common.audio import decode_audio, float_to_pcm16
 from rvchat_common.testing import speech_manifest, speech_sample, wer
 
 from .conftest import MANIFEST, non_speech, pcm16, wav_file_bytes
@@ -338,6 +338,28 @@ def test_ws_short_utterances_silence_and_reset(stt_service):
         ws.send(json.dumps({"type": "end"}))
         final = until_final(ws, [])
         assert final["text"] == "" and final["duration"] == 0.0
+
+
+def test_ws_end_with_speech_decodes_what_the_clients_vad_heard_and_nothing_from_noise(stt_service):
+    """The first half of a falsetto (main_app's VAD heard 0.64 s of it): Silero here finds too few windows for
+    the speech gate, so a plain ``end`` gets empty text. ``end`` with ``speech`` (main_app's) gets the words,
+    and noise with ``speech`` still gets none (the tracker and the hallucination filter still apply)."""
+    half = pcm16("mfa_falsetto2.wav")[int(0.55 * 16000) * 2:int(1.8 * 16000) * 2]
+    with connect(stt_service.ws_url + "/ws", open_timeout=10) as ws:
+        assert recv(ws)["type"] == "ready"
+        events = stream(ws, half, frame_ms=20)
+        ws.send(json.dumps({"type": "end"}))
+        assert until_final(ws, events)["text"] == ""
+        events = stream(ws, half, frame_ms=20)
+        ws.send(json.dumps({"type": "end", "speech": True}))
+        text = until_final(ws, events)["text"].lower()
+        assert "really" in text and "know" in text, text
+        for kind, audio in non_speech().items():
+            events = stream(ws, float_to_pcm16(audio[:16000 * 2]), frame_ms=20)
+            ws.send(json.dumps({"type": "end", "speech": True}))
+            assert until_final(ws, events)["text"] == "", kind
+        ws.send(json.dumps({"type": "end", "speech": "yes"}))
+        assert recv(ws)["error"]["code"] == "invalid_event"
 
 
 def test_ws_8khz_stream(stt_service):

@@ -47,7 +47,7 @@ class FakeEngine:
     def transcribe(self, audio, opts):
         return self._result(audio)
 
-    def transcribe_stream(self, audio, language=None, prompt=None):
+    def transcribe_stream(self, audio, language=None, prompt=None, gate=True):
         return self._result(audio)
 
 

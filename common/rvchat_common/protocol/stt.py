@@ -32,6 +32,9 @@ class End(Event):
     """Transcribe what was sent, answer ``final``, then start the next utterance."""
 
     type: Literal["end", "flush"] = "end"
+    speech: StrictBool | None = Field(
+        None, description="The client's own VAD heard speech in this utterance: decode it even where the "
+        "service's speech gate hears none (a falsetto or a soft voice); the hallucination filter still applies.")
 
 
 class Reset(Event):
