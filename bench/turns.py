@@ -19,6 +19,9 @@ product's defaults and a grid of thresholds and holds to choose them from.
 ``BENCH_TURNS_CACHE=path``: keep the replayed pauses (transcripts and probabilities) in a JSON file
 and reuse it, to try rules without the models. ``BENCH_TURNS_PROMPTS=1``: also score other ways of asking
 the model (LiveKit's turn-detector recipe, a conversation before the words) on the same transcripts.
+``BENCH_TURNS_SMART_TURN=path``: also score pipecat's Smart Turn v3 audio model (its ONNX file, shipped in the
+``pipecat-ai`` wheel: ``pip download pipecat-ai==1.14.0 --no-deps`` and unzip
+``pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx``) on the same pauses and ends.
 
 Held-out check: the clips are split in two halves (alternately, by name); the product's rule is reported
 on each half, so that a threshold tuned on one half is seen on the other.
@@ -81,8 +84,6 @@ def end_of_utterance():
 def collect() -> tuple[list[dict], int, float, list[float]]:
     """Every utterance of the set with its pauses (length, words so far, end-of-utterance probability)
     and its end; how many clips; how long the replay took (s); the end-of-utterance answers' cost (ms)."""
-    from rvchat_app.testing import load_pcm16
-    from rvchat_common.testing import speech_manifest, speech_sample
     from rvchat_stt.engine import WhisperEngine
     from rvchat_vad.engine import SileroEngine
 
@@ -104,13 +105,30 @@ def collect() -> tuple[list[dict], int, float, list[float]]:
     def text_upto(audio: np.ndarray, t: float) -> str:
         return stt.transcribe_stream(audio[: int(t * RATE)], "en").text.strip()
 
-    clips = [m for m in speech_manifest() if m["seconds"] <= MAX_CLIP_S and m["file"] not in SKIP]
     items: list[dict] = []  # one per utterance: its pauses (with the words so far) and its end
-    for clip in clips:
+    for clip, kind, a in utterances(stt):
+        found, end = pauses(vad_engine, a)
+        item = {"clip": clip, "kind": kind, "pauses": [], "end_text": None}
+        for stamp, resumed in found:
+            words = text_upto(a, stamp)
+            item["pauses"].append({"length": resumed - stamp, "text": words, "eou": probability(words)})
+        if end is not None:
+            item["end_text"] = text_upto(a, end + 0.2)
+            item["end_eou"] = probability(item["end_text"])
+        items.append(item)
+    return items, len({it["clip"] for it in items}), time.perf_counter() - t0, eou_ms
+
+
+def utterances(stt):
+    """(clip, kind, audio) of the set: each clip as recorded, and cut at its middle with each pause."""
+    from rvchat_app.testing import load_pcm16
+    from rvchat_common.testing import speech_manifest, speech_sample
+
+    for clip in [m for m in speech_manifest() if m["seconds"] <= MAX_CLIP_S and m["file"] not in SKIP]:
         audio = np.frombuffer(load_pcm16(speech_sample(clip["file"])), dtype="<i2").astype(np.float32) / 32768
         words = stt.model.transcribe(audio, language="en", word_timestamps=True, beam_size=1)[0]
         words = [w for seg in words for w in seg.words]
-        variants = [("natural", audio)]
+        yield clip["file"], "natural", audio
         if len(words) >= 4:
             # The word boundary nearest the middle (not the first or last two words).
             mid = audio.size / RATE / 2
@@ -118,18 +136,43 @@ def collect() -> tuple[list[dict], int, float, list[float]]:
             at = int((words[cut_after].end + words[cut_after + 1].start) / 2 * RATE)
             for p in PAUSES_S:
                 silence = np.zeros(int(p * RATE), dtype=np.float32)
-                variants.append((f"paused {p:.1f} s", np.concatenate([audio[:at], silence, audio[at:]])))
-        for kind, a in variants:
-            found, end = pauses(vad_engine, a)
-            item = {"clip": clip["file"], "kind": kind, "pauses": [], "end_text": None}
-            for stamp, resumed in found:
-                words = text_upto(a, stamp)
-                item["pauses"].append({"length": resumed - stamp, "text": words, "eou": probability(words)})
-            if end is not None:
-                item["end_text"] = text_upto(a, end + 0.2)
-                item["end_eou"] = probability(item["end_text"])
-            items.append(item)
-    return items, len(clips), time.perf_counter() - t0, eou_ms
+                yield clip["file"], f"paused {p:.1f} s", np.concatenate([audio[:at], silence, audio[at:]])
+
+
+def smart_turn_scores(items: list[dict], model_path: str) -> None:
+    """Pipecat's Smart Turn v3 (an audio end-of-turn model, ONNX) on the same pauses and ends, as ``st`` and
+    ``end_st``: the audio from the start up to 200 ms into the silence (as pipecat gives it after its VAD's
+    stop), the last 8 s, Whisper log-mel features of the normalised audio (faster-whisper's extractor)."""
+    import onnxruntime as ort
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from rvchat_stt.engine import WhisperEngine
+    from rvchat_vad.engine import SileroEngine
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(model_path, sess_options=opts)
+    features = FeatureExtractor(feature_size=80)
+    n = 8 * RATE
+
+    def score(a: np.ndarray) -> float:
+        a = a[-n:]
+        a = np.pad(a, (n - a.size, 0))
+        a = (a - a.mean()) / np.sqrt(a.var() + 1e-7)
+        x = features(a)[:, : n // 160][None].astype(np.float32)
+        return float(np.asarray(session.run(None, {"input_features": x})[0]).reshape(-1)[0])
+
+    vad_engine = SileroEngine()
+    vad_engine.load()
+    stt = WhisperEngine()
+    stt.load()
+    for item, (clip, kind, a) in zip(items, utterances(stt), strict=True):
+        found, end = pauses(vad_engine, a)
+        assert (item["clip"], item["kind"], len(item["pauses"])) == (clip, kind, len(found)), (clip, kind)
+        for p, (stamp, _) in zip(item["pauses"], found):
+            p["st"] = score(a[: int((stamp + 0.2) * RATE)])
+        if end is not None:
+            item["end_st"] = score(a[: int((end + 0.2) * RATE)])
 
 
 SMOLLM2_SYSTEM = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -259,7 +302,7 @@ def run() -> str:
         paused = [it for it in items if it["kind"] != "natural"]
         natural = [it for it in items if it["kind"] == "natural"]
         n_cut = sum(cut(it, hold_of) for it in items)
-        waits = [hold_of({"text": it["end_text"], "eou": it["end_eou"]}) for it in ended]
+        waits = [hold_of({"text": it["end_text"], "eou": it["end_eou"], "st": it.get("end_st")}) for it in ended]
         return (f"| {name} | {n_cut}/{len(items)} ({100 * n_cut / len(items):.0f}%) | "
                 f"{sum(cut(it, hold_of) for it in paused)}/{len(paused)} | "
                 f"{sum(cut(it, hold_of) for it in natural)}/{len(natural)} | "
@@ -323,6 +366,25 @@ def run() -> str:
             cuts = [sum(cut(it, with_eou(holds, th)) for it in scored) for th in (0.1, 0.2, 0.3)]
             lines.append(f"| {name} | {auc:.2f} | {' / '.join(str(sum(e >= th for e in pos)) for th in (0.1, 0.2, 0.3))}"
                          f" of {len(pos)} | {' / '.join(f'{c}/{len(items)}' for c in cuts)} |")
+    if os.environ.get("BENCH_TURNS_SMART_TURN"):
+        smart_turn_scores(items, os.environ["BENCH_TURNS_SMART_TURN"])
+        product_hold = with_eou(words_rule, threshold)
+        audio_rules = [(f"Smart Turn >= {th:g}: 300, else {long}", lambda p, th=th, long=long: 300 if p["st"] >= th
+                        else long) for th in (0.5, 0.9) for long in (700, 1600)]
+        audio_rules += [
+            (f"both say finished (LLM >= {threshold:g} and Smart Turn >= 0.9): 300; one of them: 700; neither: 1600",
+             lambda p: 300 if product_hold(p) == words_rule.complete_ms and p["st"] >= 0.9
+             else 700 if p["st"] >= 0.9 or product_hold(p) == words_rule.complete_ms else 1600),
+            ("the product's holds, Smart Turn >= 0.9 moving a turn one hold shorter",
+             lambda p: {words_rule.longest_ms: words_rule.incomplete_ms,
+                        words_rule.incomplete_ms: words_rule.complete_ms}.get(product_hold(p), product_hold(p))
+             if p["st"] >= 0.9 else product_hold(p)),
+        ]
+        lines += ["", ("An audio end-of-turn model on the same pauses and ends: pipecat's Smart Turn v3 "
+                       f"({os.path.basename(os.environ['BENCH_TURNS_SMART_TURN'])}, the probability that the "
+                       "turn is complete from the last 8 s of audio, 200 ms into the silence), alone and "
+                       "with the LLM's probability:"), "", *header,
+                  row(f"**{product}**", product_hold), *(row(name, hold_of) for name, hold_of in audio_rules)]
     lines += ["", (f"Utterances with at least one pause of {SPECULATIVE_MS} ms or more: "
                    f"{sum(1 for it in items if it['pauses'])}."), "",
               "<details><summary>Pauses and the words before them</summary>", "",
