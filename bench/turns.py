@@ -145,7 +145,6 @@ def smart_turn_scores(items: list[dict], model_path: str) -> None:
     stop), the last 8 s, Whisper log-mel features of the normalised audio (faster-whisper's extractor)."""
     import onnxruntime as ort
     from faster_whisper.feature_extractor import FeatureExtractor
-
     from rvchat_stt.engine import WhisperEngine
     from rvchat_vad.engine import SileroEngine
 
