@@ -295,8 +295,12 @@ def run() -> str:
             lines.append(f"| {st.removesuffix('_ms')} | {_ms(statistics.median(xs))} | {_ms(percentile(xs, 0.9))} |")
     split = sum(1 for r in rows if r["turns"] > 1)
     unanswered = sum(1 for r in rows if r["latency"] is None)
+    # Where the bench's own Silero found no utterance in the sent audio, there is no clock to time a reply by.
+    unplaced = sum(1 for r in rows if r.get("error"))
+    unplaced_note = f" ({unplaced} of them not found in the sent audio by the clock's Silero)" if unplaced else ""
     wers = [r["wer"] for r in rows if r["wer"] is not None]
-    lines += ["", f"Utterances split into more than one turn: {split}/{len(rows)}; without a reply: {unanswered}; "
+    lines += ["", f"Utterances split into more than one turn: {split}/{len(rows)}; without a reply: {unanswered}"
+              f"{unplaced_note}; "
               f"mean WER of the turns' transcripts: {statistics.mean(wers):.3f}." if wers else "", "",
               "<details><summary>Per utterance</summary>", "", "| run | clip | latency ms | turns | WER |",
               "|---|---|---|---|---|"]
