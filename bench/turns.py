@@ -289,7 +289,7 @@ def run() -> str:
                 holds = Holds(complete_ms=complete, unsure_ms=unsure, incomplete_ms=incomplete)
                 grid.append((f"LLM >= {th:g}: {complete}, else {incomplete}", with_eou(holds, th)))
     tiers = []  # three holds: finished, unsure, mid-sentence
-    for incomplete in (700, 900):
+    for incomplete in (700, 900, 1000, 1200):
         for below in (0.003, 0.005, 0.01, 0.02, 0.03, 0.05):
             for mid in (1200, 1600, 2000):
                 holds = Holds(complete_ms=300, unsure_ms=unsure, incomplete_ms=incomplete, midsentence_ms=mid,

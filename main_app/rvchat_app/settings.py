@@ -73,12 +73,13 @@ class Settings(ServiceSettings):
         "300 with the LLM cut 2 of 20 recordings off at their natural pauses, as 500 does; by the punctuation "
         "alone 5 (Whisper puts a full stop after half a sentence too).")
     turn_end_incomplete_ms: int = Field(
-        700, ge=0, le=10000, description="Silence that ends a turn whose words may not be finished "
+        1000, ge=0, le=10000, description="Silence that ends a turn whose words may not be finished "
         "(end-of-utterance probability below the threshold, a trailing comma or dash, 'and', 'because', 'the', "
-        "a number being dictated); at least the turn-end silence. A trade: every reply the model is unsure of (about half "
-        "of finished read sentences) waits it, so it sets the voice-to-voice p90 (700: median 695 ms, p90 "
-        "781 in bench/results/voice.md); words the model is near-certain go on wait "
-        "APP_TURN_END_MIDSENTENCE_MS instead.")
+        "a number being dictated); at least the turn-end silence. A trade: every reply the model is unsure of "
+        "(about half of finished read sentences) waits it; the reply is prepared meanwhile, so it costs only "
+        "where the reply would be ready sooner. bench/results/turns.md: 700 cut 39% of utterances with a "
+        "mid-sentence pause off, 1000 28%, 1200 14%; 1000 keeps the voice-to-voice p90 goal (1.2 s) within "
+        "reach. Words the model is near-certain go on wait APP_TURN_END_MIDSENTENCE_MS instead.")
     turn_end_midsentence_ms: int = Field(
         1600, ge=0, le=10000, description="Silence that ends a turn whose words stop mid-sentence: the "
         "end-of-utterance probability under APP_TURN_END_EOU_MIDSENTENCE (the model is near-certain more "
