@@ -408,3 +408,22 @@ def test_two_streams_and_an_upload_at_once(stt_service):
     assert wer(MANIFEST["mfa_thoughts.wav"]["text"], r.json()["text"]) <= 0.15
     for name in names:
         assert wer(MANIFEST[name]["text"], finals[name]) <= bound(name) + 0.1, (name, finals.get(name))
+
+
+def test_a_stream_decode_that_loops_is_retried_padded_with_silence_not_in_the_full_window(monkeypatch):
+    """The start of mfa_her as Chromium sent it (tests/data/speech/README.md, regressions): decoded in a 10 s
+    window padded with zero features, tiny.en repeats it; the retry with silence padding hears it once, so the
+    final does not wait for faster-whisper's 30 s window (1 s more on this machine)."""
+    from rvchat_stt.engine import WhisperEngine
+
+    engine = WhisperEngine()
+    engine.load()
+    audio = decode_audio(speech_sample("regressions/mfa_her_browser_start.wav").read_bytes())
+    assert engine._decode_short(audio, "en", None)[0] is None  # the loop: the case this guards
+
+    def full_window(*args, **kwargs):
+        raise AssertionError("the full 30 s window was used")
+
+    monkeypatch.setattr(engine.model, "transcribe", full_window)
+    text = engine.transcribe_stream(audio, "en").text.lower()
+    assert text.count("montreal") == 1 and "force" in text, text
