@@ -75,7 +75,7 @@ def stt_without_answer(hub: FakeHub):
     """STT from now on takes the speech but sends no words for it (slow, or they come later by hand)."""
     fake_stt = hub.last("stt")
 
-    async def end() -> None:
+    async def end(speech: bool | None = None) -> None:
         fake_stt.buffer.clear()
 
     fake_stt.end = end
@@ -280,7 +280,8 @@ async def test_the_window_waits_for_words_stt_is_still_writing(store):
         user = await reply_playing(session, page, hub)
         fake_stt = hub.last("stt")
 
-        async def slow_end() -> None:  # the final comes 0.6 s after the speech's end: twice the window
+        # The final comes 0.6 s after the speech's end: twice the window.
+        async def slow_end(speech: bool | None = None) -> None:
             fake_stt.buffer.clear()
             asyncio.get_running_loop().call_later(0.6, lambda: fake_stt.emit(stt.Final(
                 text="What about Berlin?", language="en", duration=0.8, processing_ms=600.0)))
