@@ -210,7 +210,7 @@ class SttSession:
 
         ``heard``: the client's VAD heard speech (``end`` with ``speech``), so the speech gate's count of
         windows does not get to call it silence: on a falsetto, Silero here found 3 of the 4 windows the
-        gate wants where the VAD service's heard 1.1 s of speech, and the user's words were lost. Audio
+        gate wants where the VAD service's heard 0.64 s of speech, and the user's words were lost. Audio
         in which this stream's tracker heard nothing at all still gets no decode, and a decode still goes
         through the hallucination filter.
 
