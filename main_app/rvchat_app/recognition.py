@@ -102,6 +102,11 @@ class TurnDetector:
 
     # ----------------------------------------------------------------- settings
     @property
+    def decisions(self) -> int:
+        """Ends of turn decided so far (each final transcript with words counts once)."""
+        return self._decisions
+
+    @property
     def awaiting_final(self) -> bool:
         return self._pending is not None
 

@@ -284,9 +284,10 @@ class Session:
                 await self._resume(paused, "backchannel", text)
                 return
             # Real words over the reply: a barge-in after all.
-            if not paused.playout.started and paused.source == "voice" and replaces is None:
-                # Nothing of the reply reached the speaker: the user was only pausing. Answer the
-                # whole utterance, in the same stored message.
+            if not self._heard_before_pause(paused) and paused.source == "voice" and replaces is None:
+                # Nothing of the reply reached the user's ears: they were only pausing. Answer the
+                # whole utterance, in the same stored message. (Its first chunk may have reached the page
+                # just before the pause; words are what count, as in what the history keeps.)
                 text, replaces = f"{paused.user_text} {text}", paused.user_message_id
                 await self._interrupt(reason="barge-in", carry=False)
             else:
@@ -641,6 +642,15 @@ class Session:
             self._start_resume_timer(reply, self.detector.config["min_speech_ms"] / 1000 + PAUSE_CONFIRM_S,
                                      "no_words")
 
+    @staticmethod
+    def _heard_before_pause(reply: Reply) -> bool:
+        """Whether any word of ``reply`` played (by the play clock) before the page paused it."""
+        playout = reply.playout
+        if not playout.started:
+            return False
+        played = playout.estimated_played_ms(playout.paused_at or time.perf_counter())
+        return bool(playout.heard(played, reply.text, reply.voice))
+
     def _pausable(self, reply: Reply | None) -> bool:
         """Speech over this reply pauses it (rather than interrupting it at once)."""
         return (self.backchannel["backchannels"] and reply is not None and reply.phase is not Phase.SPECULATIVE
@@ -724,15 +734,21 @@ class Session:
                 reply.task.cancel()
             if reply.stream is not None:
                 reply.cancelled = await reply.stream.cancel()
+        # Whether the user's words after this were decided before the page's report is in (then they are a
+        # turn of their own already, and carrying this reply's words over would join them to the next one).
+        carry_for = self.detector.decisions if carry else None
         if notify:
-            self._spawn(self._record_interrupted(reply, now, reason, notify, carry), f"interrupt-{reply.id}")
+            self._spawn(self._record_interrupted(reply, now, reason, notify, carry_for), f"interrupt-{reply.id}")
         else:  # the page is gone: record what it had heard (by the clock) before the session ends
-            await self._record_interrupted(reply, now, reason, notify, carry)
+            await self._record_interrupted(reply, now, reason, notify, carry_for)
         if reason != "barge-in":  # on a barge-in the user's speech sets the state next
             await self._sync_state()
 
     async def _record_interrupted(self, reply: Reply, at: float, reason: str, notify: bool,
-                                  carry: bool = True) -> None:
+                                  carry_for: int | None = None) -> None:
+        """Keep what was heard of an interrupted reply. ``carry_for``: the detector's decision count when it
+        was interrupted; if nothing was heard and no end of turn has been decided since, what the user says
+        next continues their utterance."""
         # The page answers stop_playback with the audio it really played.
         played = await reply.playout.played_ms(at, REPORT_WAIT_S if notify else 0)
         heard = reply.playout.heard(played, reply.text, reply.voice)
@@ -744,7 +760,8 @@ class Session:
             elif heard:
                 reply.message_id = await self.history.add_assistant(
                     heard, interrupted=True, source="voice" if reply.spoken else "text", meta=meta)
-        if carry and not heard and reason == "barge-in" and reply.source == "voice":
+        if carry_for is not None and carry_for == self.detector.decisions and not heard \
+                and reason == "barge-in" and reply.source == "voice":
             # Nothing of the reply was heard: the user was only pausing. Merge what they say next
             # into the same message, so the model answers the whole utterance.
             self.detector.carry_over(reply.user_text, reply.user_message_id)

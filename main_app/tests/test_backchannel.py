@@ -83,8 +83,10 @@ def stt_without_answer(hub: FakeHub):
 
 
 async def reply_playing(session, page, hub) -> ScriptedUser:
+    """The user has asked and heard the reply's first word (300 ms of audio by the play clock)."""
     user = await speak(session, hub)
     await page.wait("audio", count=2)
+    await asyncio.sleep(0.35)
     return user
 
 
@@ -316,3 +318,49 @@ async def test_a_message_typed_while_paused_stops_the_paused_reply(store):
         stop = await page.wait("stop_playback")
         assert stop["reason"] == "new message" and stop["turn"] == page.of("pause_playback")[0]["turn"]
         await page.wait("reply_end", count=2)
+
+
+async def test_words_after_a_pause_that_came_with_the_first_audio_continue_the_utterance(store):
+    """The reply's first chunk reached the page just before the user went on (their pause outlasted the turn-end
+    hold): no word of it was heard, so their words join the utterance, answered whole in the same message. In
+    a browser run they were made a turn of their own, and the unheard reply's words were then joined to the
+    user's next utterance, 36 s later."""
+    async with conversation(store) as (hub, session, page):
+        user = await speak(session, hub)
+        first = await page.wait("transcript")
+        await page.wait("audio")  # "First sentence here.": 900 ms, the pause comes within its first word
+        await user.says(start=3.0, end=3.8, text="in Paris tomorrow")
+        stop = await page.wait("stop_playback")
+        await session.on_text_event({"type": "playback", "turn": stop["turn"], "played_ms": 0})
+        assert (await page.wait("interrupted"))["spoken_text"] == ""
+        whole = await page.wait("transcript", count=2)
+        assert whole["text"] == f"{hub.transcript} in Paris tomorrow"
+        assert whole["message_id"] == first["message_id"]
+        await page.wait("reply_end", turn=whole["turn"])
+        await user.says(start=30.0, end=30.6, text="Thanks.")  # much later: a turn of its own
+        assert (await page.wait("transcript", count=3))["text"] == "Thanks."
+        await page.wait("reply_end", count=2)
+        assert [m["content"] for m in await history(store, session, "user")] == [
+            f"{hub.transcript} in Paris tomorrow", "Thanks."]
+
+
+async def test_words_already_answered_are_not_joined_to_the_next_utterance(store):
+    """A word of the reply had played by the clock (so the words over it are a turn of their own), but the
+    page says it played nothing: the page's report comes after those words were answered, and must not make
+    the user's next utterance a continuation of the interrupted one."""
+    async with conversation(store) as (hub, session, page):
+        user = await speak(session, hub)
+        await page.wait("audio")
+        await asyncio.sleep(0.5)  # by the clock, "First" has played
+        await user.says(start=3.0, end=3.8, text="Wait, what about Berlin?")
+        stop = await page.wait("stop_playback")
+        second = await page.wait("transcript", count=2)
+        assert second["text"] == "Wait, what about Berlin?"
+        await session.on_text_event({"type": "playback", "turn": stop["turn"], "played_ms": 0})
+        await page.wait("interrupted")
+        await page.wait("reply_end", turn=second["turn"])
+        await user.says(start=30.0, end=30.6, text="Thanks.")
+        assert (await page.wait("transcript", count=3))["text"] == "Thanks."
+        await page.wait("reply_end", count=2)
+        assert [m["content"] for m in await history(store, session, "user")] == [
+            hub.transcript, "Wait, what about Berlin?", "Thanks."]
