@@ -174,6 +174,45 @@ def test_bubbles_are_found_by_turn(app_service, page):
     ]
 
 
+def test_the_rest_of_an_utterance_replaces_its_first_part(app_service, page):
+    """The user went on before any word of the reply to their first part was heard: main_app answers the whole
+    utterance as the same stored message, and the page shows it once, without the unheard reply."""
+    routes = []
+    page.route_web_socket("**/ws*", lambda ws: routes.append(ws))
+    page.goto(app_service.url)
+    page.wait_for_function("window.rvchat && window.rvchat.connected", timeout=10000)
+    ws = routes[-1]
+    services = {"services": {}, "modes": {"voice_in": True, "voice_out": True, "chat": True}, "notice": ""}
+    script = [
+        {"type": "hello", "conversation_id": None, "state": "listening", "input_sample_rate": 16000,
+         "config": {"threshold": 0.5, "min_silence_ms": 500, "min_speech_ms": 200, "voice_out": True},
+         "services": services},
+        {"type": "transcript", "turn": 1, "text": "Hi.", "source": "text", "message_id": 1},
+        {"type": "reply_start", "turn": 1, "voice": True},
+        {"type": "reply_delta", "turn": 1, "text": "Hello!"},
+        {"type": "reply_end", "turn": 1, "text": "Hello!", "message_id": 2, "interrupted": False},
+        {"type": "transcript", "turn": 2, "text": "The weather", "source": "voice", "message_id": 3},
+        {"type": "reply_start", "turn": 2, "voice": True},
+        {"type": "reply_delta", "turn": 2, "text": "The weather is"},
+        {"type": "pause_playback", "turn": 2},
+        {"type": "stop_playback", "turn": 2, "reason": "barge-in"},
+        {"type": "partial", "text": "in Paris"},
+        {"type": "transcript", "turn": 3, "text": "The weather in Paris tomorrow?", "source": "voice",
+         "message_id": 3},
+        {"type": "interrupted", "turn": 2, "spoken_text": "", "full_text": "The weather is", "cancelled": ["llm"],
+         "played_ms": 0, "message_id": 4, "reason": "barge-in"},
+        {"type": "reply_start", "turn": 3, "voice": True},
+        {"type": "reply_delta", "turn": 3, "text": "Sunny."},
+    ]
+    for ev in script:
+        ws.send(json.dumps(ev))
+    page.wait_for_function(f"window.rvchat.events.length >= {len(script)}", timeout=10000)
+    bubbles = page.evaluate("""() => [...document.querySelectorAll('#messages .msg')].map((m) => [
+        m.className, m.dataset.turn, m.querySelector('.body').textContent])""")
+    assert bubbles == [["msg user", "1", "Hi."], ["msg assistant", "1", "Hello!"],
+                       ["msg user", "3", "The weather in Paris tomorrow?"], ["msg assistant", "3", "Sunny."]]
+
+
 def test_per_turn_bookkeeping_is_bounded(app_service, page):
     page.goto(app_service.url)
     page.wait_for_function("window.rvchat !== undefined", timeout=10000)

@@ -157,20 +157,30 @@ export function showPartial(text) {
 export function removePartial() { document.querySelector("#messages .msg.partial")?.remove(); }
 
 /**
- * The user's message of a turn: it takes the place of the partial bubble, if there is one.
+ * The user's message of a turn: it takes the place of the partial bubble, if there is one. A transcript of a
+ * message already shown is the whole of an utterance the user went on with before any word of the reply to
+ * its first part was heard (main_app stores it as that one message): it replaces that message, and the
+ * unheard reply's bubble goes.
  * @param {TranscriptEvent} ev
  */
 export function showTranscript(ev) {
   const meta = ev.source === "voice" ? "spoken" : "";
-  const partial = /** @type {HTMLElement | null} */ (document.querySelector("#messages .msg.partial"));
-  if (!partial) {
-    addBubble("user", ev.text, { meta, turn: ev.turn });
-    return;
+  const earlier = ev.message_id == null ? null : /** @type {HTMLElement | null} */ (
+    document.querySelector(`#messages .msg.user:not(.partial)[data-message-id="${ev.message_id}"]`));
+  if (earlier) {
+    bubbleOf("assistant", Number(earlier.dataset.turn))?.remove();
+    earlier.remove();
   }
-  partial.classList.remove("partial");
-  partial.dataset.turn = String(ev.turn);
-  bodyOf(partial).textContent = ev.text;
-  if (meta) setMeta(partial, meta);
+  let div = /** @type {HTMLElement | null} */ (document.querySelector("#messages .msg.partial"));
+  if (!div) {
+    div = addBubble("user", ev.text, { meta, turn: ev.turn });
+  } else {
+    div.classList.remove("partial");
+    div.dataset.turn = String(ev.turn);
+    bodyOf(div).textContent = ev.text;
+    if (meta) setMeta(div, meta);
+  }
+  if (ev.message_id != null) div.dataset.messageId = String(ev.message_id);
 }
 
 /**
