@@ -52,6 +52,7 @@ REPORT_WAIT_S = 0.4  # how long an interruption waits for the page to say how mu
 # resumes the reply PAUSE_CONFIRM_S after the minimum speech.
 EARLY_PAUSE_CHUNKS = 3
 PAUSE_CONFIRM_S = 0.25
+LOUD_RECENT_S = 0.15  # a chunk above the VAD's threshold this recently: the sound goes on
 # The resume window waits on while STT has the speech's words in hand, up to this many windows: with the
 # soak bench on the same 2 CPUs, a real 4.6 s utterance (mfa_her.wav) over a reply got no words within
 # 1.5 s of its end; the reply played on, to be cut off again when they came.
@@ -91,6 +92,7 @@ class Session:
         self._paused: Reply | None = None
         self._resume_timer: asyncio.TimerHandle | None = None
         self._loud_chunks = 0  # consecutive VAD chunks above the threshold while a reply plays
+        self._loud_at = 0.0  # when the VAD last heard a chunk above its threshold
 
     @property
     def conversation_id(self) -> str | None:
@@ -629,10 +631,12 @@ class Session:
     async def _on_speech_probability(self, p: float) -> None:
         """Speech onset over the reply, before the VAD confirms it: pause at once (the sooner the better)."""
         reply = self.reply
+        base = self.detector.config["threshold"]
+        if p >= base:
+            self._loud_at = time.perf_counter()
         if self._paused is not None or self.detector.user_speaking or not self._pausable(reply):
             self._loud_chunks = 0
             return
-        base = self.detector.config["threshold"]
         threshold = max(self.settings.barge_in_threshold, base) if self._shown_state == "speaking" else base
         self._loud_chunks = self._loud_chunks + 1 if p >= threshold else 0
         if self._loud_chunks >= EARLY_PAUSE_CHUNKS and reply is not None:
@@ -690,10 +694,17 @@ class Session:
         deadline = time.perf_counter() + delay * STT_GRACE
 
         def fire() -> None:
+            now = time.perf_counter()
             # STT is still writing the speech's words (a loaded CPU): wait for them rather than play on
             # and cut the reply off again a moment later, up to STT_GRACE times the window.
-            if reason == "timeout" and self.detector.awaiting_final and time.perf_counter() < deadline:
+            if reason == "timeout" and self.detector.awaiting_final and now < deadline:
                 self._resume_timer = asyncio.get_running_loop().call_later(0.1, fire)
+                return
+            # Not confirmed as speech yet, but the mic is still loud: a word that dipped under the VAD's
+            # threshold restarts its minimum speech (in a browser run, the rest of a sentence after a pause
+            # was taken for a knock, and the reply played on over it). Wait while it lasts.
+            if reason == "no_words" and now - self._loud_at < LOUD_RECENT_S and now < deadline:
+                self._resume_timer = asyncio.get_running_loop().call_later(0.05, fire)
                 return
             self._spawn(self._resume(reply, reason), f"resume-{reply.id}")
 

@@ -277,6 +277,22 @@ async def test_a_sound_the_vad_does_not_confirm_resumes_the_reply(store):
         await assert_resumed_to_the_end(page)
 
 
+async def test_a_sound_still_going_on_is_not_taken_for_a_knock(store):
+    """Loud past the VAD's minimum speech without its confirmation (a word that dipped under the threshold
+    restarts the count): the reply stays paused while the sound goes on, and plays on once it stops."""
+    async with conversation(store) as (hub, session, page):
+        await reply_playing(session, page, hub)
+        await loud(hub, 3.0, 3)
+        pause = await page.wait("pause_playback")
+        for i in range(25):  # 0.8 s more of it, in real time
+            await asyncio.sleep(0.032)
+            await loud(hub, 3.1 + i * 0.032, 1)
+        assert not page.of("resume_playback")
+        resume = await page.wait("resume_playback")
+        assert resume["turn"] == pause["turn"] and resume["reason"] == "no_words" and resume["paused_ms"] >= 800
+        await assert_resumed_to_the_end(page)
+
+
 async def test_the_window_waits_for_words_stt_is_still_writing(store):
     async with conversation(store, resume_window_ms=300) as (hub, session, page):
         user = await reply_playing(session, page, hub)
