@@ -119,6 +119,18 @@ def collect() -> tuple[list[dict], int, float, list[float]]:
     return items, len({it["clip"] for it in items}), time.perf_counter() - t0, eou_ms
 
 
+def middle_cut(stt, audio: np.ndarray) -> int | None:
+    """The sample of the word boundary nearest the middle of ``audio`` (float, 16 kHz), not before the
+    second word or after the third-last (Whisper word timestamps); None under 4 words."""
+    words = stt.model.transcribe(audio, language="en", word_timestamps=True, beam_size=1)[0]
+    words = [w for seg in words for w in seg.words]
+    if len(words) < 4:
+        return None
+    mid = audio.size / RATE / 2
+    cut_after = min(range(1, len(words) - 2), key=lambda i: abs(words[i].end - mid))
+    return int((words[cut_after].end + words[cut_after + 1].start) / 2 * RATE)
+
+
 def utterances(stt):
     """(clip, kind, audio) of the set: each clip as recorded, and cut at its middle with each pause."""
     from rvchat_app.testing import load_pcm16
@@ -126,14 +138,9 @@ def utterances(stt):
 
     for clip in [m for m in speech_manifest() if m["seconds"] <= MAX_CLIP_S and m["file"] not in SKIP]:
         audio = np.frombuffer(load_pcm16(speech_sample(clip["file"])), dtype="<i2").astype(np.float32) / 32768
-        words = stt.model.transcribe(audio, language="en", word_timestamps=True, beam_size=1)[0]
-        words = [w for seg in words for w in seg.words]
         yield clip["file"], "natural", audio
-        if len(words) >= 4:
-            # The word boundary nearest the middle (not the first or last two words).
-            mid = audio.size / RATE / 2
-            cut_after = min(range(1, len(words) - 2), key=lambda i: abs(words[i].end - mid))
-            at = int((words[cut_after].end + words[cut_after + 1].start) / 2 * RATE)
+        at = middle_cut(stt, audio)
+        if at is not None:
             for p in PAUSES_S:
                 silence = np.zeros(int(p * RATE), dtype=np.float32)
                 yield clip["file"], f"paused {p:.1f} s", np.concatenate([audio[:at], silence, audio[at:]])

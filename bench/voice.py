@@ -15,11 +15,20 @@ stops at the first binary (reply audio) frame the page receives after it. The pa
 Clips: the speech samples are split in two. ``TUNING`` clips are the ones latency work may be
 tuned on; ``HELD_OUT`` clips are for the reported figures only (``BENCH_VOICE_SET=tuning`` runs
 the tuning set). The first turn of each conversation is reported separately (cold), then the rest.
+
+``BENCH_VOICE_PAUSE_S=0.6,1.0``: mid-sentence pauses instead. Each clip is cut where bench/turns.py cuts it
+(the word boundary nearest its middle) with one of these pauses (each in turn over the runs), and its row
+says whether reply audio reached the page before the user finished, whether words of it were heard (a
+cut-off: they played before the page paused the reply for the user's speech), whether the turn was committed
+in the pause, and whether the last reply answered the whole utterance. What
+bench/turns.py counts offline as a cut-off is a commit in the pause; the product drops such a reply and
+answers the whole utterance if none of its audio has played when the user goes on.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import statistics
@@ -91,16 +100,21 @@ def _ms(x: float | None) -> str:
     return "–" if x is None or x != x else f"{x * 1000:.0f}"
 
 
-def conversation_wav(path: Path, clips: list[str], rate: int = 48000) -> list[tuple[float, float]]:
+def conversation_wav(path: Path, clips: list[str], rate: int = 48000,
+                     pauses: list[tuple[int, float] | None] | None = None) -> list[tuple[float, float]]:
     """The fake mic's WAV: lead silence, then each clip followed by GAP_S of silence; the clips'
-    (start, end) in file seconds."""
+    (start, end) in file seconds. ``pauses``: for each clip, None or (sample, seconds): silence of that
+    length put into the clip at that sample (a speaker who stops mid-sentence)."""
     from rvchat_app.testing import load_pcm16
     from rvchat_common.testing import speech_sample
 
     parts = [np.zeros(int(RATE * LEAD_S), dtype=np.float32)]
     spans, t = [], LEAD_S
-    for clip in clips:
+    for k, clip in enumerate(clips):
         pcm = np.frombuffer(load_pcm16(speech_sample(clip)), dtype="<i2").astype(np.float32)
+        if pauses is not None and pauses[k] is not None:
+            at, seconds = pauses[k]
+            pcm = np.concatenate([pcm[:at], np.zeros(int(seconds * RATE), dtype=np.float32), pcm[at:]])
         parts += [pcm, np.zeros(int(RATE * GAP_S), dtype=np.float32)]
         spans.append((t, t + pcm.size / RATE))
         t += pcm.size / RATE + GAP_S
@@ -114,14 +128,19 @@ def conversation_wav(path: Path, clips: list[str], rate: int = 48000) -> list[tu
     return spans
 
 
-def speech_ends(vad_url: str, pcm: bytes) -> list[tuple[float, float]]:
-    """Utterances (start, end) in seconds of the sent audio: Silero, no padding; pauses under 2 s
-    belong to the same utterance."""
+def speech_segments(vad_url: str, pcm: bytes) -> list[dict]:
+    """Silero's speech segments ({"start", "end"} in seconds) of the sent audio, no padding."""
     r = httpx.post(f"{vad_url}/detect", params={"sample_rate": RATE, "speech_pad_ms": 0, "min_silence_ms": 100},
                    content=pcm, headers={"Content-Type": "audio/pcm"}, timeout=120)
     r.raise_for_status()
+    return r.json()["segments"]
+
+
+def speech_ends(vad_url: str, pcm: bytes, segments: list[dict] | None = None) -> list[tuple[float, float]]:
+    """Utterances (start, end) in seconds of the sent audio: Silero, no padding; pauses under 2 s
+    belong to the same utterance."""
     utterances: list[list[float]] = []
-    for seg in r.json()["segments"]:
+    for seg in segments if segments is not None else speech_segments(vad_url, pcm):
         if utterances and seg["start"] - utterances[-1][1] < 2.0:
             utterances[-1][1] = seg["end"]
         else:
@@ -153,15 +172,17 @@ def placed(utterances: list[tuple[float, float]], spans: list[tuple[float, float
     return matches(best)
 
 
-def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path) -> list[dict]:
-    """One conversation in Chromium; a row per utterance."""
+def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path,
+                     pauses: list[tuple[int, float] | None] | None = None) -> list[dict]:
+    """One conversation in Chromium; a row per utterance. ``pauses``: see :func:`conversation_wav`; a row
+    of a paused clip says whether the assistant was heard, or took the turn, before the user finished."""
     from playwright.sync_api import sync_playwright
 
     from rvchat_common.testing import speech_manifest, wer
 
     refs = {m["file"]: m["text"] for m in speech_manifest()}
     wav = workdir / "mic.wav"
-    spans = conversation_wav(wav, clips)
+    spans = conversation_wav(wav, clips, pauses=pauses)
     length = spans[-1][1] + GAP_S
     args = ["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={wav}%noloop", "--autoplay-policy=no-user-gesture-required",
@@ -194,7 +215,8 @@ def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path
         i = min(int(np.searchsorted(ends, sample)), len(ends) - 1)
         return float(times[i] - (ends[i] - sample) / RATE)
 
-    found = placed(speech_ends(vad_url, pcm), spans)
+    segments = speech_segments(vad_url, pcm)
+    found = placed(speech_ends(vad_url, pcm, segments), spans)
     recv = np.array(data["recv"]) / 1000
     events = [(t / 1000, ev) for t, ev in data["events"]]
     rows = []
@@ -218,6 +240,29 @@ def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path
         row["turns"] = len(transcripts)
         if transcripts:
             row["wer"] = wer(refs[clip], " ".join(transcripts))
+        if pauses is not None and pauses[k] is not None:
+            # The pause as the clock's Silero hears it: the longest silence inside the utterance.
+            inside = [sg for sg in segments if start <= sg["start"] and sg["end"] <= end]
+            gaps = [(b["start"] - a["end"], a["end"]) for a, b in itertools.pairwise(inside)]
+            if gaps:
+                gap, at = max(gaps)
+                t_pause = page_time(int(at * RATE))
+                early = bool(((recv > t_pause) & (recv < t_end)).any())
+                stopped = [ev for t, ev in events if ev["type"] == "interrupted" and t_pause < t < t_next]
+                row["pause"] = {
+                    "inserted_s": pauses[k][1], "heard_s": gap,
+                    # Reply audio reached the page before the user had finished.
+                    "audio_early": early,
+                    # ... and was heard: words of it played before the page paused and stopped it, or it
+                    # played on over the user.
+                    "cut_off": any(ev.get("spoken_text") for ev in stopped) or (early and not stopped),
+                    # The turn was committed in the pause (its transcript shown): dropped and merged, if no
+                    # audio of it was played, when the user went on.
+                    "committed_early": any(t_pause < t < t_end for t, ev in events if ev["type"] == "transcript"
+                                           and t_start <= t),
+                    # What the last reply answered: the last transcript, against the whole utterance.
+                    "last_wer": wer(refs[clip], transcripts[-1]) if transcripts else None,
+                }
         first_audio = [ev for ev in mine if ev["type"] == "audio"]
         if first_audio:
             row["first_chunk"] = {"text": first_audio[0]["text"], "ms": first_audio[0]["duration_ms"]}
@@ -235,6 +280,20 @@ def _summary(rows: list[dict]) -> dict:
             "min": min(lat, default=float("nan")), "max": max(lat, default=float("nan"))}
 
 
+def middle_cuts(clips: list[str]) -> dict[str, int | None]:
+    """Where bench/turns.py cuts each clip for a mid-sentence pause (the word boundary nearest its middle)."""
+    from rvchat_app.testing import load_pcm16
+    from rvchat_common.testing import speech_sample
+    from rvchat_stt.engine import WhisperEngine
+
+    from bench.turns import middle_cut
+
+    stt = WhisperEngine()
+    stt.load()
+    return {c: middle_cut(stt, np.frombuffer(load_pcm16(speech_sample(c)), dtype="<i2").astype(np.float32) / 32768)
+            for c in clips}
+
+
 def run() -> str:
     from rvchat_app.testing import app_env
     from rvchat_common.testing import ServiceProcess
@@ -242,6 +301,8 @@ def run() -> str:
     which = os.environ.get("BENCH_VOICE_SET", "held_out")
     clips = TUNING if which == "tuning" else HELD_OUT
     runs = int(os.environ.get("BENCH_VOICE_RUNS", "2"))
+    pause_s = [float(x) for x in os.environ.get("BENCH_VOICE_PAUSE_S", "").split(",") if x.strip()]
+    cuts = middle_cuts(clips) if pause_s else {}
     t0 = time.perf_counter()
     services = {name: ServiceProcess(f"rvchat_{name}", f"{name.upper()}_",
                                      {"LLM_PROVIDER": "local"} if name == "llm" else {})
@@ -255,7 +316,10 @@ def run() -> str:
             for i in range(runs):
                 # Each run is a new page and a new conversation; clips rotate so each is first once in a while.
                 order = clips[i % len(clips):] + clips[:i % len(clips)]
-                all_rows.append(run_conversation(app.url, services["vad"].url, order, Path(tmp)))
+                # Each clip gets each pause in turn over the runs.
+                pauses = [(cuts[c], pause_s[(k + i) % len(pause_s)]) if cuts.get(c) is not None else None
+                          for k, c in enumerate(order)] if pause_s else None
+                all_rows.append(run_conversation(app.url, services["vad"].url, order, Path(tmp), pauses))
     finally:
         for svc in services.values():
             svc.stop()
@@ -299,6 +363,18 @@ def run() -> str:
     unplaced = sum(1 for r in rows if r.get("error"))
     unplaced_note = f" ({unplaced} of them not found in the sent audio by the clock's Silero)" if unplaced else ""
     wers = [r["wer"] for r in rows if r["wer"] is not None]
+    paused = [r["pause"] for r in rows if "pause" in r]
+    if pause_s:
+        lines += ["", (f"Each clip cut at the word boundary nearest its middle, with a pause of "
+                  f"{' or '.join(f'{p:g}' for p in pause_s)} s (the clock's Silero heard "
+                  f"{_ms(min((p['heard_s'] for p in paused), default=None))}-"
+                  f"{_ms(max((p['heard_s'] for p in paused), default=None))} ms). The clock stops at the end of "
+                  f"the second half. Of {len(paused)} paused utterances: reply audio reached the page before the "
+                  f"user had finished in {sum(p['audio_early'] for p in paused)}, and words of it were heard (played "
+                  f"before the page paused it) in {sum(p['cut_off'] for p in paused)} (cut off); the turn "
+                  f"was committed in the pause in {sum(p['committed_early'] for p in paused)}; the last reply "
+                  f"answered the whole utterance (its transcript's WER under 0.3) in "
+                  f"{sum(p['last_wer'] is not None and p['last_wer'] < 0.3 for p in paused)}.")]
     lines += ["", f"Utterances split into more than one turn: {split}/{len(rows)}; without a reply: {unanswered}"
               f"{unplaced_note}; "
               f"mean WER of the turns' transcripts: {statistics.mean(wers):.3f}." if wers else "", "",
@@ -307,7 +383,11 @@ def run() -> str:
     for i, conv in enumerate(all_rows):
         for r in conv:
             w = "–" if r["wer"] is None else f"{r['wer']:.2f}"
-            lines.append(f"| {i + 1} | {r['clip'].removesuffix('.wav')} | {_ms(r['latency'])} | {r['turns']} | {w} |")
+            p = r.get("pause")
+            note = "" if p is None else (f" (pause {p['inserted_s']:g} s: {'cut off' if p['cut_off'] else 'not cut off'}"
+                                         f"{', committed early' if p['committed_early'] else ''})")
+            lines.append(f"| {i + 1} | {r['clip'].removesuffix('.wav')}{note} | {_ms(r['latency'])} | {r['turns']} "
+                         f"| {w} |")
     lines += ["", "</details>"]
     raw = Path(os.environ.get("BENCH_VOICE_JSON", "")) if os.environ.get("BENCH_VOICE_JSON") else None
     if raw:
