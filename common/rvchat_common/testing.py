@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import re
 import socket
 import subprocess
@@ -79,11 +78,8 @@ class ServiceProcess:
             return ""
 
     def stop(self) -> None:
-        """Stop it at once: SIGINT (uvicorn's plain shutdown). SIGTERM would drain first, which waits for a
-        second of quiet even when idle; over the suite's ~50 processes that was a minute. Tests of the drain
-        send SIGTERM themselves."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.terminate()
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
