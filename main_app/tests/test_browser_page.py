@@ -127,19 +127,24 @@ def test_turning_the_mic_off_releases_it(app_service, page):
     page.wait_for_function(MIC_LIVE, timeout=10000)
 
 
-def test_bubbles_are_found_by_turn(app_service, page):
-    """main_app scripted through a mocked /ws: a late `interrupted` of turn 1 arrives while turn 2 streams."""
+def play_script(app_service, page, events: list[dict]) -> None:
+    """Open the page with its /ws answered by a script instead of main_app: a hello, then ``events``."""
     routes = []
     page.route_web_socket("**/ws*", lambda ws: routes.append(ws))
     page.goto(app_service.url)
     page.wait_for_function("window.rvchat && window.rvchat.connected", timeout=10000)
     assert routes, "the page did not open /ws"
-    ws = routes[-1]
     services = {"services": {}, "modes": {"voice_in": True, "voice_out": True, "chat": True}, "notice": ""}
+    hello = {"type": "hello", "conversation_id": None, "state": "listening", "input_sample_rate": 16000,
+             "config": {"threshold": 0.5, "min_silence_ms": 500, "min_speech_ms": 200, "voice_out": True},
+             "services": services}
+    for ev in [hello, *events]:
+        routes[-1].send(json.dumps(ev))
+
+
+def test_bubbles_are_found_by_turn(app_service, page):
+    """main_app scripted through a mocked /ws: a late `interrupted` of turn 1 arrives while turn 2 streams."""
     script = [
-        {"type": "hello", "conversation_id": None, "state": "listening", "input_sample_rate": 16000,
-         "config": {"threshold": 0.5, "min_silence_ms": 500, "min_speech_ms": 200, "voice_out": True},
-         "services": services},
         {"type": "transcript", "turn": 1, "text": "Tell me about otters.", "source": "text", "message_id": 1},
         {"type": "reply_start", "turn": 1, "voice": True},
         {"type": "reply_delta", "turn": 1, "text": "Otters hold hands. They sleep on water."},
@@ -154,8 +159,7 @@ def test_bubbles_are_found_by_turn(app_service, page):
         {"type": "partial", "text": "what abo"},
         {"type": "transcript", "turn": 3, "text": "What about whales?", "source": "voice", "message_id": 5},
     ]
-    for ev in script:
-        ws.send(json.dumps(ev))
+    play_script(app_service, page, script)
     page.wait_for_function("window.rvchat.events.length >= 12", timeout=10000)
 
     bubbles = page.evaluate("""() => [...document.querySelectorAll('#messages .msg')].map((m) => ({
@@ -177,16 +181,7 @@ def test_bubbles_are_found_by_turn(app_service, page):
 def test_the_rest_of_an_utterance_replaces_its_first_part(app_service, page):
     """The user went on before any word of the reply to their first part was heard: main_app answers the whole
     utterance as the same stored message, and the page shows it once, without the unheard reply."""
-    routes = []
-    page.route_web_socket("**/ws*", lambda ws: routes.append(ws))
-    page.goto(app_service.url)
-    page.wait_for_function("window.rvchat && window.rvchat.connected", timeout=10000)
-    ws = routes[-1]
-    services = {"services": {}, "modes": {"voice_in": True, "voice_out": True, "chat": True}, "notice": ""}
     script = [
-        {"type": "hello", "conversation_id": None, "state": "listening", "input_sample_rate": 16000,
-         "config": {"threshold": 0.5, "min_silence_ms": 500, "min_speech_ms": 200, "voice_out": True},
-         "services": services},
         {"type": "transcript", "turn": 1, "text": "Hi.", "source": "text", "message_id": 1},
         {"type": "reply_start", "turn": 1, "voice": True},
         {"type": "reply_delta", "turn": 1, "text": "Hello!"},
@@ -204,9 +199,8 @@ def test_the_rest_of_an_utterance_replaces_its_first_part(app_service, page):
         {"type": "reply_start", "turn": 3, "voice": True},
         {"type": "reply_delta", "turn": 3, "text": "Sunny."},
     ]
-    for ev in script:
-        ws.send(json.dumps(ev))
-    page.wait_for_function(f"window.rvchat.events.length >= {len(script)}", timeout=10000)
+    play_script(app_service, page, script)
+    page.wait_for_function(f"window.rvchat.events.length >= {len(script) + 1}", timeout=10000)
     bubbles = page.evaluate("""() => [...document.querySelectorAll('#messages .msg')].map((m) => [
         m.className, m.dataset.turn, m.querySelector('.body').textContent])""")
     assert bubbles == [["msg user", "1", "Hi."], ["msg assistant", "1", "Hello!"],
