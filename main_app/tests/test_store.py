@@ -150,3 +150,19 @@ async def test_sqlite_runs_in_wal_mode_with_the_durability_asked_for(tmp_path, l
             assert (await conn.execute(sa.text("PRAGMA foreign_keys"))).scalar_one() == 1
     finally:
         await store.close()
+
+
+async def test_a_call_whose_caller_is_cancelled_finishes_and_the_store_goes_on(store):
+    """A barge-in cancels the reply task while it saves its row. Cancelled inside a call, the store was
+    left with its connection checked out, and every later call of the app waited for it (a flaky session
+    test hung after an interruption)."""
+    cid = (await store.create_conversation())["id"]
+    mid = (await store.add_message(cid, "user", "hi", source="voice"))["id"]
+    for i in range(60):
+        saving = [asyncio.create_task(store.update_message(mid, content=f"edit {i}")),
+                  asyncio.create_task(store.add_message(cid, "assistant", f"reply {i}", source="voice"))]
+        await asyncio.sleep(0.0005 * (i % 8))  # cancelled before, at and after the query
+        for task in saving:
+            task.cancel()
+        await asyncio.wait_for(store.update_message(mid, content=f"after {i}"), 5)
+    assert (await asyncio.wait_for(store.messages(cid), 5))[0]["content"] == "after 59"

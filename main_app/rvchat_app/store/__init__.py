@@ -13,13 +13,15 @@ also a power cut, for one fsync per commit (one per spoken sentence).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -35,6 +37,36 @@ _MIGRATION_LOCK = 0x72766368  # "rvch"
 _SQLITE_BUSY_S = 10.0
 
 __all__ = ["Store", "TITLE_CHARS", "database_url"]
+
+
+T = TypeVar("T")
+log = logging.getLogger("rvchat.app.store")
+
+
+def _runs_to_the_end(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """A store call finishes even if its caller is cancelled; the caller still gets its CancelledError.
+
+    A barge-in cancels the reply task while it saves its row. Cancelled inside a call, SQLAlchemy's
+    connection (SQLite's one) was left checked out, and every later call of the app waited for it:
+    the session hung with its turn half-saved. The call now runs in a task of its own, shielded."""
+
+    @functools.wraps(method)
+    async def call(self: Store, *args: Any, **kwargs: Any) -> T:
+        task = asyncio.ensure_future(method(self, *args, **kwargs))
+        self._calls.add(task)
+        task.add_done_callback(_settled(self._calls))
+        return await asyncio.shield(task)
+
+    return call
+
+
+def _settled(calls: set) -> Callable[[asyncio.Future], None]:
+    def done(task: asyncio.Future) -> None:
+        calls.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # its caller was cancelled: nobody else says it
+            log.warning("history call failed after its caller left: %r", task.exception())
+
+    return done
 
 
 def database_url(target: str) -> str:
@@ -71,6 +103,7 @@ class Store:
         # one aiosqlite connection: a reply's row is saved just after its audio is sent, and whoever
         # reads the history next finds it. PostgreSQL serves calls concurrently from its pool.
         self._serial = asyncio.Lock() if sa.make_url(self.url).get_backend_name() == "sqlite" else None
+        self._calls: set[asyncio.Future] = set()  # calls under way (see _runs_to_the_end)
 
     @property
     def path(self) -> str:
@@ -122,6 +155,8 @@ class Store:
         cur.close()
 
     async def close(self) -> None:
+        if self._calls:  # calls whose callers were cancelled: let them finish before the pool goes
+            await asyncio.wait(list(self._calls), timeout=_SQLITE_BUSY_S)
         if self.engine is not None:
             await self.engine.dispose()
             self.engine = None
@@ -164,6 +199,7 @@ class Store:
         return self.engine
 
     # ----------------------------------------------------------------- conversations
+    @_runs_to_the_end
     async def create_conversation(self, title: str = "") -> dict:
         now = time.time()
         cid = uuid.uuid4().hex[:16]
@@ -173,6 +209,7 @@ class Store:
                                                                updated_at=now))
         return {"id": cid, "title": title, "created_at": now, "updated_at": now, "message_count": 0}
 
+    @_runs_to_the_end
     async def list_conversations(self, limit: int = 100) -> list[dict]:
         count = (sa.select(sa.func.count(messages.c.id))
                  .where(messages.c.conversation_id == conversations.c.id).scalar_subquery())
@@ -182,6 +219,7 @@ class Store:
         async with self._connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
 
+    @_runs_to_the_end
     async def get_conversation(self, cid: str) -> dict | None:
         async with self._connect() as conn:
             row = (await conn.execute(sa.select(conversations).where(conversations.c.id == cid))).first()
@@ -192,21 +230,25 @@ class Store:
         conv["message_count"] = len(conv["messages"])
         return conv
 
+    @_runs_to_the_end
     async def exists(self, cid: str) -> bool:
         async with self._connect() as conn:
             row = await conn.execute(sa.select(sa.literal(1)).where(conversations.c.id == cid))
             return row.first() is not None
 
+    @_runs_to_the_end
     async def delete_conversation(self, cid: str) -> bool:
         async with self._begin() as conn:
             result = await conn.execute(sa.delete(conversations).where(conversations.c.id == cid))
         return result.rowcount > 0
 
     # ----------------------------------------------------------------- messages
+    @_runs_to_the_end
     async def messages(self, cid: str, last: int | None = None) -> list[dict]:
         async with self._connect() as conn:
             return await _messages(conn, cid, last)
 
+    @_runs_to_the_end
     async def add_message(self, cid: str, role: str, content: str, *, interrupted: bool = False,
                           source: str = "text", meta: dict | None = None) -> dict:
         now = time.time()
@@ -224,6 +266,7 @@ class Store:
         return {"id": mid, "conversation_id": cid, "role": role, "content": content,
                 "interrupted": interrupted, "source": source, "meta": meta, "created_at": now}
 
+    @_runs_to_the_end
     async def update_message(self, mid: int, *, content: str | None = None, interrupted: bool | None = None,
                              meta: dict | None = None) -> None:
         values: dict[str, Any] = {}
