@@ -57,6 +57,10 @@ class Drain:
         # an app that turns clients away itself, with a message, sets this to False.
         self.refuse_websockets = True
         self._checks: list[BusyCheck] = []
+        # Counts of open client connections (the HTTP server's keep-alive and WebSockets, a Wyoming
+        # server's). With none open, no client is between two jobs of a burst: the drain need not wait
+        # for quiet.
+        self._connections: list[Callable[[], int]] = []
         self._on_drained: list[Callable[[], Awaitable[None]]] = []
 
     def add_check(self, check: BusyCheck) -> None:
@@ -85,8 +89,19 @@ class Drain:
                 out.append(reason)
         return out
 
+    def count_connections(self, count: Callable[[], int]) -> None:
+        self._connections.append(count)
+
+    def _unconnected(self) -> bool:
+        try:
+            return bool(self._connections) and sum(count() for count in self._connections) == 0
+        except Exception as exc:  # an unknown count: wait for quiet, as without one
+            log.warning("connection count failed: %s", exc)
+            return False
+
     async def wait_idle(self, timeout: float, quiet: float = DRAIN_QUIET_S, poll: float = 0.1) -> bool:
-        """Wait until nothing has been busy for ``quiet`` seconds; False if ``timeout`` passed first."""
+        """Wait until nothing has been busy for ``quiet`` seconds, or nothing is busy and no client is
+        connected (a process stopped idle exits at once); False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
         idle_since: float | None = None
         while True:
@@ -96,7 +111,7 @@ class Drain:
                 idle_since = None
             elif idle_since is None:
                 idle_since = now
-            if idle_since is not None and now - idle_since >= quiet:
+            if idle_since is not None and (now - idle_since >= quiet or self._unconnected()):
                 return True
             if now >= deadline:
                 log.warning("drain timed out after %.0f s; still busy: %s", timeout, "; ".join(busy) or "-")
@@ -142,6 +157,7 @@ def _uvicorn_server_class() -> type:
 
         async def serve(self, sockets: Any = None) -> None:
             self._loop = asyncio.get_running_loop()
+            self.drain.count_connections(lambda: len(self.server_state.connections))
             await super().serve(sockets)
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:

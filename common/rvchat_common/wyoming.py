@@ -245,6 +245,11 @@ class WyomingServer:
     def connections(self) -> int:
         return len(self._tasks)
 
+    @property
+    def connections(self) -> int:
+        """Open client connections."""
+        return len(self._handlers)
+
     def busy(self) -> str | None:
         """What a draining service still waits for here (requests in progress), or None."""
         n = sum(1 for h in self._handlers if getattr(h, "busy", False))
@@ -465,6 +470,7 @@ def lifecycle(service: str, handler: Callable[[FastAPI, Connection], Handler],
         # A satellite's audio arrives over seconds with the model idle: the drain waits for its
         # transcript (and for a stream's last sentence), not only for the model queue.
         app.state.drain.add_check(server.busy)
+        app.state.drain.count_connections(lambda: server.connections)
         if settings.api_key:
             log.warning("%s: Wyoming has no authentication: the API key does not guard port %s; bind it "
                         "to a trusted network only", service, server.port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from rvchat_common import ServiceSettings, build_app
 from rvchat_common.inference import InferenceQueue
-from rvchat_common.streaming import Drain
+from rvchat_common.streaming import DRAIN_QUIET_S, Drain
 from rvchat_common.testing import REPO, free_port
 
 
@@ -162,6 +163,37 @@ def test_a_second_sigterm_stops_at_once():
                 pending.cancel()
 
         asyncio.run(scenario())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_with_no_client_connected_the_drain_does_not_wait_for_quiet():
+    """Quiet is waited for because a connected client's work comes in bursts (a reply's next sentence); a
+    process with nothing busy and no client connected has no burst to wait for, and stops at once."""
+    drain = Drain()
+    open_connections = {"n": 1}
+    drain.count_connections(lambda: open_connections["n"])
+    drain.count_connections(lambda: 0)  # a second server (Wyoming) with none
+    t0 = time.monotonic()
+    assert await drain.wait_idle(timeout=5, quiet=0.5, poll=0.01)
+    assert time.monotonic() - t0 >= 0.5  # a client is connected: its next job may come
+    open_connections["n"] = 0
+    t0 = time.monotonic()
+    assert await drain.wait_idle(timeout=5, quiet=0.5, poll=0.01)
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_sigterm_with_no_client_connected_exits_without_the_quiet_wait():
+    port = free_port()
+    proc = start_slow_service(port)  # its health poll's connection is closed
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        out = proc.stdout.read().decode(errors="replace")
+        drained = re.search(r"drained in ([0-9.]+) s", out)
+        assert drained and float(drained.group(1)) < DRAIN_QUIET_S, out
     finally:
         if proc.poll() is None:
             proc.kill()
