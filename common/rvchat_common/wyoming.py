@@ -245,11 +245,6 @@ class WyomingServer:
     def connections(self) -> int:
         return len(self._tasks)
 
-    @property
-    def connections(self) -> int:
-        """Open client connections."""
-        return len(self._handlers)
-
     def busy(self) -> str | None:
         """What a draining service still waits for here (requests in progress), or None."""
         n = sum(1 for h in self._handlers if getattr(h, "busy", False))

@@ -14,7 +14,6 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-
 from rvchat_common import ServiceSettings, build_app
 from rvchat_common.inference import InferenceQueue
 from rvchat_common.streaming import DRAIN_QUIET_S, Drain
