@@ -286,6 +286,7 @@ class Session:
                 await self._resume(paused, "backchannel", text)
                 return
             # Real words over the reply: a barge-in after all.
+            log.info("turn %s: words over the paused reply: %r", paused.id, text[:40])
             if not self._heard_before_pause(paused) and paused.source == "voice" and replaces is None:
                 # Nothing of the reply reached the user's ears: they were only pausing. Answer the
                 # whole utterance, in the same stored message. (Its first chunk may have reached the page
