@@ -3,7 +3,7 @@ the session settles, stays answerable, logs no error and keeps a history that sa
 
 Each seed is one conversation of random actions: speech (real words, an acknowledgement, a cough with no
 words, a pause and more words) at any moment of a reply, typed messages over a reply, the page's playback
-reports (late, early, twice), and waits of random length. The hang this was written after (a barge-in
+reports (late, early, twice), the LLM or TTS service dying, and waits of random length. The hang this was written after (a barge-in
 cancelling a reply while it saved its row left the store's one connection checked out: test_store) showed
 only as a rare timeout in one scripted test; with the store as it was, 1 of 40 seeds here hung (seed 32).
 ``CHAOS_SEEDS=200`` runs more (60 passed, 2026-12-01).
@@ -56,7 +56,7 @@ async def test_random_turn_taking_settles_and_the_session_goes_on(store, seed, c
     try:
         for _ in range(14):
             action = rng.choice(["speak", "speak", "on_audio", "on_audio", "text", "wait", "wait", "resume",
-                                 "report"])
+                                 "report", "kill"])
             actions.append(action)
             if action == "on_audio":  # the moment a chunk reaches the page (its row is being saved)
                 audio = len(page.of("audio"))
@@ -68,6 +68,8 @@ async def test_random_turn_taking_settles_and_the_session_goes_on(store, seed, c
                 await user.says(start=start, end=start + rng.uniform(0.25, 1.5), text=rng.choice(WORDS))
             elif action == "resume":
                 await user.resumes(at=user.t + rng.uniform(0.05, 0.4), chunks=rng.choice([1, 2, 3]))
+            elif action == "kill":  # the LLM or the TTS service dies (mid-reply or not) and comes back
+                hub.last(rng.choice(["llm", "tts"])).kill()
             elif action == "text":
                 await session.on_text_event({"type": "text", "text": rng.choice(["Hi.", "What time is it?"])})
             elif action == "report" and page.of("audio"):
@@ -83,6 +85,8 @@ async def test_random_turn_taking_settles_and_the_session_goes_on(store, seed, c
             return session.state == "listening" and (reply is None or reply.ended)
 
         await until_async(settled, 20, f"seed {seed}: the session to settle after {actions}")
+        for name in ("vad", "stt", "llm", "tts"):
+            await asyncio.wait_for(session.links[name].up_event.wait(), 10)
         # It goes on: a typed question is answered, whole.
         ends = len(page.of("reply_end"))
         await session.on_text_event({"type": "text", "text": "Are you still there?"})
