@@ -93,7 +93,9 @@ class TurnDetector:
         self.user_speaking = False
         self._resumed_unconfirmed = False
         self._loud_chunks = 0
-        self._pending: dict[str, float] | None = None  # timings of the utterance awaiting its final
+        # Timings of each utterance part awaiting its final, oldest first: the user may stop, go on and stop
+        # again before STT has answered the first end (one final per end, in order).
+        self._pending: collections.deque[dict[str, float]] = collections.deque()
         self._carry_text = ""  # an utterance the user continued before the reply was heard
         self._carry_message_id: int | None = None
         self._stt_lock = asyncio.Lock()
@@ -108,7 +110,7 @@ class TurnDetector:
 
     @property
     def awaiting_final(self) -> bool:
-        return self._pending is not None
+        return bool(self._pending)
 
     @property
     def speculative_ms(self) -> int:
@@ -318,14 +320,14 @@ class TurnDetector:
             # Start the reply now, but let it reach the page only once the turn-end silence for what was
             # said has passed (decided when the transcript is in).
             pending["speculative"] = 1.0
-        self._pending = pending
+        self._pending.append(pending)
         await self.hooks.on_user_state()
         self._spawn(self._stt_watchdog(pending))
 
     async def _stt_watchdog(self, pending: dict) -> None:
         await asyncio.sleep(self.settings.turn_timeout_s)
-        if self._pending is pending:
-            self._pending = None
+        if any(p is pending for p in self._pending):
+            self._pending.clear()  # STT is stuck: no final of these will come in order
             await self.hooks.notify(page.SessionError.upstream(
                 "stt", "speech recognition did not answer in time", "stt_timeout", type="timeout_error"))
             await self.hooks.on_user_state()
@@ -338,9 +340,9 @@ class TurnDetector:
             if is_meaningful(words):
                 await self.hooks.on_partial(words)
         elif isinstance(event, stt.Final):
-            pending, self._pending = self._pending, None
-            if pending is None:
+            if not self._pending:
                 return
+            pending = self._pending.popleft()
             pending["transcript"] = time.perf_counter()
             text = event.text.strip()
             if self._carry_text and is_meaningful(text):
@@ -351,8 +353,9 @@ class TurnDetector:
                 await self.hooks.notify(page.NoSpeech())
                 await self.hooks.on_user_state()
                 return
-            if self.user_speaking:
-                # The user went on talking: hold this part and answer the whole utterance.
+            if self.user_speaking or self._pending:
+                # The user went on talking (and may have stopped again: that part's final is still to come):
+                # hold this part and answer the whole utterance.
                 self._carry_text = text
                 await self.hooks.notify(page.Partial(text=text))
                 return
@@ -371,8 +374,8 @@ class TurnDetector:
             if eou is not None:
                 self._spawn(self._decide_hold(eou, text, pending["speech_end"], self._decisions))
         elif isinstance(event, (ErrorEvent, Closed)):
-            if self._pending is not None:
-                self._pending = None
+            if self._pending:
+                self._pending.clear()
                 msg = event.error.message if isinstance(event, ErrorEvent) else event.reason
                 await self.hooks.notify(page.SessionError.upstream(
                     "stt", f"speech recognition failed: {msg}", "stt_failed"))

@@ -13,6 +13,7 @@ from rvchat_app.session import Session
 from rvchat_app.settings import Settings
 from rvchat_app.store import Store
 from rvchat_app.testing import FakeHub, ScriptedUser, until
+from rvchat_common.protocol import stt
 
 FRAME = b"\x01\x00" * 320  # 20 ms of 16 kHz PCM16
 
@@ -507,5 +508,33 @@ async def test_a_noise_after_the_pause_does_not_throw_the_prepared_reply_away(st
         assert len(hub.last("llm").calls("generate")) == 1
         assert [e["text"] for e in page.of("transcript")] == ["What time is it?"]
         assert not page.of("interrupted") and not page.of("stop_playback")
+    finally:
+        await session.close()
+
+
+async def test_words_after_a_short_stop_are_kept_when_the_first_final_comes_late(store):
+    """The user stops, STT is still writing that part's words, and they go on and stop again: two ends are in
+    flight. In a browser run the first final took the second end's place and was answered alone, and the
+    second final, with the words said after the stop, was dropped (nothing was waiting for it)."""
+    hub = FakeHub()
+    session, page = await make(store, hub)
+    fake_stt = hub.last("stt")
+
+    async def end(speech: bool | None = None) -> None:  # STT answers only when told (a slow decode)
+        fake_stt.buffer.clear()
+
+    fake_stt.end = end
+    try:
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0)
+        await user.says(start=1.3, end=1.9)
+        for text in ("What is the capital", "of France?"):
+            fake_stt.emit(stt.Final(text=text, language="en", duration=0.6, processing_ms=900.0))
+        transcript = await page.wait("transcript")
+        await page.wait("reply_end")
+        assert transcript["text"] == "What is the capital of France?"
+        assert len(page.of("transcript")) == 1
+        messages = (await store.get_conversation(session.conversation_id))["messages"]
+        assert [m["content"] for m in messages if m["role"] == "user"] == ["What is the capital of France?"]
     finally:
         await session.close()
