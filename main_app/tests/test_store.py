@@ -166,3 +166,19 @@ async def test_a_call_whose_caller_is_cancelled_finishes_and_the_store_goes_on(s
             task.cancel()
         await asyncio.wait_for(store.update_message(mid, content=f"after {i}"), 5)
     assert (await asyncio.wait_for(store.messages(cid), 5))[0]["content"] == "after 59"
+
+
+async def test_a_call_that_fails_after_its_caller_left_is_logged(store, caplog):
+    """Nobody waits for its outcome any more: the store says it failed (a message for a conversation that does
+    not exist breaks its foreign key)."""
+    task = asyncio.create_task(store.add_message("no-such-conversation", "user", "hi", source="voice"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(_until_logged(caplog, "history call failed after its caller was cancelled"), 5)
+
+
+async def _until_logged(caplog, text: str) -> None:
+    while not any(text in r.getMessage() for r in caplog.records):
+        await asyncio.sleep(0.01)

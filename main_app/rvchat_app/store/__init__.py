@@ -54,19 +54,19 @@ def _runs_to_the_end(method: Callable[..., Awaitable[T]]) -> Callable[..., Await
     async def call(self: Store, *args: Any, **kwargs: Any) -> T:
         task = asyncio.ensure_future(method(self, *args, **kwargs))
         self._calls.add(task)
-        task.add_done_callback(_settled(self._calls))
-        return await asyncio.shield(task)
+        task.add_done_callback(self._calls.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_report_orphan)  # nobody waits for its outcome any more
+            raise
 
     return call
 
 
-def _settled(calls: set) -> Callable[[asyncio.Future], None]:
-    def done(task: asyncio.Future) -> None:
-        calls.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # its caller was cancelled: nobody else says it
-            log.warning("history call failed after its caller left: %r", task.exception())
-
-    return done
+def _report_orphan(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("history call failed after its caller was cancelled: %r", task.exception())
 
 
 def database_url(target: str) -> str:
