@@ -88,9 +88,9 @@ async def test_random_turn_taking_settles_and_the_session_goes_on(store, seed, c
         for name in ("vad", "stt", "llm", "tts"):
             await asyncio.wait_for(session.links[name].up_event.wait(), 10)
         # It goes on: a typed question is answered, whole.
-        ends = len(page.of("reply_end"))
         await session.on_text_event({"type": "text", "text": "Are you still there?"})
-        end = await page.wait("reply_end", count=ends + 1, timeout=10)
+        asked = await page.wait("transcript", text="Are you still there?")
+        end = await page.wait("reply_end", turn=asked["turn"], timeout=10)
         assert end["text"] == REPLY and not end.get("error"), end
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert not errors, (seed, actions, errors)
