@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from rvchat_app.store import Store
 from rvchat_common.testing import free_port
 
 PG_USER = "rvchat"  # the database role; trust authentication on 127.0.0.1 only
@@ -108,3 +109,12 @@ def database(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "history.sqlite3")
     return request.getfixturevalue("postgres").create_database()
+
+
+@pytest.fixture
+async def store(tmp_path):
+    """A fresh SQLite history in the test's folder (test_store.py has its own, on both backends)."""
+    s = Store(str(tmp_path / "t.sqlite3"))
+    await s.open()
+    yield s
+    await s.close()

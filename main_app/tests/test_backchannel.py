@@ -14,21 +14,12 @@ import pytest
 
 from rvchat_app.backchannel import DEFAULT_WORDS, Backchannels, words_of
 from rvchat_app.playout import Playout
-from rvchat_app.store import Store
 from rvchat_app.testing import FakeHub, ScriptedUser, until
 from rvchat_common.protocol import stt, vad
 
 from .test_session import make, speak
 
 LONG = "First sentence here. Second sentence is a longer one. Third one is the end."
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "t.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
 
 
 # ------------------------------------------------------------------ the matcher

@@ -18,7 +18,6 @@ import os
 import random
 
 import pytest
-from rvchat_app.store import Store
 from rvchat_app.testing import FakeHub, ScriptedUser
 
 from .test_session import make
@@ -26,14 +25,6 @@ from .test_session import make
 SEEDS = int(os.environ.get("CHAOS_SEEDS", "4"))
 REPLY = "First sentence here. Second sentence is a longer one. Third one is the end."
 WORDS = ["What about Berlin?", "and then the weather", "Mm-hmm.", "Okay.", "", "Wait, stop.", "Tell me more."]
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "t.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def answer_stops(session, page, answered: set[int], rng: random.Random) -> None:

@@ -63,14 +63,6 @@ class Page:
         return [e for e in self.events if isinstance(e, dict) and e["type"] == kind]
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "replicas.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
-
-
 async def start_session(store: Store, hub: FakeHub) -> tuple[Session, Page]:
     factories = hub.factories()
     factories["stt"] = lambda: JournaledStt(hub)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from pydantic import BaseModel
 
 from rvchat_app.playout import spoken_text
 from rvchat_app.recognition import is_meaningful
 from rvchat_app.session import Session
 from rvchat_app.settings import Settings
-from rvchat_app.store import Store
 from rvchat_app.testing import FakeHub, ScriptedUser, until
 from rvchat_common.protocol import stt
 
@@ -44,14 +42,6 @@ class Page:
                 self.new.clear()
                 await self.new.wait()
         return await asyncio.wait_for(until(), timeout)
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "t.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def make(store, hub: FakeHub, **settings) -> tuple[Session, Page]:

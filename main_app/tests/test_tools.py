@@ -16,21 +16,12 @@ from fastapi.testclient import TestClient
 from rvchat_app.app import create_app
 from rvchat_app.history import History, chat_messages
 from rvchat_app.settings import Settings
-from rvchat_app.store import Store
 from rvchat_app.testing import FakeHub, until
 from rvchat_app.tools import Toolbox, calculate, parse_duration, parse_webhooks
 from rvchat_common.protocol import llm, page
 from rvchat_common.testing import ThreadServer
 
 from .test_session import make
-
-
-@pytest.fixture
-async def store(tmp_path):
-    s = Store(str(tmp_path / "t.sqlite3"))
-    await s.open()
-    yield s
-    await s.close()
 
 
 # ----------------------------------------------------------------------------- the built-ins
