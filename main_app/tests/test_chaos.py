@@ -3,10 +3,11 @@ the session settles, stays answerable, logs no error and keeps a history that sa
 
 Each seed is one conversation of random actions: speech (real words, an acknowledgement, a cough with no
 words, a pause and more words) at any moment of a reply, typed messages over a reply, the page's playback
-reports (late, early, twice), the LLM or TTS service dying, and waits of random length. The hang this was written after (a barge-in
-cancelling a reply while it saved its row left the store's one connection checked out: test_store) showed
-only as a rare timeout in one scripted test; with the store as it was, 1 of 40 seeds here hung (seed 32).
-``CHAOS_SEEDS=200`` runs more (60 passed, 2026-12-01).
+reports (late, early, twice), the LLM or TTS service dying, and waits of random length.
+
+The hang this was written after (a barge-in cancelling a reply while it saved its row left the store's one
+connection checked out: test_store) showed only as a rare timeout in one scripted test; with the store as it
+was, 1 of 40 seeds here hung (seed 32). ``CHAOS_SEEDS=100`` runs more (100 passed, 2026-12-01).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ async def test_random_turn_taking_settles_and_the_session_goes_on(store, seed, c
                 await session.on_text_event({"type": "text", "text": rng.choice(["Hi.", "What time is it?"])})
             elif action == "report" and page.of("audio"):
                 turn = page.of("audio")[-1]["turn"]
-                await session.on_text_event({"type": "playback", "turn": turn, "played_ms": rng.uniform(0, 900)})
+                await session.on_text_event({"type": "playback", "turn": turn,
+                                             "played_ms": rng.uniform(0, 900)})
             await asyncio.sleep(rng.uniform(0, 0.5) if action == "wait" else rng.uniform(0, 0.08))
             await answer_stops(session, page, answered, rng)
 
