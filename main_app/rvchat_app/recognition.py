@@ -19,6 +19,7 @@ import collections
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 from rvchat_common.audio import pcm16_to_float, resample
@@ -34,12 +35,34 @@ log = logging.getLogger("rvchat.app.recognition")
 
 SAMPLE_RATE = page.INPUT_SAMPLE_RATE
 RESUME_CHUNKS = 2  # VAD chunks (32 ms each) above threshold that mean the user was only pausing
+REDECODE_MAX_S = 20  # an utterance continued within this long is sent to STT again whole (the mic audio kept)
 
 
 def is_meaningful(text: str) -> bool:
     """False for transcripts that are empty or only punctuation/noise markers."""
     stripped = re.sub(r"\[[^\]]*\]|\([^)]*\)", " ", text)
     return bool(re.search(r"\w", stripped))
+
+
+@dataclass
+class _Part:
+    """Words of an utterance and the mic sample at which the audio they were decoded from begins."""
+    start: int
+    text: str
+
+
+@dataclass
+class _Pending:
+    """An utterance (part) whose final transcript is awaited: its timings, and where its audio begins."""
+    timings: dict[str, float]
+    start: int
+
+
+def same_words(a: str, b: str) -> bool:
+    """The same words, whatever the case and punctuation (a part decoded again with a breath after it)."""
+    def words(t: str) -> list[str]:
+        return re.findall(r"[\w']+", t.lower())
+    return words(a) == words(b)
 
 
 class TurnHooks(Protocol):
@@ -93,11 +116,17 @@ class TurnDetector:
         self.user_speaking = False
         self._resumed_unconfirmed = False
         self._loud_chunks = 0
-        # Timings of each utterance part awaiting its final, oldest first: the user may stop, go on and stop
-        # again before STT has answered the first end (one final per end, in order).
-        self._pending: collections.deque[dict[str, float]] = collections.deque()
-        self._carry_text = ""  # an utterance the user continued before the reply was heard
+        # Each utterance part awaiting its final, oldest first: the user may stop, go on and stop again
+        # before STT has answered the first end (one final per end, in order).
+        self._pending: collections.deque[_Pending] = collections.deque()
+        # An utterance the user continued before its reply was heard, by the audio each part was decoded from.
+        # Speech that continues it is sent to STT again from the utterance's first sample, and that final
+        # replaces the parts it covers: a part decoded alone is misheard more (a short tail gets words that
+        # were not said, and "What is the capital." "Of France?" reads as two sentences).
+        self._carry: list[_Part] = []
         self._carry_message_id: int | None = None
+        self._sending_from = 0  # the mic sample at which the audio of the STT utterance being sent begins
+        self._turn_from: int | None = None  # where the audio of the last turn's words begins
         self._stt_lock = asyncio.Lock()
         self._decisions = 0  # ends of turn so far: an end-of-utterance answer counts for the latest only
         self._tasks: set[asyncio.Task] = set()
@@ -154,11 +183,29 @@ class TurnDetector:
 
     # ----------------------------------------------------------------- carried words
     def carry_over(self, text: str, message_id: int | None) -> None:
-        """What the user says next continues this utterance (its reply was dropped unheard)."""
-        self._carry_text, self._carry_message_id = text, message_id
+        """What the user says next continues this utterance (its reply was dropped unheard): ``text`` is
+        the last turn's."""
+        start = -1 if self._turn_from is None else self._turn_from  # -1: its audio is not known
+        self._carry, self._carry_message_id = [_Part(start, text)], message_id
 
     def clear_carry(self) -> None:
-        self._carry_text, self._carry_message_id = "", None
+        self._carry, self._carry_message_id = [], None
+
+    @property
+    def _carry_text(self) -> str:
+        return " ".join(p.text for p in self._carry)
+
+    def _continues_from(self) -> int | None:
+        """Where the utterance that speech now continues begins, if its audio is still kept (else None:
+        the new part is decoded alone and its words joined to the utterance's)."""
+        starts = [p.start for p in self._pending] + [p.start for p in self._carry]
+        if not starts:
+            return None
+        start = min(starts)
+        kept = self._ring[0][0] if self._ring else self.samples_in
+        if start < kept or self.samples_in - start > REDECODE_MAX_S * SAMPLE_RATE:
+            return None
+        return start
 
     # ----------------------------------------------------------------- links
     async def on_link_status(self, link: Link) -> None:
@@ -183,7 +230,10 @@ class TurnDetector:
         self.samples_in += len(pcm) // 2
         self._ring.append((start, pcm))
         self._arrivals.append((self.samples_in, now))
-        keep_from = self.samples_in - 2 * SAMPLE_RATE
+        # Two seconds for the pre-roll, and the current utterance for a continuation to send again whole.
+        anchors = [self._sending_from] + ([self._turn_from] if self._turn_from is not None else [])
+        keep_from = max(min([self.samples_in - 2 * SAMPLE_RATE, *anchors]),
+                        self.samples_in - REDECODE_MAX_S * SAMPLE_RATE)
         while self._ring and self._ring[0][0] + len(self._ring[0][1]) // 2 < keep_from:
             self._ring.popleft()
         while len(self._arrivals) > 1 and self._arrivals[0][0] < self.samples_in - 10 * SAMPLE_RATE:
@@ -229,10 +279,17 @@ class TurnDetector:
         return b"".join(parts)
 
     async def _send_preroll(self, from_sample: int) -> None:
+        """Start STT's utterance with the audio since ``from_sample``, or since the start of the utterance this
+        speech continues."""
+        again = self._continues_from()
+        self._sending_from = again if again is not None else max(0, from_sample)
         stt = self.links.get("stt")
         if stt is not None and stt.up:
-            preroll = self._audio_since(max(0, from_sample))
+            preroll = self._audio_since(self._sending_from)
             if preroll:
+                if again is not None:
+                    log.debug("speech continues the utterance: its %.1f s go to STT again",
+                              len(preroll) / 2 / SAMPLE_RATE)
                 await stt.call("audio", preroll)
 
     # ----------------------------------------------------------------- VAD
@@ -315,16 +372,17 @@ class TurnDetector:
         if stt is None or not await stt.call("end", speech=True):
             await self.hooks.on_user_state()
             return
-        pending = {"speech_end": t_end, "vad_end": now}
+        timings = {"speech_end": t_end, "vad_end": now}
         if self.speculative_ms and ts is not None:
             # Start the reply now, but let it reach the page only once the turn-end silence for what was
             # said has passed (decided when the transcript is in).
-            pending["speculative"] = 1.0
+            timings["speculative"] = 1.0
+        pending = _Pending(timings, self._sending_from)
         self._pending.append(pending)
         await self.hooks.on_user_state()
         self._spawn(self._stt_watchdog(pending))
 
-    async def _stt_watchdog(self, pending: dict) -> None:
+    async def _stt_watchdog(self, pending: _Pending) -> None:
         await asyncio.sleep(self.settings.turn_timeout_s)
         if any(p is pending for p in self._pending):
             self._pending.clear()  # STT is stuck: no final of these will come in order
@@ -336,19 +394,20 @@ class TurnDetector:
     async def on_stt(self, event: stt.ServerEvent | Closed) -> None:
         if isinstance(event, stt.Partial):
             await self.hooks.notify(page.Partial(text=event.text))
-            words = f"{self._carry_text} {event.text.strip()}" if self._carry_text else event.text.strip()
+            words = self._joined(self._sending_from, event.text.strip())
             if is_meaningful(words):
                 await self.hooks.on_partial(words)
         elif isinstance(event, stt.Final):
             if not self._pending:
                 return
             pending = self._pending.popleft()
-            pending["transcript"] = time.perf_counter()
-            text = event.text.strip()
-            if self._carry_text and is_meaningful(text):
-                text = f"{self._carry_text} {text}"
-            elif self._carry_text:
-                text = self._carry_text
+            timings = pending.timings
+            timings["transcript"] = time.perf_counter()
+            heard = event.text.strip()
+            if is_meaningful(heard):
+                # The parts this final's audio covers are replaced by it.
+                self._carry = [p for p in self._carry if p.start < pending.start] + [_Part(pending.start, heard)]
+            text = self._carry_text
             if not is_meaningful(text):
                 await self.hooks.notify(page.NoSpeech())
                 await self.hooks.on_user_state()
@@ -356,23 +415,23 @@ class TurnDetector:
             if self.user_speaking or self._pending:
                 # The user went on talking (and may have stopped again: that part's final is still to come):
                 # hold this part and answer the whole utterance.
-                self._carry_text = text
                 await self.hooks.notify(page.Partial(text=text))
                 return
+            self._turn_from = min(p.start for p in self._carry)
             commit_at, eou = None, None
-            if pending.pop("speculative", None):
+            if timings.pop("speculative", None):
                 holds = self.holds()
                 eou = self._ask_eou(text)
                 # Asking the LLM: the reply is prepared meanwhile and held for the longest silence until the
                 # answer (or the timeout) says which (see _decide_hold).
-                commit_at = pending["speech_end"] + (holds.longest_ms if eou is not None
+                commit_at = timings["speech_end"] + (holds.longest_ms if eou is not None
                                                      else holds.for_text(text)) / 1000
             replaces = self._carry_message_id
             self.clear_carry()
-            await self.hooks.on_end_of_turn(text, pending, commit_at, replaces)
+            await self.hooks.on_end_of_turn(text, timings, commit_at, replaces)
             self._decisions += 1
             if eou is not None:
-                self._spawn(self._decide_hold(eou, text, pending["speech_end"], self._decisions))
+                self._spawn(self._decide_hold(eou, text, timings["speech_end"], self._decisions))
         elif isinstance(event, (ErrorEvent, Closed)):
             if self._pending:
                 self._pending.clear()
@@ -380,6 +439,10 @@ class TurnDetector:
                 await self.hooks.notify(page.SessionError.upstream(
                     "stt", f"speech recognition failed: {msg}", "stt_failed"))
                 await self.hooks.on_user_state()
+
+    def _joined(self, start: int, text: str) -> str:
+        """The utterance's words with ``text``, decoded from the audio since mic sample ``start``."""
+        return " ".join([p.text for p in self._carry if p.start < start] + ([text] if text else []))
 
     # ----------------------------------------------------------------- end of turn from the words
     def _ask_eou(self, text: str) -> asyncio.Task[float | None] | None:

@@ -33,7 +33,7 @@ from .clients import Closed, ServiceClosed
 from .history import History, history_for_request
 from .links import LABELS, Link, Links, StreamFactory
 from .playout import Playout
-from .recognition import TurnDetector
+from .recognition import TurnDetector, same_words
 from .reply import DEFAULT_TTS_RATE, ENDED, DirectUpstream, Phase, Reply, ReplyFailed, ReplyStream
 from .settings import Settings
 from .store import Store
@@ -301,7 +301,7 @@ class Session:
             await self._interrupt(reason="barge-in")
         reply = self.reply
         if reply is not None and reply.phase is Phase.SPECULATIVE and reply.suspended:
-            if text == reply.user_text:
+            if same_words(text, reply.user_text):
                 # What sounded again had no words (a breath, a click, a cough): the reply prepared for
                 # the words before it is still the answer. It goes out once its turn-end silence is over.
                 reply.suspended = False

@@ -13,6 +13,7 @@ import asyncio
 import re
 from typing import Any, Callable
 
+import numpy as np
 from pydantic import TypeAdapter
 
 from rvchat_common.protocol import ErrorEvent, Event, llm, parse, stt, tts, vad
@@ -20,6 +21,7 @@ from rvchat_common.protocol import ErrorEvent, Event, llm, parse, stt, tts, vad
 from .clients import ServiceClosed
 
 _CLOSE = object()
+SPOKEN_BASE = 1000  # mic samples of this value and above are a ScriptedUser's words (see FakeHub.spoken)
 
 
 class FakeStream:
@@ -103,11 +105,16 @@ class FakeStt(FakeStream):
         self.buffer.extend(pcm)
 
     async def end(self, speech: bool | None = None) -> None:
+        """The final: the words a :class:`ScriptedUser` said in the audio sent, else the next transcript."""
         self._check()
         self.sent.append(stt.End(speech=speech).model_dump())
         self.utterances.append(bytes(self.buffer))
         self.buffer.clear()
-        text = self.hub.transcripts.pop(0) if self.hub.transcripts else self.hub.transcript
+        said = self.hub.said_in(self.utterances[-1])
+        if said is not None:
+            text = said
+        else:
+            text = self.hub.transcripts.pop(0) if self.hub.transcripts else self.hub.transcript
         self.emit(stt.Final(text=text, language="en", duration=len(self.utterances[-1]) / 32000,
                             processing_ms=1.0))
 
@@ -263,6 +270,20 @@ class FakeHub:
         self.eou: float | None = None
         self.eou_delay = 0.0
         self.streams: dict[str, list[FakeStream]] = {}
+        self.spoken: dict[int, str] = {}  # words a ScriptedUser said, by the sample value of their audio
+
+    def speech_sample(self, text: str) -> int:
+        """The sample value of the audio in which ``text`` is said (the fake STT reads the words back)."""
+        value = SPOKEN_BASE + len(self.spoken)
+        self.spoken[value] = text
+        return value
+
+    def said_in(self, pcm16: bytes) -> str | None:
+        """The words said in this audio, in order (None: none of it is a ScriptedUser's speech)."""
+        samples = np.frombuffer(pcm16[: len(pcm16) // 2 * 2], dtype="<i2")
+        values = [int(v) for v in dict.fromkeys(samples[samples >= SPOKEN_BASE].tolist())]
+        words = [self.spoken[v] for v in values if v in self.spoken]
+        return " ".join(w for w in words if w) if words else None
 
     def factories(self) -> dict:
         kinds = {"vad": FakeVad, "stt": FakeStt, "llm": FakeLlm, "tts": FakeTts}
@@ -301,20 +322,25 @@ class ScriptedUser:
         self.hub = hub
         self.t = 0.0
 
-    async def _feed_until(self, t: float) -> None:
+    async def _feed_until(self, t: float, speech: tuple[float, float, int] | None = None) -> None:
         while self.t + self.FRAME_S / 2 < t:
-            await self.session.on_audio(self.FRAME)
+            frame = self.FRAME
+            if speech is not None and speech[0] <= self.t + self.FRAME_S / 2 < speech[1]:
+                frame = int(speech[2]).to_bytes(2, "little") * (len(self.FRAME) // 2)
+            await self.session.on_audio(frame)
             self.t += self.FRAME_S
 
     async def says(self, start: float, end: float, text: str | None = None, tail: float = 0.1) -> None:
-        """Speech from ``start`` to ``end``; the VAD reports its end after ``tail`` s of silence."""
-        if text is not None:
-            self.hub.transcripts.append(text)
+        """Speech from ``start`` to ``end``; the VAD reports its end after ``tail`` s of silence.
+
+        With ``text`` the audio says it: the fake STT's final is the words of the audio it was sent (all
+        of it when an utterance's audio is sent again whole)."""
+        speech = (start, end, self.hub.speech_sample(text)) if text is not None else None
         fake_vad = self.hub.last("vad")
         await self._feed_until(start)
         fake_vad.emit(vad.SpeechStart(timestamp=start))
         await until(lambda: self.session.state == "user_speaking", what="the session to hear speech")
-        await self._feed_until(end + tail)
+        await self._feed_until(end + tail, speech)
         fake_vad.emit(vad.SpeechEnd(timestamp=end, start=start, duration=round(end - start, 3)))
 
     async def resumes(self, at: float, chunks: int = 2) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from pydantic import BaseModel
-
+from rvchat_app import recognition
 from rvchat_app.playout import spoken_text
 from rvchat_app.recognition import is_meaningful
 from rvchat_app.session import Session
 from rvchat_app.settings import Settings
 from rvchat_app.testing import FakeHub, ScriptedUser, until
-from rvchat_common.protocol import stt
+from rvchat_common.protocol import stt, vad
 
 FRAME = b"\x01\x00" * 320  # 20 ms of 16 kHz PCM16
 
@@ -369,6 +370,8 @@ async def test_speculative_reply_is_dropped_when_the_user_goes_on(store):
         await user.says(start=1.15, end=1.6, text="a cup of tea")
         end = await page.wait("reply_end", timeout=5)
         assert [e["text"] for e in page.of("transcript")] == ["I would like a cup of tea"]
+        # STT heard the rest with the start again: one decode of the whole utterance, not two parts joined.
+        assert hub.said_in(hub.last("stt").utterances[-1]) == "I would like a cup of tea"
         assert not page.of("stop_playback") and not page.of("interrupted")
         assert end["text"] == hub.reply
         conv = await store.get_conversation(session.conversation_id)
@@ -502,15 +505,64 @@ async def test_a_noise_after_the_pause_does_not_throw_the_prepared_reply_away(st
         await session.close()
 
 
-async def test_words_after_a_short_stop_are_kept_when_the_first_final_comes_late(store):
+async def test_partials_of_an_utterance_sent_again_whole_are_not_joined_to_its_first_part(store):
+    """The first part's final comes while the user is still speaking: it is held. The partials of the rest are
+    of the whole utterance (its audio went to STT again), so the words the reply is prepared with are theirs."""
+    hub = FakeHub()
+    session, page = await make(store, hub)
+    fake_stt, fake_vad, fake_llm = hub.last("stt"), hub.last("vad"), hub.last("llm")
+
+    ends: list[int] = []
+
+    async def end(speech: bool | None = None) -> None:  # STT answers only when told (a slow decode)
+        ends.append(len(fake_stt.buffer) // 2)
+        fake_stt.buffer.clear()
+
+    fake_stt.end = end
+    try:
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0)
+        await user._feed_until(1.3)
+        fake_vad.emit(vad.SpeechStart(timestamp=1.3))
+        await until(lambda: session.state == "user_speaking", what="speech again")
+        await user._feed_until(1.6)
+        fake_stt.emit(stt.Final(text="What is the capital", language="en", duration=0.6, processing_ms=900.0))
+        await until(lambda: "What is the capital" in [e["text"] for e in page.of("partial")], what="the held part")
+        before = len(fake_llm.prefilled)
+        fake_stt.emit(stt.Partial(text="What is the capital of", audio_seconds=1.5))
+        await until(lambda: len(fake_llm.prefilled) > before, what="the partial's prefill")
+        assert fake_llm.prefilled[-1][-1] == {"role": "user", "content": "What is the capital of"}
+        await user._feed_until(1.9)
+        fake_vad.emit(vad.SpeechEnd(timestamp=1.8, start=1.3, duration=0.5))
+        await until(lambda: len(ends) == 2, what="the second end")
+        assert ends[1] > 1.3 * 16000  # the rest went with the first part's audio again
+        fake_stt.emit(stt.Final(text="What is the capital of France?", language="en", duration=1.5,
+                                processing_ms=900.0))
+        transcript = await page.wait("transcript")
+        assert transcript["text"] == "What is the capital of France?"
+        await page.wait("reply_end")
+    finally:
+        await session.close()
+
+
+@pytest.mark.parametrize("again", [True, False], ids=["sent-again-whole", "decoded-alone"])
+async def test_words_after_a_short_stop_are_kept_when_the_first_final_comes_late(store, monkeypatch, again):
     """The user stops, STT is still writing that part's words, and they go on and stop again: two ends are in
     flight. In a browser run the first final took the second end's place and was answered alone, and the
-    second final, with the words said after the stop, was dropped (nothing was waiting for it)."""
+    second final, with the words said after the stop, was dropped (nothing was waiting for it).
+
+    The second part goes to STT with the first part's audio again, so its final is the whole utterance's and
+    replaces the first (``sent-again-whole``); where that audio is no longer kept the second part is decoded
+    alone and its words joined (``decoded-alone``)."""
+    if not again:
+        monkeypatch.setattr(recognition, "REDECODE_MAX_S", 0)
     hub = FakeHub()
     session, page = await make(store, hub)
     fake_stt = hub.last("stt")
+    sent: list[int] = []
 
     async def end(speech: bool | None = None) -> None:  # STT answers only when told (a slow decode)
+        sent.append(len(fake_stt.buffer) // 2)
         fake_stt.buffer.clear()
 
     fake_stt.end = end
@@ -518,7 +570,11 @@ async def test_words_after_a_short_stop_are_kept_when_the_first_final_comes_late
         user = ScriptedUser(session, hub)
         await user.says(start=0.4, end=1.0)
         await user.says(start=1.3, end=1.9)
-        for text in ("What is the capital", "of France?"):
+        await until(lambda: len(sent) == 2, what="both ends")
+        # The first part with its pre-roll; the second from the same sample on, or only with its own.
+        assert sent[0] >= 0.6 * 16000 and (sent[1] > 1.3 * 16000 if again else sent[1] < sent[0])
+        second = "What is the capital of France?" if again else "of France?"
+        for text in ("What is the capital", second):
             fake_stt.emit(stt.Final(text=text, language="en", duration=0.6, processing_ms=900.0))
         transcript = await page.wait("transcript")
         await page.wait("reply_end")
