@@ -41,6 +41,17 @@ def words_of(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def same_words(a: str, b: str) -> bool:
+    """The same words, whatever the case and punctuation (an utterance decoded again with a breath after it)."""
+    return words_of(a) == words_of(b)
+
+
+def words_after(text: str, start: str) -> str | None:
+    """The words of ``text`` after those of ``start``, if it starts with them (else None)."""
+    words, head = words_of(text), words_of(start)
+    return " ".join(words[len(head):]) if words[:len(head)] == head else None
+
+
 def parse_words(value: str | Iterable[str]) -> list[str]:
     """The acknowledgement list from a comma-separated setting (or a list), blanks dropped."""
     items = value.split(",") if isinstance(value, str) else value

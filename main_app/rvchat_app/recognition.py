@@ -53,16 +53,11 @@ class _Part:
 
 @dataclass
 class _Pending:
-    """An utterance (part) whose final transcript is awaited: its timings, and where its audio begins."""
+    """An utterance (part) whose final transcript is awaited: its timings, where its audio begins, and whether
+    that is the start of the utterance it continues (its audio sent again: the final replaces those words)."""
     timings: dict[str, float]
     start: int
-
-
-def same_words(a: str, b: str) -> bool:
-    """The same words, whatever the case and punctuation (a part decoded again with a breath after it)."""
-    def words(t: str) -> list[str]:
-        return re.findall(r"[\w']+", t.lower())
-    return words(a) == words(b)
+    again: bool = False
 
 
 class TurnHooks(Protocol):
@@ -70,10 +65,15 @@ class TurnHooks(Protocol):
         """Speech began (before the user counts as speaking): the barge-in point."""
 
     async def on_end_of_turn(self, text: str, timings: dict[str, float], commit_at: float | None,
-                             replaces: int | None) -> None:
+                             replaces: int | None, continues: bool = False) -> None:
         """The user's turn ended with ``text``. With ``commit_at`` the end is speculative: the
         reply may start now but must reach the page only at that time. ``replaces`` is the stored
-        message of an earlier part of this utterance."""
+        message of an earlier part of this utterance. ``continues``: the audio of the last turn's words was
+        decoded again with this speech (see :meth:`unheard_turn`), so ``text`` begins with them."""
+
+    def unheard_turn(self) -> str | None:
+        """The last turn's words, if the user has heard nothing of its reply yet (speech now may be the rest of
+        that utterance), else None."""
 
     def speculating(self) -> bool:
         """A speculative reply is in progress (speech now means the user was only pausing)."""
@@ -126,7 +126,9 @@ class TurnDetector:
         self._carry: list[_Part] = []
         self._carry_message_id: int | None = None
         self._sending_from = 0  # the mic sample at which the audio of the STT utterance being sent begins
+        self._sending_again = False  # and whether it is an earlier utterance's audio sent again
         self._turn_from: int | None = None  # where the audio of the last turn's words begins
+        self._turn_text = ""  # and the words
         self._stt_lock = asyncio.Lock()
         self._decisions = 0  # ends of turn so far: an end-of-utterance answer counts for the latest only
         self._tasks: set[asyncio.Task] = set()
@@ -185,7 +187,8 @@ class TurnDetector:
     def carry_over(self, text: str, message_id: int | None) -> None:
         """What the user says next continues this utterance (its reply was dropped unheard): ``text`` is
         the last turn's."""
-        start = -1 if self._turn_from is None else self._turn_from  # -1: its audio is not known
+        # -1: the audio of these words is not known (the session joined words of an earlier turn to them).
+        start = self._turn_from if self._turn_from is not None and text == self._turn_text else -1
         self._carry, self._carry_message_id = [_Part(start, text)], message_id
 
     def clear_carry(self) -> None:
@@ -199,6 +202,8 @@ class TurnDetector:
         """Where the utterance that speech now continues begins, if its audio is still kept (else None:
         the new part is decoded alone and its words joined to the utterance's)."""
         starts = [p.start for p in self._pending] + [p.start for p in self._carry]
+        if not starts and self._turn_from is not None and self.hooks.unheard_turn() == self._turn_text:
+            starts = [self._turn_from]  # the reply to it is paused unheard: the user may be going on
         if not starts:
             return None
         start = min(starts)
@@ -283,6 +288,7 @@ class TurnDetector:
         speech continues."""
         again = self._continues_from()
         self._sending_from = again if again is not None else max(0, from_sample)
+        self._sending_again = again is not None
         stt = self.links.get("stt")
         if stt is not None and stt.up:
             preroll = self._audio_since(self._sending_from)
@@ -377,7 +383,7 @@ class TurnDetector:
             # Start the reply now, but let it reach the page only once the turn-end silence for what was
             # said has passed (decided when the transcript is in).
             timings["speculative"] = 1.0
-        pending = _Pending(timings, self._sending_from)
+        pending = _Pending(timings, self._sending_from, self._sending_again)
         self._pending.append(pending)
         await self.hooks.on_user_state()
         self._spawn(self._stt_watchdog(pending))
@@ -394,7 +400,7 @@ class TurnDetector:
     async def on_stt(self, event: stt.ServerEvent | Closed) -> None:
         if isinstance(event, stt.Partial):
             await self.hooks.notify(page.Partial(text=event.text))
-            words = self._joined(self._sending_from, event.text.strip())
+            words = self._joined(event.text.strip())
             if is_meaningful(words):
                 await self.hooks.on_partial(words)
         elif isinstance(event, stt.Final):
@@ -406,7 +412,7 @@ class TurnDetector:
             heard = event.text.strip()
             if is_meaningful(heard):
                 # The parts this final's audio covers are replaced by it.
-                self._carry = [p for p in self._carry if p.start < pending.start] + [_Part(pending.start, heard)]
+                self._carry = self._uncovered(pending.start, pending.again) + [_Part(pending.start, heard)]
             text = self._carry_text
             if not is_meaningful(text):
                 await self.hooks.notify(page.NoSpeech())
@@ -417,7 +423,10 @@ class TurnDetector:
                 # hold this part and answer the whole utterance.
                 await self.hooks.notify(page.Partial(text=text))
                 return
-            self._turn_from = min(p.start for p in self._carry)
+            # The last turn's words decoded again with this speech: the session's paused reply to them is
+            # answered by this turn (or resumed if nothing was added).
+            continues = pending.again and pending.start == self._turn_from and not self._carry[:-1]
+            self._turn_from, self._turn_text = min(p.start for p in self._carry), text
             commit_at, eou = None, None
             if timings.pop("speculative", None):
                 holds = self.holds()
@@ -428,7 +437,7 @@ class TurnDetector:
                                                      else holds.for_text(text)) / 1000
             replaces = self._carry_message_id
             self.clear_carry()
-            await self.hooks.on_end_of_turn(text, timings, commit_at, replaces)
+            await self.hooks.on_end_of_turn(text, timings, commit_at, replaces, continues=continues)
             self._decisions += 1
             if eou is not None:
                 self._spawn(self._decide_hold(eou, text, timings["speech_end"], self._decisions))
@@ -440,9 +449,15 @@ class TurnDetector:
                     "stt", f"speech recognition failed: {msg}", "stt_failed"))
                 await self.hooks.on_user_state()
 
-    def _joined(self, start: int, text: str) -> str:
-        """The utterance's words with ``text``, decoded from the audio since mic sample ``start``."""
-        return " ".join([p.text for p in self._carry if p.start < start] + ([text] if text else []))
+    def _uncovered(self, start: int, again: bool) -> list[_Part]:
+        """The carried parts that audio from mic sample ``start`` does not cover (``again``: it is the start of
+        the utterance they continue; else it covers none of them)."""
+        return [p for p in self._carry if p.start < start] if again else list(self._carry)
+
+    def _joined(self, text: str) -> str:
+        """The utterance's words with ``text``, a partial of the STT utterance being sent."""
+        parts = self._uncovered(self._sending_from, self._sending_again)
+        return " ".join([p.text for p in parts] + ([text] if text else []))
 
     # ----------------------------------------------------------------- end of turn from the words
     def _ask_eou(self, text: str) -> asyncio.Task[float | None] | None:

@@ -28,12 +28,12 @@ from typing import Any
 
 from rvchat_common.protocol import ErrorEvent, ProtocolError, llm, page, parse, tts, vad
 
-from .backchannel import Backchannels, parse_words
+from .backchannel import Backchannels, parse_words, same_words, words_after
 from .clients import Closed, ServiceClosed
 from .history import History, history_for_request
 from .links import LABELS, Link, Links, StreamFactory
 from .playout import Playout
-from .recognition import TurnDetector, same_words
+from .recognition import TurnDetector
 from .reply import DEFAULT_TTS_RATE, ENDED, DirectUpstream, Phase, Reply, ReplyFailed, ReplyStream
 from .settings import Settings
 from .store import Store
@@ -278,10 +278,30 @@ class Session:
         if self.reply is not None and self.reply.phase is Phase.SPECULATIVE:
             self._suspend(self.reply)
 
-    async def on_end_of_turn(self, text: str, timings: dict[str, float], commit_at: float | None,
-                             replaces: int | None) -> None:
+    def unheard_turn(self) -> str | None:
         paused = self._paused
-        if paused is not None:
+        if paused is not None and paused.source == "voice" and not self._heard_before_pause(paused):
+            return paused.user_text
+        return None
+
+    async def on_end_of_turn(self, text: str, timings: dict[str, float], commit_at: float | None,
+                             replaces: int | None, continues: bool = False) -> None:
+        paused = self._paused
+        last = paused if paused is not None else self.reply
+        if continues and last is not None and last.source == "voice" and last.phase is not Phase.SPECULATIVE:
+            # The words of the reply's turn were decoded again with this speech (nothing of the reply had been
+            # heard when it was paused for it): what was said after them decides.
+            added = words_after(text, last.user_text)
+            if added is not None and (not added or self._acks.is_acknowledgement(added)):
+                # Nothing but a breath or an "mm-hm" after them: the reply plays on.
+                if paused is not None:
+                    await self._resume(paused, "backchannel" if added else "no_words", added)
+                return
+            # More words (or the same ones heard differently with what followed): the user went on.
+            log.info("turn %s: the user went on: %r", last.id, text[-40:])
+            replaces = last.user_message_id  # the whole utterance, in the same stored message
+            await self._interrupt(reason="barge-in", carry=False)
+        elif paused is not None:
             if self._acks.is_acknowledgement(text):  # "mm-hm": heard, not a turn; the reply plays on
                 await self._resume(paused, "backchannel", text)
                 return

@@ -270,9 +270,11 @@ class FakeHub:
         self.eou: float | None = None
         self.eou_delay = 0.0
         self.streams: dict[str, list[FakeStream]] = {}
-        self.spoken: dict[int, str] = {}  # words a ScriptedUser said, by the sample value of their audio
+        # Words a ScriptedUser said, by the sample value of their audio (None: the next transcript, taken when
+        # STT first hears them, so that the same audio sent again is heard the same).
+        self.spoken: dict[int, str | None] = {}
 
-    def speech_sample(self, text: str) -> int:
+    def speech_sample(self, text: str | None) -> int:
         """The sample value of the audio in which ``text`` is said (the fake STT reads the words back)."""
         value = SPOKEN_BASE + len(self.spoken)
         self.spoken[value] = text
@@ -281,8 +283,11 @@ class FakeHub:
     def said_in(self, pcm16: bytes) -> str | None:
         """The words said in this audio, in order (None: none of it is a ScriptedUser's speech)."""
         samples = np.frombuffer(pcm16[: len(pcm16) // 2 * 2], dtype="<i2")
-        values = [int(v) for v in dict.fromkeys(samples[samples >= SPOKEN_BASE].tolist())]
-        words = [self.spoken[v] for v in values if v in self.spoken]
+        values = [v for v in dict.fromkeys(samples[samples >= SPOKEN_BASE].tolist()) if v in self.spoken]
+        for v in values:
+            if self.spoken[v] is None:
+                self.spoken[v] = self.transcripts.pop(0) if self.transcripts else self.transcript
+        words = [self.spoken[v] for v in values]
         return " ".join(w for w in words if w) if words else None
 
     def factories(self) -> dict:
@@ -333,9 +338,9 @@ class ScriptedUser:
     async def says(self, start: float, end: float, text: str | None = None, tail: float = 0.1) -> None:
         """Speech from ``start`` to ``end``; the VAD reports its end after ``tail`` s of silence.
 
-        With ``text`` the audio says it: the fake STT's final is the words of the audio it was sent (all
-        of it when an utterance's audio is sent again whole)."""
-        speech = (start, end, self.hub.speech_sample(text)) if text is not None else None
+        The audio says ``text`` (without it, the hub's next transcript): the fake STT's final is the words
+        of the audio it was sent (all of it when an utterance's audio is sent again whole)."""
+        speech = (start, end, self.hub.speech_sample(text))
         fake_vad = self.hub.last("vad")
         await self._feed_until(start)
         fake_vad.emit(vad.SpeechStart(timestamp=start))

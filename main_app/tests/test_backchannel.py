@@ -12,7 +12,7 @@ import contextlib
 
 import pytest
 
-from rvchat_app.backchannel import DEFAULT_WORDS, Backchannels, words_of
+from rvchat_app.backchannel import DEFAULT_WORDS, Backchannels, same_words, words_after, words_of
 from rvchat_app.playout import Playout
 from rvchat_app.testing import FakeHub, ScriptedUser, until
 from rvchat_common.protocol import stt, vad
@@ -35,6 +35,17 @@ def test_acknowledgements_in_whispers_spellings(text):
                                   "Right now please."])
 def test_real_words_are_not_acknowledgements(text):
     assert not Backchannels(DEFAULT_WORDS).is_acknowledgement(text)
+
+
+@pytest.mark.parametrize(("text", "start", "added"), [
+    ("What is the capital of France? Mm-hmm.", "What is the capital of France?", "mhm"),
+    ("what is the capital of france", "What is the capital of France?", ""),
+    ("What's the capital of France? Okay.", "What is the capital of France?", None),  # heard otherwise
+    ("What is the capital", "What is the capital of France?", None),
+])
+def test_the_words_said_after_an_utterance_decoded_again(text, start, added):
+    assert words_after(text, start) == added
+    assert same_words(text, start) is (added == "")
 
 
 def test_the_list_is_configurable():
@@ -169,13 +180,18 @@ async def test_no_words_within_the_window_resumes_and_late_words_still_interrupt
         assert (await page.wait("transcript", count=2))["text"] == "Stop, please."
 
 
-async def test_an_acknowledgement_while_thinking_keeps_the_reply(store):
+@pytest.mark.parametrize(("text", "reason"), [("Okay.", "backchannel"), ("", "no_words")])
+async def test_an_acknowledgement_while_thinking_keeps_the_reply(store, text, reason):
+    """Nothing of the reply has been heard, so the speech goes to STT with the question's audio again (it may be
+    the rest of it): the question's words and an "okay" (or nothing more) after them keep the reply."""
     async with conversation(store, token_delay=0.05, ms_per_word=100) as (hub, session, page):
-        user = await speak(session, hub)
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0, text=hub.transcript)
         await page.wait("reply_start")
         assert not page.of("audio")
-        await user.says(start=1.3, end=1.6, text="Okay.")
-        assert (await page.wait("resume_playback"))["reason"] == "backchannel"
+        await user.says(start=1.3, end=1.6, text=text)
+        assert (await page.wait("resume_playback"))["reason"] == reason
+        assert hub.said_in(hub.last("stt").utterances[-1]) == f"{hub.transcript} {text}".strip()
         assert (await page.wait("reply_end", timeout=10))["text"] == LONG
         assert len(hub.last("llm").calls("generate")) == 1 and not page.of("interrupted")
         assert [m["content"] for m in await history(store, session, "user")] == [hub.transcript]
@@ -333,7 +349,8 @@ async def test_words_after_a_pause_that_came_with_the_first_audio_continue_the_u
     a browser run they were made a turn of their own, and the unheard reply's words were then joined to the
     user's next utterance, 36 s later."""
     async with conversation(store) as (hub, session, page):
-        user = await speak(session, hub)
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0, text=hub.transcript)
         first = await page.wait("transcript")
         await page.wait("audio")  # "First sentence here.": 900 ms, the pause comes within its first word
         await user.says(start=3.0, end=3.8, text="in Paris tomorrow")
@@ -342,6 +359,8 @@ async def test_words_after_a_pause_that_came_with_the_first_audio_continue_the_u
         assert (await page.wait("interrupted"))["spoken_text"] == ""
         whole = await page.wait("transcript", count=2)
         assert whole["text"] == f"{hub.transcript} in Paris tomorrow"
+        # One decode of the whole utterance: the rest went to STT with the question's audio again.
+        assert hub.said_in(hub.last("stt").utterances[1]) == whole["text"]
         assert whole["message_id"] == first["message_id"]
         await page.wait("reply_end", turn=whole["turn"])
         await user.says(start=30.0, end=30.6, text="Thanks.")  # much later: a turn of its own
@@ -356,13 +375,16 @@ async def test_words_already_answered_are_not_joined_to_the_next_utterance(store
     page says it played nothing: the page's report comes after those words were answered, and must not make
     the user's next utterance a continuation of the interrupted one."""
     async with conversation(store) as (hub, session, page):
-        user = await speak(session, hub)
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0, text=hub.transcript)
         await page.wait("audio")
         await asyncio.sleep(0.5)  # by the clock, "First" has played
         await user.says(start=3.0, end=3.8, text="Wait, what about Berlin?")
         stop = await page.wait("stop_playback")
         second = await page.wait("transcript", count=2)
         assert second["text"] == "Wait, what about Berlin?"
+        # A word of the reply was heard: the speech went to STT alone, not with the question's audio again.
+        assert hub.said_in(hub.last("stt").utterances[1]) == "Wait, what about Berlin?"
         await session.on_text_event({"type": "playback", "turn": stop["turn"], "played_ms": 0})
         await page.wait("interrupted")
         await page.wait("reply_end", turn=second["turn"])

@@ -156,21 +156,29 @@ async def test_a_tts_that_never_answers_a_cancel_is_restarted_without_losing_the
         await session.close()
 
 
-async def test_barge_in_before_any_audio_merges_the_utterances(store):
+@pytest.mark.parametrize("heard_again", [True, False], ids=["decoded-whole", "heard-differently"])
+async def test_barge_in_before_any_audio_merges_the_utterances(store, heard_again):
+    """The user goes on before any reply audio: the rest goes to STT with the first part's audio again, and
+    the whole utterance is answered in the same message (also when the first part's words come out different
+    with what follows them)."""
     hub = FakeHub(token_delay=0.2)
-    hub.transcripts = ["I would like to know", "the weather in Paris"]
     session, page = await make(store, hub)
     try:
-        await speak(session, hub)
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0, text="I would like to know")
         await page.wait("reply_start")
-        await speak(session, hub)  # the user goes on before any reply audio
+        if not heard_again:  # decoded with the rest, the first part's words come out otherwise
+            hub.spoken = {k: "I'd like to know" for k in hub.spoken}
+        await user.says(start=1.6, end=2.2, text="the weather in Paris")
         await page.wait("interrupted")
         t2 = await page.wait("transcript", count=2)
-        assert t2["text"] == "I would like to know the weather in Paris"
+        assert t2["text"] == ("I would" if heard_again else "I'd") + " like to know the weather in Paris"
+        assert hub.said_in(hub.last("stt").utterances[-1]) == t2["text"]
+        assert t2["message_id"] == (await page.wait("transcript"))["message_id"]
         await page.wait("reply_end", timeout=10)  # the interrupted reply sent `interrupted`, not reply_end
         conv = await store.get_conversation(session.conversation_id)
         users = [m["content"] for m in conv["messages"] if m["role"] == "user"]
-        assert users == ["I would like to know the weather in Paris"]
+        assert users == [t2["text"]]
     finally:
         await session.close()
 
