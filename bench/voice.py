@@ -237,7 +237,7 @@ def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path
             row["latency"] = float(after[0] - t_end)
         mine = [ev for t, ev in events if t_start <= t < t_next]
         transcripts = [ev["text"] for ev in mine if ev["type"] == "transcript"]
-        row["turns"] = len(transcripts)
+        row["turns"], row["transcripts"] = len(transcripts), transcripts
         if transcripts:
             row["wer"] = wer(refs[clip], " ".join(transcripts))
         if pauses is not None and pauses[k] is not None:
