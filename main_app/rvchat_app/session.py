@@ -288,9 +288,11 @@ class Session:
                              replaces: int | None, continues: bool = False) -> None:
         paused = self._paused
         last = paused if paused is not None else self.reply
-        if continues and last is not None and last.source == "voice" and last.phase is not Phase.SPECULATIVE:
+        if continues and last is not None and last.source == "voice" \
+                and last.phase not in (Phase.SPECULATIVE, Phase.INTERRUPTED):
             # The words of the reply's turn were decoded again with this speech (nothing of the reply had been
-            # heard when it was paused for it): what was said after them decides.
+            # heard when it was paused for it): what was said after them decides. (A stopped reply cannot play
+            # on: its words were carried over, and the whole utterance is answered below.)
             added = words_after(text, last.user_text)
             if added is not None and (not added or self._acks.is_acknowledgement(added)):
                 # Nothing but a breath or an "mm-hm" after them: the reply plays on.

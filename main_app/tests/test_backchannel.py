@@ -370,6 +370,21 @@ async def test_words_after_a_pause_that_came_with_the_first_audio_continue_the_u
             f"{hub.transcript} in Paris tomorrow", "Thanks."]
 
 
+async def test_a_stopped_reply_does_not_play_on_for_an_acknowledgement_after_its_question(store):
+    """The question decoded again with an "mm-hm" after it (see above) keeps a reply only if it can play on: one
+    already stopped cannot, so the whole utterance is answered."""
+    async with conversation(store, token_delay=0.05) as (hub, session, page):
+        user = ScriptedUser(session, hub)
+        await user.says(start=0.4, end=1.0, text=hub.transcript)
+        await page.wait("reply_start")
+        await session.on_text_event({"type": "interrupt"})
+        await page.wait("interrupted")
+        text = f"{hub.transcript} Mm-hmm."
+        await session.on_end_of_turn(text, {"transcript": 0.0}, None, None, continues=True)
+        assert (await page.wait("transcript", count=2))["text"] == text
+        await page.wait("reply_end", timeout=10)
+
+
 async def test_words_already_answered_are_not_joined_to_the_next_utterance(store):
     """A word of the reply had played by the clock (so the words over it are a turn of their own), but the
     page says it played nothing: the page's report comes after those words were answered, and must not make
