@@ -84,3 +84,21 @@ async def test_by_the_words_alone_the_same_pause_ends_the_turn(words_app):
         await ws.close()
     first = events_of(result, "transcript")[0]["text"].lower()
     assert "never" in first and "surpass" not in first, first
+
+
+async def test_going_on_after_a_committed_turn_is_answered_as_one_decode(words_app):
+    """The words alone commit the turn in the pause; the user goes on before a word of its reply has played (on
+    this machine the first audio comes later than the pause). The rest goes to STT with the first part's audio
+    again, so the whole utterance is one decode, in the first part's message."""
+    ws = await open_session(words_app)
+    try:
+        result = await voice_turn(ws, paused_clip(), pad_s=1.5)
+    finally:
+        await ws.close()
+    transcripts = events_of(result, "transcript")
+    assert len(transcripts) == 2, [t["text"] for t in transcripts]
+    heard = [e["spoken_text"] for e in events_of(result, "interrupted") if e["turn"] == transcripts[0]["turn"]]
+    if heard and heard[0]:
+        pytest.skip(f"a word of the first reply played before the user went on ({heard[0]!r}): a turn of its own")
+    assert transcripts[1]["message_id"] == transcripts[0]["message_id"]
+    assert transcripts[1]["text"].lower().strip(".").split() == ["has", "never", "been", "surpassed"], transcripts
