@@ -51,7 +51,9 @@ def words_app(services, tmp_path_factory):
 
 
 async def open_session(app):
-    ws = await websockets.connect(f"{app.ws_url}/ws", max_size=None)
+    # A test that stops reading mid-reply leaves the client's queue full, and the server's close frame unread
+    # behind it: close() would wait its default 10 s for it.
+    ws = await websockets.connect(f"{app.ws_url}/ws", max_size=None, close_timeout=1)
     hello = json.loads(await ws.recv())
     while not all(s["up"] for s in hello["services"]["services"].values()):
         msg = await asyncio.wait_for(ws.recv(), 10)
