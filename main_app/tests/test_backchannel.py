@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 
 import pytest
-
 from rvchat_app.backchannel import DEFAULT_WORDS, Backchannels, same_words, words_after, words_of
 from rvchat_app.playout import Playout
 from rvchat_app.testing import FakeHub, ScriptedUser, until
@@ -76,11 +75,7 @@ async def test_the_play_clock_stands_still_while_paused():
 def stt_without_answer(hub: FakeHub):
     """STT from now on takes the speech but sends no words for it (slow, or they come later by hand)."""
     fake_stt = hub.last("stt")
-
-    async def end(speech: bool | None = None) -> None:
-        fake_stt.buffer.clear()
-
-    fake_stt.end = end
+    fake_stt.answers = False
     return fake_stt
 
 

@@ -519,14 +519,8 @@ async def test_partials_of_an_utterance_sent_again_whole_are_not_joined_to_its_f
     hub = FakeHub()
     session, page = await make(store, hub)
     fake_stt, fake_vad, fake_llm = hub.last("stt"), hub.last("vad"), hub.last("llm")
-
-    ends: list[int] = []
-
-    async def end(speech: bool | None = None) -> None:  # STT answers only when told (a slow decode)
-        ends.append(len(fake_stt.buffer) // 2)
-        fake_stt.buffer.clear()
-
-    fake_stt.end = end
+    fake_stt.answers = False  # STT answers only when told (a slow decode)
+    ends = fake_stt.utterances
     try:
         user = ScriptedUser(session, hub)
         await user.says(start=0.4, end=1.0)
@@ -543,7 +537,7 @@ async def test_partials_of_an_utterance_sent_again_whole_are_not_joined_to_its_f
         await user._feed_until(1.9)
         fake_vad.emit(vad.SpeechEnd(timestamp=1.8, start=1.3, duration=0.5))
         await until(lambda: len(ends) == 2, what="the second end")
-        assert ends[1] > 1.3 * 16000  # the rest went with the first part's audio again
+        assert len(ends[1]) // 2 > 1.3 * 16000  # the rest went with the first part's audio again
         fake_stt.emit(stt.Final(text="What is the capital of France?", language="en", duration=1.5,
                                 processing_ms=900.0))
         transcript = await page.wait("transcript")
@@ -567,20 +561,16 @@ async def test_words_after_a_short_stop_are_kept_when_the_first_final_comes_late
     hub = FakeHub()
     session, page = await make(store, hub)
     fake_stt = hub.last("stt")
-    sent: list[int] = []
-
-    async def end(speech: bool | None = None) -> None:  # STT answers only when told (a slow decode)
-        sent.append(len(fake_stt.buffer) // 2)
-        fake_stt.buffer.clear()
-
-    fake_stt.end = end
+    fake_stt.answers = False  # STT answers only when told (a slow decode)
+    sent = fake_stt.utterances
     try:
         user = ScriptedUser(session, hub)
         await user.says(start=0.4, end=1.0)
         await user.says(start=1.3, end=1.9)
         await until(lambda: len(sent) == 2, what="both ends")
         # The first part with its pre-roll; the second from the same sample on, or only with its own.
-        assert sent[0] >= 0.6 * 16000 and (sent[1] > 1.3 * 16000 if again else sent[1] < sent[0])
+        first_n, second_n = (len(pcm) // 2 for pcm in sent)
+        assert first_n >= 0.6 * 16000 and (second_n > 1.3 * 16000 if again else second_n < first_n)
         second = "What is the capital of France?" if again else "of France?"
         for text in ("What is the capital", second):
             fake_stt.emit(stt.Final(text=text, language="en", duration=0.6, processing_ms=900.0))
