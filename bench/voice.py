@@ -8,8 +8,11 @@ the page sends (mic PCM) and receives (reply audio).
 
 The end of each utterance is found by Silero VAD without padding (the VAD service's ``/detect``
 with ``speech_pad_ms=0``) on the audio the page really sent, so the clock starts where the person
-stopped speaking, not where an energy threshold or the pipeline's own endpointing says. The clock
-stops at the first binary (reply audio) frame the page receives after it. The page's per-turn
+stopped speaking, not where an energy threshold or the pipeline's own endpointing says. Where that
+Silero finds no speech at a clip's place in the sent audio (a soft voice after the browser's processing:
+mfa_falsetto2), the clock starts at the recording's own speech end, placed where the other clips were
+found; such a row says ``"clock": "recording"``. The clock stops at the first binary (reply audio) frame
+the page receives after it. The page's per-turn
 ``latency`` events give the server-side breakdown by stage.
 
 Clips: the speech samples are split in two. ``TUNING`` clips are the ones latency work may be
@@ -100,21 +103,27 @@ def _ms(x: float | None) -> str:
     return "–" if x is None or x != x else f"{x * 1000:.0f}"
 
 
+def clip_audio(clip: str, pause: tuple[int, float] | None = None) -> np.ndarray:
+    """A clip at 16 kHz as the mic's file holds it (PCM16 scale), with ``pause`` (sample, seconds) put in."""
+    from rvchat_app.testing import load_pcm16
+    from rvchat_common.testing import speech_sample
+
+    pcm = np.frombuffer(load_pcm16(speech_sample(clip)), dtype="<i2").astype(np.float32)
+    if pause is not None:
+        at, seconds = pause
+        pcm = np.concatenate([pcm[:at], np.zeros(int(seconds * RATE), dtype=np.float32), pcm[at:]])
+    return pcm
+
+
 def conversation_wav(path: Path, clips: list[str], rate: int = 48000,
                      pauses: list[tuple[int, float] | None] | None = None) -> list[tuple[float, float]]:
     """The fake mic's WAV: lead silence, then each clip followed by GAP_S of silence; the clips'
     (start, end) in file seconds. ``pauses``: for each clip, None or (sample, seconds): silence of that
     length put into the clip at that sample (a speaker who stops mid-sentence)."""
-    from rvchat_app.testing import load_pcm16
-    from rvchat_common.testing import speech_sample
-
     parts = [np.zeros(int(RATE * LEAD_S), dtype=np.float32)]
     spans, t = [], LEAD_S
     for k, clip in enumerate(clips):
-        pcm = np.frombuffer(load_pcm16(speech_sample(clip)), dtype="<i2").astype(np.float32)
-        if pauses is not None and pauses[k] is not None:
-            at, seconds = pauses[k]
-            pcm = np.concatenate([pcm[:at], np.zeros(int(seconds * RATE), dtype=np.float32), pcm[at:]])
+        pcm = clip_audio(clip, pauses[k] if pauses is not None else None)
         parts += [pcm, np.zeros(int(RATE * GAP_S), dtype=np.float32)]
         spans.append((t, t + pcm.size / RATE))
         t += pcm.size / RATE + GAP_S
@@ -149,8 +158,9 @@ def speech_ends(vad_url: str, pcm: bytes, segments: list[dict] | None = None) ->
 
 
 def placed(utterances: list[tuple[float, float]], spans: list[tuple[float, float]],
-           tolerance_s: float = 1.5) -> list[tuple[float, float] | None]:
-    """Each clip's utterance in the sent audio, by where the clip is in the mic's file, or None.
+           tolerance_s: float = 1.5) -> tuple[list[tuple[float, float] | None], float | None]:
+    """Each clip's utterance in the sent audio, by where the clip is in the mic's file, or None; and the
+    offset of the file in the sent audio (None if nothing was found).
 
     The sent audio starts wherever the page started the mic, so the file's clips are found at an
     offset: the one that places most utterances within ``tolerance_s`` of a clip's start. Matching
@@ -158,7 +168,7 @@ def placed(utterances: list[tuple[float, float]], spans: list[tuple[float, float
     soft one (mfa_falsetto2): its row got the next clip's reply, and the last "no speech found".
     """
     if not utterances:
-        return [None] * len(spans)
+        return [None] * len(spans), None
     offsets = [u[0] - c[0] for u in utterances for c in spans]
 
     def matches(offset: float) -> list[tuple[float, float] | None]:
@@ -169,7 +179,14 @@ def placed(utterances: list[tuple[float, float]], spans: list[tuple[float, float
         return out
 
     best = max(offsets, key=lambda o: (sum(m is not None for m in matches(o)), -abs(o)))
-    return matches(best)
+    return matches(best), best
+
+
+def recording_speech(vad_url: str, clip: str, pause: tuple[int, float] | None) -> tuple[float, float] | None:
+    """Where the clip's speech starts and ends in the clip itself (seconds): the same Silero, on the recording."""
+    pcm = clip_audio(clip, pause)
+    segments = speech_segments(vad_url, np.clip(pcm, -32768, 32767).astype("<i2").tobytes())
+    return (segments[0]["start"], segments[-1]["end"]) if segments else None
 
 
 def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path,
@@ -216,20 +233,39 @@ def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path
         return float(times[i] - (ends[i] - sample) / RATE)
 
     segments = speech_segments(vad_url, pcm)
-    found = placed(speech_ends(vad_url, pcm, segments), spans)
+    found, offset = placed(speech_ends(vad_url, pcm, segments), spans)
     recv = np.array(data["recv"]) / 1000
     events = [(t / 1000, ev) for t, ev in data["events"]]
+    # Each clip's speech in the sent audio: where the clock's Silero found it, else (a soft voice after the
+    # browser's processing: mfa_falsetto2) the recording's own speech, placed by the offset at which the other
+    # clips were found, rather than leave it out of the figures.
+    where: list[tuple[float, float, str] | None] = []
+    deltas: list[int | None] = []
+    for k, clip in enumerate(clips):
+        own = recording_speech(vad_url, clip, pauses[k] if pauses is not None else None)
+        at = spans[k][0] + offset if offset is not None else None
+        if found[k] is not None:
+            where.append((*found[k], "sent"))
+            # How far the sent audio's speech end is from the recording's (the browser's processing).
+            deltas.append(round((found[k][1] - (at + own[1])) * 1000) if own is not None and at is not None else None)
+        else:
+            where.append((at + own[0], at + own[1], "recording") if own is not None and at is not None else None)
+            deltas.append(None)
     rows = []
     for k, clip in enumerate(clips):
         row = {"clip": clip, "latency": None, "turns": 0, "wer": None, "stages": {}}
         rows.append(row)
-        if found[k] is None:
+        if where[k] is None:
             row["error"] = "no speech found at its place in the sent audio"
             continue
-        start, end = found[k]
+        start, end, clock = where[k]
+        if clock == "recording":
+            row["clock"] = clock
+        if deltas[k] is not None:
+            row["clock_vs_recording_ms"] = deltas[k]
         t_end = page_time(int(end * RATE))
         # Up to where the next recording's speech is (or would be, were it not found).
-        nxt = next((u for u in found[k + 1:] if u is not None), None)
+        nxt = next((u for u in where[k + 1:] if u is not None), None)
         t_next = page_time(int(nxt[0] * RATE)) if nxt is not None else float("inf")
         t_start = page_time(int(start * RATE))
         after = recv[(recv > t_end) & (recv < t_next)]
@@ -359,9 +395,15 @@ def run() -> str:
             lines.append(f"| {st.removesuffix('_ms')} | {_ms(statistics.median(xs))} | {_ms(percentile(xs, 0.9))} |")
     split = sum(1 for r in rows if r["turns"] > 1)
     unanswered = sum(1 for r in rows if r["latency"] is None)
-    # Where the bench's own Silero found no utterance in the sent audio, there is no clock to time a reply by.
+    # Where the bench's own Silero found no utterance in the sent audio, the recording's speech end is the clock.
     unplaced = sum(1 for r in rows if r.get("error"))
-    unplaced_note = f" ({unplaced} of them not found in the sent audio by the clock's Silero)" if unplaced else ""
+    unplaced_note = f" ({unplaced} of them not found in the sent audio or the recording)" if unplaced else ""
+    from_recording = sum(1 for r in rows if r.get("clock") == "recording")
+    deltas = [r["clock_vs_recording_ms"] for r in rows if "clock_vs_recording_ms" in r]
+    if from_recording:
+        unplaced_note += (f"; {from_recording} timed from the recording's own speech end, as the clock's Silero found no "
+                          f"speech at their place in the sent audio (elsewhere the sent audio's end was a median "
+                          f"{statistics.median(deltas) if deltas else float('nan'):.0f} ms from the recording's)")
     wers = [r["wer"] for r in rows if r["wer"] is not None]
     paused = [r["pause"] for r in rows if "pause" in r]
     if pause_s:
