@@ -239,17 +239,21 @@ def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path
     # Each clip's speech in the sent audio: where the clock's Silero found it, else (a soft voice after the
     # browser's processing: mfa_falsetto2) the recording's own speech, placed by the offset at which the other
     # clips were found, rather than leave it out of the figures.
+    own = [recording_speech(vad_url, clip, pauses[k] if pauses is not None else None) for k, clip in enumerate(clips)]
+    # The file's place in the sent audio, speech start to speech start (placed()'s offset is clip start to speech).
+    starts = [f[0] - (spans[k][0] + o[0]) for k, (f, o) in enumerate(zip(found, own)) if f is not None and o is not None]
+    if starts:
+        offset = statistics.median(starts)
     where: list[tuple[float, float, str] | None] = []
     deltas: list[int | None] = []
-    for k, clip in enumerate(clips):
-        own = recording_speech(vad_url, clip, pauses[k] if pauses is not None else None)
-        at = spans[k][0] + offset if offset is not None else None
+    for k in range(len(clips)):
+        o, at = own[k], spans[k][0] + offset if offset is not None else None
         if found[k] is not None:
             where.append((*found[k], "sent"))
             # How far the sent audio's speech end is from the recording's (the browser's processing).
-            deltas.append(round((found[k][1] - (at + own[1])) * 1000) if own is not None and at is not None else None)
+            deltas.append(round((found[k][1] - (at + o[1])) * 1000) if o is not None and at is not None else None)
         else:
-            where.append((at + own[0], at + own[1], "recording") if own is not None and at is not None else None)
+            where.append((at + o[0], at + o[1], "recording") if o is not None and at is not None else None)
             deltas.append(None)
     rows = []
     for k, clip in enumerate(clips):
