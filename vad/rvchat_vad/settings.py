@@ -30,6 +30,10 @@ class Settings(ServiceSettings):
     stream_min_silence_ms: int = Field(500, ge=0, description="Default silence that ends a turn on "
                                        "/ws (a shorter pause does not end it).")
     speech_pad_ms: int = Field(30, ge=0, description="Default padding added to each side of speech.")
+    stream_reset_silence_ms: int = Field(
+        1500, ge=0, description="On /ws, reset the model's state after this much quiet following speech "
+        "(0: never). Silero's state carried on from loud speech made it miss a soft voice after it: a whisper "
+        "or a falsetto 3-6 s after a reader got a speech_start in 25 of 64 streams without, 64 with.")
     max_audio_seconds: float = Field(
         1800.0, gt=0, description="Longest audio /detect accepts (as STT does); longer gets 413, from "
         "the file's header where it states its length, else as soon as decoding passes the limit. "

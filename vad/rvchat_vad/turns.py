@@ -7,6 +7,7 @@ session around it is in ws.py.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -15,6 +16,7 @@ import numpy as np
 from rvchat_common.audio import SAMPLE_RATE, Resampler, pcm16_to_float
 from rvchat_common.protocol import vad
 
+WARM_CHUNKS = 16  # quiet chunks (0.5 s) a reset model state is run over before it hears the next one
 NEG_THRESHOLD_GAP = 0.15  # Silero's hysteresis: once in speech, stay there until p < threshold - 0.15
 
 TurnEvent = vad.SpeechStart | vad.SpeechEnd | vad.Probability | vad.Flushed
@@ -36,6 +38,14 @@ class TurnConfig:
     min_speech_ms: int = 250
     min_silence_ms: int = 500
     speech_pad_ms: int = 30
+    # The model's state is reset once the stream has been quiet this long after speech (0: never). Silero's
+    # recurrent state, carried on from loud speech, made it deaf to a soft voice after it: a whisper or a falsetto
+    # 3-6 s after a reader (4 readers x 4 soft clips x 2 gaps x 2 hold settings) got a speech_start in 25 of 64
+    # streams; reset after 1.5 s of quiet, in 64 (pipecat resets it every 5 s, whatever is being said). The fresh
+    # state is first run over the last WARM_CHUNKS of that quiet: one reset just before a phrase took 0.7 s to
+    # hear it. Not shorter than 1.5 s: a reset inside a speaker's ~1 s pause moved a later turn's end by 0.45 s
+    # (Silero's state is that sensitive), and a pause inside an utterance should not change how it is heard.
+    reset_after_silence_ms: int = 1500
 
     @property
     def neg_threshold(self) -> float:
@@ -138,6 +148,9 @@ class TurnStream:
 
     def reset(self) -> None:
         self.model.reset()
+        self._quiet_chunks = 0  # model chunks in a row under the neg threshold
+        self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=WARM_CHUNKS)
+        self._heard = False  # speech (p >= threshold) since the model's state was last reset
         self.detector.reset()
         self.resampler = Resampler(self.sample_rate)
         self._pending = np.zeros(0, dtype=np.float32)
@@ -168,12 +181,28 @@ class TurnStream:
     def _run(self, chunk: np.ndarray) -> list[TurnEvent]:
         t = self.time
         p = self.model(chunk)
+        self._recent.append(chunk)
+        self._forget_after_quiet(p)
         self.samples += self.chunk
         if self.on_chunk:
             self.on_chunk(p)
         events: list[TurnEvent] = [vad.Probability(timestamp=round(t, 3), probability=round(p, 4))] \
             if self.probabilities else []
         return events + self.detector.step(t, p)
+
+    def _forget_after_quiet(self, p: float) -> None:
+        """Reset the model's state (not the turn) once it has been quiet long enough after speech, and run the
+        fresh state over the last of that quiet, as if the stream had started in it."""
+        cfg = self.config
+        self._heard = self._heard or p >= cfg.threshold
+        self._quiet_chunks = self._quiet_chunks + 1 if p < cfg.neg_threshold else 0
+        if (cfg.reset_after_silence_ms and self._heard and self.detector.state == "quiet"
+                and self._quiet_chunks * self.chunk / SAMPLE_RATE >= cfg.reset_after_silence_ms / 1000 - 1e-9):
+            self.model.reset()
+            for quiet in self._recent:
+                self.model(quiet)
+            self._heard = False
+            self._quiet_chunks = 0
 
     def flush(self) -> list[TurnEvent]:
         """End of stream: run the buffered remainder (zero-padded), close any open turn, start over."""

@@ -39,7 +39,7 @@ class VadSession:
         self.stream = TurnStream(
             engine.new_stream(),
             TurnConfig(settings.threshold, settings.min_speech_ms, settings.stream_min_silence_ms,
-                       settings.speech_pad_ms),
+                       settings.speech_pad_ms, settings.stream_reset_silence_ms),
         )
 
     def ready(self) -> vad.Ready:

@@ -148,6 +148,46 @@ def test_probabilities_and_reset():
     assert stream.time == 0 and model.resets == resets + 1
 
 
+def test_model_state_is_reset_after_quiet_following_speech():
+    model = EnergyModel()
+    stream = TurnStream(model, TurnConfig(min_silence_ms=300, reset_after_silence_ms=1000))
+    base = model.resets
+
+    def feed(n_chunks: int, level: float = 0.0) -> None:
+        stream.feed(float_to_pcm16(np.full(512 * n_chunks, level, dtype=np.float32)))
+
+    feed(40)  # quiet, nothing heard yet: nothing to forget
+    assert model.resets == base
+    feed(10, 0.2)  # speech ...
+    feed(31)  # ... 0.99 s of quiet after it (the turn ended at 0.3 s)
+    assert model.resets == base
+    feed(1)  # 1.02 s
+    assert model.resets == base + 1
+    feed(100)  # once per speech
+    assert model.resets == base + 1
+    feed(10, 0.2)
+    feed(32)
+    assert model.resets == base + 2
+
+
+def test_model_state_is_not_reset_inside_a_turn_or_when_turned_off():
+    model = EnergyModel()
+    stream = TurnStream(model, TurnConfig(min_silence_ms=2000, reset_after_silence_ms=1000))
+    base = model.resets
+    events = dumps(stream.feed(float_to_pcm16(np.concatenate([np.full(512 * 10, 0.2, dtype=np.float32),
+                                                               np.zeros(512 * 50, dtype=np.float32)]))))
+    assert model.resets == base  # 1.6 s of quiet, but the turn is still open (2 s hold)
+    events += dumps(stream.feed(float_to_pcm16(np.zeros(512 * 20, dtype=np.float32))))
+    assert [e["type"] for e in events] == ["speech_start", "speech_end"]
+    assert model.resets == base + 1  # the turn ended: forgotten with it
+
+    off = EnergyModel()
+    stream = TurnStream(off, TurnConfig(min_silence_ms=300, reset_after_silence_ms=0))
+    stream.feed(float_to_pcm16(np.concatenate([np.full(512 * 10, 0.2, dtype=np.float32),
+                                               np.zeros(512 * 200, dtype=np.float32)])))
+    assert off.resets == 1  # only the stream's own at its start
+
+
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
 @pytest.mark.parametrize("frame_bytes", [98, 642, 4096])
 def test_other_rates_give_the_same_turns_and_clock(rate, frame_bytes):
