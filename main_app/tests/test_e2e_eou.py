@@ -98,7 +98,15 @@ async def test_going_on_after_a_committed_turn_is_answered_as_one_decode(words_a
     finally:
         await ws.close()
     transcripts = events_of(result, "transcript")
-    assert len(transcripts) == 2, [t["text"] for t in transcripts]
+    went_on = CUT_S + PAUSE_S  # seconds from the start of the clip, sent at real time
+    ended = [e["_t"] for e in events_of(result, "reply_end") if e["turn"] == transcripts[0]["turn"]]
+    if len(transcripts) == 1 and ended and ended[0] < went_on:
+        # The whole first reply had been sent (so, on a page, was playing) before the user went on: a turn of its
+        # own, and voice_turn stops at its reply_end. (A full suite run once ended this test with one transcript;
+        # which case it was is not known, so any other ending fails with the events' times.)
+        pytest.skip(f"the first reply was sent whole {ended[0]:.2f} s in, before the user went on at {went_on:.2f} s")
+    assert len(transcripts) == 2, ([t["text"] for t in transcripts], [(e["type"], round(e["_t"], 2))
+                                                                     for e in result["events"]])
     heard = [e["spoken_text"] for e in events_of(result, "interrupted") if e["turn"] == transcripts[0]["turn"]]
     if heard and heard[0]:
         pytest.skip(f"a word of the first reply played before the user went on ({heard[0]!r}): a turn of its own")
