@@ -158,9 +158,8 @@ def speech_ends(vad_url: str, pcm: bytes, segments: list[dict] | None = None) ->
 
 
 def placed(utterances: list[tuple[float, float]], spans: list[tuple[float, float]],
-           tolerance_s: float = 1.5) -> tuple[list[tuple[float, float] | None], float | None]:
-    """Each clip's utterance in the sent audio, by where the clip is in the mic's file, or None; and the
-    offset of the file in the sent audio (None if nothing was found).
+           tolerance_s: float = 1.5) -> list[tuple[float, float] | None]:
+    """Each clip's utterance in the sent audio, by where the clip is in the mic's file, or None.
 
     The sent audio starts wherever the page started the mic, so the file's clips are found at an
     offset: the one that places most utterances within ``tolerance_s`` of a clip's start. Matching
@@ -168,7 +167,7 @@ def placed(utterances: list[tuple[float, float]], spans: list[tuple[float, float
     soft one (mfa_falsetto2): its row got the next clip's reply, and the last "no speech found".
     """
     if not utterances:
-        return [None] * len(spans), None
+        return [None] * len(spans)
     offsets = [u[0] - c[0] for u in utterances for c in spans]
 
     def matches(offset: float) -> list[tuple[float, float] | None]:
@@ -179,7 +178,7 @@ def placed(utterances: list[tuple[float, float]], spans: list[tuple[float, float
         return out
 
     best = max(offsets, key=lambda o: (sum(m is not None for m in matches(o)), -abs(o)))
-    return matches(best), best
+    return matches(best)
 
 
 def recording_speech(vad_url: str, clip: str, pause: tuple[int, float] | None) -> tuple[float, float] | None:
@@ -233,17 +232,16 @@ def run_conversation(app_url: str, vad_url: str, clips: list[str], workdir: Path
         return float(times[i] - (ends[i] - sample) / RATE)
 
     segments = speech_segments(vad_url, pcm)
-    found, offset = placed(speech_ends(vad_url, pcm, segments), spans)
+    found = placed(speech_ends(vad_url, pcm, segments), spans)
     recv = np.array(data["recv"]) / 1000
     events = [(t / 1000, ev) for t, ev in data["events"]]
     # Each clip's speech in the sent audio: where the clock's Silero found it, else (a soft voice after the
     # browser's processing: mfa_falsetto2) the recording's own speech, placed by the offset at which the other
     # clips were found, rather than leave it out of the figures.
     own = [recording_speech(vad_url, clip, pauses[k] if pauses is not None else None) for k, clip in enumerate(clips)]
-    # The file's place in the sent audio, speech start to speech start (placed()'s offset is clip start to speech).
+    # The file's place in the sent audio: the found clips' speech starts against their recordings'.
     starts = [f[0] - (spans[k][0] + o[0]) for k, (f, o) in enumerate(zip(found, own)) if f is not None and o is not None]
-    if starts:
-        offset = statistics.median(starts)
+    offset = statistics.median(starts) if starts else None
     where: list[tuple[float, float, str] | None] = []
     deltas: list[int | None] = []
     for k in range(len(clips)):
