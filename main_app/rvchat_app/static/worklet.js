@@ -41,6 +41,28 @@ function gcd(a, b) {
   return a;
 }
 
+/**
+ * One row of taps per output phase p (of `up`), for inputs x[floor(t) - half + 1] .. x[floor(t) + half].
+ * @param {number} up @param {number} fc cutoff, cycles per input sample @param {number} half
+ * @returns {Float32Array}
+ */
+function polyphaseTaps(up, fc, half) {
+  const width = 2 * half;
+  const taps = new Float32Array(up * width);
+  const norm = besselI0(KAISER_BETA);
+  for (let p = 0; p < up; p++) {
+    for (let j = 0; j < width; j++) {
+      const t = j - half + 1 - p / up;
+      const r = t / half;
+      const window = besselI0(KAISER_BETA * Math.sqrt(Math.max(0, 1 - r * r))) / norm;
+      const a = 2 * fc * t;
+      const sinc = a === 0 ? 1 : Math.sin(Math.PI * a) / (Math.PI * a);
+      taps[p * width + j] = 2 * fc * sinc * window;
+    }
+  }
+  return taps;
+}
+
 /** Streaming polyphase resampler; output n sits at input time n * down / up, the input starts in silence. */
 export class Resampler {
   /** @param {number} srcRate @param {number} dstRate */
@@ -51,22 +73,10 @@ export class Resampler {
     this.passthrough = srcRate === dstRate;
     const fc = 0.5 * Math.min(1, this.up / this.down) * CUTOFF; // cycles per input sample
     this.half = Math.ceil(ZERO_CROSSINGS / (2 * fc));
-    const width = (this.width = 2 * this.half);
-    // One row of taps per output phase, for inputs x[floor(t) - half + 1] .. x[floor(t) + half].
-    this.taps = new Float32Array(this.passthrough ? 0 : this.up * width);
-    const norm = besselI0(KAISER_BETA);
-    for (let p = 0; p < (this.passthrough ? 0 : this.up); p++) {
-      for (let j = 0; j < width; j++) {
-        const t = j - this.half + 1 - p / this.up;
-        const r = t / this.half;
-        const window = besselI0(KAISER_BETA * Math.sqrt(Math.max(0, 1 - r * r))) / norm;
-        const a = 2 * fc * t;
-        const sinc = a === 0 ? 1 : Math.sin(Math.PI * a) / (Math.PI * a);
-        this.taps[p * width + j] = 2 * fc * sinc * window;
-      }
-    }
+    this.width = 2 * this.half;
+    this.taps = this.passthrough ? new Float32Array(0) : polyphaseTaps(this.up, fc, this.half);
     // Input kept from absolute index `base` on (the first `half` are the silence before the stream).
-    this.buf = new Float32Array(width + 4096);
+    this.buf = new Float32Array(this.width + 4096);
     this.len = this.half;
     this.base = -this.half;
     this.fed = 0; // input samples in
@@ -119,7 +129,7 @@ class MicProcessor extends scope.AudioWorkletProcessor {
     super();
     const rate = Math.round(scope.sampleRate);
     this.resampler = new Resampler(rate, OUT_RATE);
-    this.resampled = new Float32Array(Math.ceil((128 * OUT_RATE) / rate) + 2);
+    this.resampled = new Float32Array(0); // grown in process() to what a render quantum needs
     this.frame = new Int16Array(320);
     this.n = 0;
     this.sumSq = 0;
@@ -134,9 +144,8 @@ class MicProcessor extends scope.AudioWorkletProcessor {
     const input = inputs[0];
     if (!input || !input[0]) return true;
     const ch = input[0];
-    if (this.resampled.length < Math.ceil((ch.length * OUT_RATE) / scope.sampleRate) + 2) {
-      this.resampled = new Float32Array(Math.ceil((ch.length * OUT_RATE) / scope.sampleRate) + 2);
-    }
+    const room = Math.ceil((ch.length * OUT_RATE) / scope.sampleRate) + 2;
+    if (this.resampled.length < room) this.resampled = new Float32Array(room);
     const count = this.resampler.push(ch, this.resampled);
     for (let i = 0; i < count; i++) {
       const v = Math.max(-1, Math.min(1, this.resampled[i]));
