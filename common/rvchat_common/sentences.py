@@ -46,7 +46,7 @@ class SentenceSplitter:
 
     For latency, the first segment of a turn may be a clause: a ``,;:`` or dash
     after at least ``first_clause_words`` words ends it; with ``first_max_words`` it ends after that
-    many words at the latest (once the next word has begun), so a long first sentence does not keep
+    many words at the latest (once whitespace follows the last of them), so a long first sentence does not keep
     the voice waiting for its end. The rest of that sentence is then the next segment, however short. Segments shorter than
     ``min_words`` are held back and joined to the next (except at flush), so the
     voice never says a lone word with a pause after it. A segment longer than
@@ -196,8 +196,10 @@ class SentenceSplitter:
             i += 1
         if clause_ok and self.first_max_words:
             words = list(re.finditer(r"\S+", buf))
-            if len(words) > self.first_max_words and count_words(buf[:words[self.first_max_words - 1].end()]) \
-                    >= self.first_max_words:
+            # The last word counts once whitespace follows it: a stream that sends the space before the
+            # next word (the LLM's guard does) need not wait for that word.
+            if len(words) >= self.first_max_words and words[self.first_max_words - 1].end() < n \
+                    and count_words(buf[:words[self.first_max_words - 1].end()]) >= self.first_max_words:
                 end = words[self.first_max_words - 1].end()
                 self._cut_by_words = True
                 return end, end

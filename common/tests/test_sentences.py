@@ -161,5 +161,8 @@ def test_a_long_first_sentence_is_cut_after_first_max_words() -> None:
     deltas = ["The", " capital", " of", " France", " is", " Paris", ".", " It", " is", " lovely", "."]
     assert [seg for d in deltas for seg in s.push(d)] + s.flush() == ["The capital of France is", "Paris.",
                                                                         "It is lovely."]
+    s = SentenceSplitter(first_max_words=5)  # the space after the fifth word is enough to cut there
+    assert s.push("The capital of France") == [] and s.push(" is") == []
+    assert s.push(" ") == ["The capital of France is"]
     s = SentenceSplitter(first_max_words=5)  # a short first sentence is whole
     assert s.push("Yes, it is. ") + s.flush() == ["Yes, it is."]

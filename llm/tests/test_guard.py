@@ -108,8 +108,8 @@ def test_the_first_five_words_go_out_before_their_sentence_ends():
     released = ""
     for tok in tokens("The largest planet in our solar system is Jupiter."):
         released += guard.feed(tok)
-        if tok == " solar":
-            assert released == "The largest planet in our"
+        if tok == " solar":  # with the space after it: the fifth word is whole
+            assert released == "The largest planet in our "
     assert released + guard.finish() == "The largest planet in our solar system is Jupiter."
 
 
@@ -120,14 +120,38 @@ def test_the_first_clause_goes_out_before_its_sentence_ends():
     for tok in tokens("The capital of France, as you may know, is Paris."):
         released += guard.feed(tok)
         if tok == " as":
-            assert released == "The capital of France,"
+            assert released == "The capital of France, "
     assert guard.problem is None
+
+
+@pytest.mark.parametrize("text", [
+    "The largest planet in our solar system is Jupiter. It is a gas giant with many moons.",
+    "The capital of France, as you may know, is Paris. It is on the Seine.",
+    "Sure thing. The moon orbits the Earth once a month. It has no light of its own.",
+    "Bees make honey! They also pollinate flowers, which helps plants grow.",
+])
+def test_the_tts_can_speak_each_unit_as_soon_as_it_is_released(text):
+    """The guard's releases fed to the TTS's splitter (its defaults: a first clause of 4+ words, the first
+    segment at most 5 words, segments of 2+ words): every unit is cut on the token that released it, so
+    nothing released waits in the splitter for the next unit (held here until a sentence later)."""
+    from rvchat_common.sentences import SentenceSplitter
+
+    guard = StreamGuard("en")
+    splitter = SentenceSplitter(first_clause_words=4, first_max_words=5, min_words=2)
+    segments: list[str] = []
+    for tok in tokens(text):
+        released = guard.feed(tok)
+        segments += splitter.push(released)
+        assert splitter.pending == "", f"{splitter.pending!r} released but not yet speakable"
+    segments += splitter.push(guard.finish()) + splitter.flush()
+    assert " ".join(segments) == text and len(segments) >= 2
 
 
 def test_a_loop_is_cut_as_it_starts_and_the_first_sentence_kept():
     out, problem, read = run(LOOP)
     assert problem == "loop"
-    assert "".join(out) == "I'm sorry, but I'm afraid of my own food."
+    # A whole sentence goes out with the space after it: the TTS need not wait for the next word.
+    assert "".join(out) == "I'm sorry, but I'm afraid of my own food. "
     # Stopped within the second sentence, not after reading the whole stream.
     assert read < len(tokens(LOOP)) // 2
 
@@ -140,7 +164,7 @@ def test_french_is_held_back_and_stopped_before_anything_is_said():
 
 def test_english_then_french_keeps_the_english_sentence():
     out, problem, _ = run("The capital of France is Paris. La ville est très belle et je l'aime beaucoup.")
-    assert problem == "language" and "".join(out) == "The capital of France is Paris."
+    assert problem == "language" and "".join(out) == "The capital of France is Paris. "
 
 
 def test_a_loop_after_the_first_five_words_ends_at_a_clause():
@@ -178,7 +202,7 @@ def test_no_language_check_without_a_reply_language():
 def test_cut_by_the_token_limit():
     # An unfinished last sentence is dropped when a whole one was said...
     assert judge_stream(tokens("The sky is blue. It is blue because of"), truncated=True) == \
-        ("The sky is blue.", None)
+        ("The sky is blue. ", None)
     # ...but when nothing whole was said, the part is all there is.
     assert judge_stream(tokens("Once upon a time, in a land"), truncated=True) == \
         ("Once upon a time, in a land", None)
@@ -237,7 +261,7 @@ def test_provider_good_reply_untouched():
 def test_provider_cuts_after_a_whole_sentence_without_retrying():
     p, llama = provider(LOOP)
     text, finish, extra = reply(p)
-    assert text == "I'm sorry, but I'm afraid of my own food." and finish == "stop"
+    assert text == "I'm sorry, but I'm afraid of my own food. " and finish == "stop"
     assert extra == {"guard": "loop", "guard_action": "cut"} and len(llama.calls) == 1
 
 
@@ -275,7 +299,9 @@ def test_provider_sends_one_delta_per_token():
     said: list[str] = []
     p._reply([1], {"temperature": 0.0, "repeat_penalty": 1.0}, threading.Event(),
              lambda item: said.append(item.content) if isinstance(item, Delta) else None)
-    assert said == tokens("The capital of France is Paris.")
+    # One delta per token, but for the token after the first five words: its space goes out with them.
+    toks = tokens("The capital of France is Paris.")
+    assert said == toks[:5] + [" ", "Paris"] + toks[6:]
 
 
 def test_max_sentences_ends_the_reply():
