@@ -1,7 +1,12 @@
 """LLM: time to first token and tokens/s, the service (HTTP SSE, WebSocket) vs llama-cpp-python in-process.
 
-Same GGUF (SmolLM2-135M-Instruct Q4_1), same chat template, greedy, same prompts. Each run uses a
-different question so the prompt is not entirely cached (the system prompt prefix is, in both).
+Same GGUF (the embedded SmolLM2-135M-Instruct in the service's quantisation), same chat template, greedy,
+same prompts. Each run uses a different question so the prompt is not entirely cached (the system prompt
+prefix is, in both).
+
+``python -m bench.llm --quants`` instead compares the embedded model's quantisations in-process, one
+thread as the service runs it: prompt evaluation of 20 and 200 tokens, and 64 tokens generated
+(``LLM_EMBEDDED_QUANT``, rvchat_llm/gguf.py).
 """
 
 from __future__ import annotations
@@ -13,9 +18,8 @@ import statistics
 import time
 
 import httpx
-
-from rvchat_common.models import smollm2_gguf
 from rvchat_common.testing import ServiceProcess
+from rvchat_llm.gguf import embedded_gguf
 
 SYSTEM = "You are a helpful assistant."
 TOPICS = ["the moon", "honey bees", "the river Nile", "volcanoes", "the piano", "penguins", "trains"]
@@ -37,7 +41,7 @@ def load_library():
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    llm = llama_cpp.Llama(str(smollm2_gguf()), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS,
+    llm = llama_cpp.Llama(str(embedded_gguf()), n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS,
                           verbose=False)
     fmt = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], eos_token="<|im_end|>",
                               bos_token="<|im_start|>")
@@ -129,7 +133,7 @@ def run() -> str:
                 ws += asyncio.run(_bench_ws(svc.ws_url, [TOPICS[(i + 3) % len(TOPICS)]]))
     load = os.getloadavg()[0]
     return "\n".join([
-        "## LLM (local provider, SmolLM2-135M-Instruct Q4_1)",
+        f"## LLM (local provider, {embedded_gguf().name})",
         "",
         f"{len(TOPICS)} different questions x {ROUNDS} rounds (system + user, ~35 prompt tokens), "
         "greedy, max_tokens "
@@ -151,5 +155,46 @@ def run() -> str:
     ])
 
 
+def quants(repeats: int = 5) -> str:
+    """The embedded model's quantisations side by side, interleaved, one thread (the service's setting)."""
+    import llama_cpp
+
+    files = {q: embedded_gguf(q) for q in ("q4_1", "q8_0", "f16")}
+    models = {q: llama_cpp.Llama(str(f), n_ctx=N_CTX, n_threads=1, n_threads_batch=1, verbose=False)
+              for q, f in files.items()}
+    text = " ".join(f"Tell me about {t} in three sentences." for t in TOPICS * 4).encode()
+    prompt = b"<|im_start|>user\nTell me about the moon.<|im_end|>\n<|im_start|>assistant\n"
+    times: dict[str, dict[str, list[float]]] = {q: {"20": [], "200": [], "gen": []} for q in files}
+    replies: dict[str, str] = {}
+    for _ in range(repeats):
+        for q, llm in models.items():
+            toks = llm.tokenize(text)
+            for n in (20, 200):
+                llm.reset()
+                t0 = time.perf_counter()
+                llm.eval(toks[:n])
+                times[q][str(n)].append((time.perf_counter() - t0) * 1000)
+            llm.reset()
+            t0 = time.perf_counter()
+            out = llm.create_completion(llm.tokenize(prompt, add_bos=False, special=True), max_tokens=64,
+                                        temperature=0.0)
+            times[q]["gen"].append((time.perf_counter() - t0) * 1000 / max(1, out["usage"]["completion_tokens"]))
+            replies[q] = out["choices"][0]["text"]
+    rows = [f"| {files[q].name} | {files[q].stat().st_size / 1e6:.0f} MB | "
+            f"{statistics.median(t['20']):.0f} | {statistics.median(t['200']):.0f} | "
+            f"{statistics.median(t['gen']):.1f} | {replies[q][:60].strip()!r}... |" for q, t in times.items()]
+    return "\n".join([
+        (f"Prompt evaluation and generation by quantisation, in-process, one thread, {repeats} interleaved "
+         f"repetitions (medians); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."),
+        "",
+        ("| file | size | 20 prompt tokens, ms | 200 prompt tokens, ms | ms per generated token | greedy reply to "
+         "'Tell me about the moon.' |"),
+        "|---|---|---|---|---|---|",
+        *rows,
+    ])
+
+
 if __name__ == "__main__":
-    print(run())
+    import sys
+
+    print(quants() if "--quants" in sys.argv[1:] else run())

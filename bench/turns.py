@@ -73,10 +73,9 @@ def pauses(vad_engine, audio: np.ndarray) -> tuple[list[tuple[float, float]], fl
 
 def end_of_utterance():
     """The LLM service's end-of-utterance model, as the service loads it (rvchat_llm/eou.py)."""
-    from rvchat_common.models import gguf_model
     from rvchat_llm.eou import EndOfUtterance
 
-    eou = EndOfUtterance(gguf_model(None))
+    eou = EndOfUtterance()
     eou.load()
     return eou
 
@@ -217,10 +216,10 @@ PROMPTS = [
 def prompt_variants(items: list[dict]) -> list[tuple[str, list[list[float]], list[float | None]]]:
     """Each of PROMPTS' probabilities for the replay's transcripts: (name, per utterance its pauses', its end's)."""
     import llama_cpp
-    from rvchat_common.models import gguf_model
     from rvchat_llm.eou import STRIP
+    from rvchat_llm.gguf import embedded_gguf
 
-    llm = llama_cpp.Llama(model_path=str(gguf_model(None)), n_ctx=512, n_batch=512, n_threads=1, n_threads_batch=1,
+    llm = llama_cpp.Llama(model_path=str(embedded_gguf()), n_ctx=512, n_batch=512, n_threads=1, n_threads_batch=1,
                           verbose=False)
 
     def tok(s: str) -> list[int]:

@@ -155,12 +155,13 @@ class LLMEngine:
     def _eou_model(settings: Settings) -> EndOfUtterance | None:
         if not settings.eou:
             return None
-        from rvchat_common.models import ModelNotFound, gguf_model
+        from rvchat_common.models import ModelNotFound, smollm2_gguf
 
         try:
             # Always the embedded SmolLM2, the model main_app's threshold was chosen on (bench/turns.py);
             # the local provider's default file, so its weights are mapped once.
-            return EndOfUtterance(gguf_model(None))
+            smollm2_gguf()
+            return EndOfUtterance(quant=settings.embedded_quant)
         except ModelNotFound as exc:
             log.info("no end-of-utterance model (%s): /v1/eou answers 501", exc)
             return None

@@ -35,6 +35,8 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from .gguf import Quant, embedded_gguf
+
 log = logging.getLogger("rvchat.llm.eou")
 
 PREFIX = "<|im_start|>user\n"
@@ -53,8 +55,9 @@ MAX_WORD_TOKENS = 48
 class EndOfUtterance:
     """``probability(text)``: blocking (tens of ms), thread-safe; one per service."""
 
-    def __init__(self, path: Path, n_ctx: int = N_CTX) -> None:
-        self.path = path
+    def __init__(self, path: Path | None = None, n_ctx: int = N_CTX, quant: Quant = "q8_0") -> None:
+        self.path = path  # None: the embedded model in ``quant``, the local provider's default file (load)
+        self.quant = quant
         self.n_ctx = n_ctx
         self._lock = threading.Lock()
         self._llm: llama_cpp.Llama | None = None
@@ -65,6 +68,8 @@ class EndOfUtterance:
 
     def load(self) -> None:
         t0 = time.perf_counter()
+        if self.path is None:
+            self.path = embedded_gguf(self.quant)
         self._llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_batch=self.n_ctx,
                                     n_threads=1, n_threads_batch=1, verbose=False)
         tok = self._llm.tokenize

@@ -17,7 +17,9 @@ from rvchat_llm.providers.local import LocalProvider, _Instance, conversation_of
 from rvchat_llm.settings import Settings
 
 STORY = [{"role": "user", "content": "Tell me a long story about a brave little dragon."}]
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# With the service's system prompt, as the engine sends it: bare, the model may answer in French.
+QUESTION = [{"role": "system", "content": Settings().system_prompt},
+            {"role": "user", "content": "What is the capital of France?"}]
 
 
 def two_copies(**settings) -> LocalProvider:

@@ -33,6 +33,7 @@ from rvchat_common.errors import APIError
 from rvchat_common.inference import ComputeGate, InferenceQueue
 from rvchat_common.models import gguf_model
 
+from ..gguf import model_file
 from ..guard import HeldPieces, StreamGuard, sentence_spans
 from ..settings import Settings
 from ..tools import chosen_name, new_call_id
@@ -115,6 +116,7 @@ class LocalProvider:
     def __init__(self, settings: Settings, queue: InferenceQueue) -> None:
         self.settings = settings
         self.queue = queue
+        # The embedded model is converted to its quantisation (a few seconds, once) by load(), in its thread.
         self.path: Path = gguf_model(settings.gguf_path)
         self.default_model = settings.model or self.path.name.removesuffix(".gguf")
         self.context_window = settings.n_ctx
@@ -135,6 +137,8 @@ class LocalProvider:
     def load(self) -> None:
         s = self.settings
         t0 = time.perf_counter()
+        self.path = model_file(s.gguf_path, s.embedded_quant)
+        self.default_model = s.model or self.path.name.removesuffix(".gguf")
         llm = self._load_copy()
         template = llm.metadata.get("tokenizer.chat_template")
         self.template_source = "gguf" if template else "chatml-fallback"
