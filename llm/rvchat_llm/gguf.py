@@ -62,12 +62,17 @@ def embedded_gguf(quant: Quant = "q8_0") -> Path:
         params.allow_requantize = True
         params.nthread = os.cpu_count() or 1
         tmp = target.with_name(f"{name}.{os.getpid()}.part")  # replicas starting at once each write their own
+        # llama.cpp logs a line per tensor through llama-cpp-python's logger: errors only, as Llama(verbose=False).
+        lib_log = logging.getLogger("llama-cpp-python")
+        level = lib_log.level
+        lib_log.setLevel(logging.ERROR)
         try:
             failed = llama_cpp.llama_model_quantize(str(shipped).encode(), str(tmp).encode(), ctypes.byref(params))
             if failed:
                 raise OSError(f"llama_model_quantize returned {failed}")
             os.replace(tmp, target)
         finally:
+            lib_log.setLevel(level)
             tmp.unlink(missing_ok=True)
         log.info("converted %s to %s in %.1f s", shipped.name, target, time.perf_counter() - t0)
         return target
