@@ -79,8 +79,8 @@ class Settings(ServiceSettings):
         "q8_0", description="The embedded model's quantisation (the local provider's default file and the "
         "end-of-utterance model). Its package ships Q4_1, which llama.cpp's batched CPU kernels do not take: "
         "converted once to Q8_0 (into RVCHAT_MODELS_DIR) it evaluates prompts about 2x faster on a 2-core AVX2 "
-        "CPU (20 tokens 170 ms against 300-340) and generates as fast; f16 is Q4_1 exactly, as fast on prompts "
-        "and slower to generate; q4_1 uses the file as shipped. Ignored for your own LLM_GGUF_PATH.")
+        "CPU (20 tokens 170 ms against 300-340) and generates as fast; f16 keeps Q4_1's weights (to f16's rounding), "
+        "as fast on prompts and slower to generate; q4_1 uses the file as shipped. Ignored for your own LLM_GGUF_PATH.")
     n_ctx: int = Field(
         2048, ge=256, description="Local context window in tokens (SmolLM2 allows 8192). 2048 bounds "
         "the worst prompt evaluation to ~15 s on a 2-core CPU (~130 tokens/s); older turns are trimmed.")

@@ -40,5 +40,6 @@ def test_your_own_file_is_used_as_it_is(tmp_path, monkeypatch):
     monkeypatch.setenv("RVCHAT_MODELS_DIR", str(tmp_path))
     own = tmp_path / "mine.gguf"
     own.write_bytes(smollm2_gguf().read_bytes()[:16])
-    assert model_file(str(own)) == own
     assert model_file("embedded").name == "SmolLM2-135M-Instruct.Q8_0.gguf"
+    monkeypatch.setattr("rvchat_llm.gguf.smollm2_gguf", lambda: 1 / 0)  # the embedded package is not needed
+    assert model_file(str(own)) == own
