@@ -868,6 +868,12 @@ def _api_hooks(history: History, toolbox: Toolbox, calls: list[dict]) -> Hooks:
 
     async def on_result(call: llm.ToolCall, result: Result) -> None:
         calls[-1].update(ok=result.ok, result=result.content)
+        if result.arguments is not None and result.arguments != calls[-1]["arguments"]:
+            # What the tool ran with (as the history keeps it); what the model wrote, when it differs, beside it:
+            # for "What is 12 times 7?" the embedded model wrote text that is not JSON, and the sum came from the
+            # user's words.
+            calls[-1]["arguments_written"] = calls[-1]["arguments"]
+            calls[-1]["arguments"] = result.arguments
 
     async def remember(messages: list[dict]) -> None:
         await history.add_tool_messages(messages, "api")

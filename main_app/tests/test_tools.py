@@ -509,6 +509,11 @@ def test_api_message_uses_the_same_tools(tmp_path):
         time.sleep(1.5)
         conv = c.get(f"/api/conversations/{body['conversation_id']}").json()
         assert (conv["messages"][-1]["content"], conv["messages"][-1]["source"]) == ("Reminder: call Sam", "reminder")
+        # What the embedded model wrote for it: the answer lists what the calculator ran with, and that too.
+        hub.tool_arguments["calculate"] = '{"expression": "}}\n</tool_call>\n12 * 7 = 80\n\nYou can call " }'
+        call = c.post("/api/message", json={"text": "What is 12 times 7?"}).json()["tool_calls"][0]
+        assert call["arguments"] == {"expression": "12 * 7"} and call["ok"]
+        assert call["arguments_written"] == hub.tool_arguments["calculate"]
     with TestClient(create_app(Settings(db_path=str(tmp_path / "o.sqlite3"), tools=False),
                                factories=hub.factories())) as c:
         body = c.post("/api/message", json={"text": "What is 12 times 7?"}).json()
