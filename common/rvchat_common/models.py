@@ -124,8 +124,13 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def is_embedded_gguf(name_or_path: str | None) -> bool:
+    """Does ``LLM_GGUF_PATH`` name the embedded model (unset, 'smollm2', 'embedded' or its file name)?"""
+    return not name_or_path or name_or_path in ("smollm2", "embedded", SMOLLM2_FILE)
+
+
 def gguf_model(name_or_path: str | None) -> Path:
-    if not name_or_path or name_or_path in ("smollm2", "embedded", SMOLLM2_FILE):
+    if is_embedded_gguf(name_or_path):
         return smollm2_gguf()
     path = Path(name_or_path)
     if not path.is_file():

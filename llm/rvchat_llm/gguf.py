@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from rvchat_common.models import SMOLLM2_FILE, gguf_model, models_dir, smollm2_gguf
+from rvchat_common.models import gguf_model, is_embedded_gguf, models_dir, smollm2_gguf
 
 log = logging.getLogger("rvchat.llm.gguf")
 
 Quant = Literal["q8_0", "f16", "q4_1"]
 SHIPPED: Quant = "q4_1"
-EMBEDDED_NAMES = (None, "", "smollm2", "embedded", SMOLLM2_FILE)  # as rvchat_common.models.gguf_model
 
 
 def _ftype(quant: Quant) -> int:
@@ -84,9 +83,9 @@ def embedded_gguf(quant: Quant = "q8_0") -> Path:
 
 def model_file(name_or_path: str | None, quant: Quant = "q8_0") -> Path:
     """``LLM_GGUF_PATH`` resolved: the embedded model in ``quant``, or the user's own file as it is."""
-    if name_or_path in EMBEDDED_NAMES:
+    if is_embedded_gguf(name_or_path):
         return embedded_gguf(quant)
     return gguf_model(name_or_path)
 
 
-__all__ = ["EMBEDDED_NAMES", "Quant", "embedded_gguf", "model_file"]
+__all__ = ["Quant", "embedded_gguf", "model_file"]

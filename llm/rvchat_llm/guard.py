@@ -215,8 +215,7 @@ class StreamGuard:
     @property
     def complete(self) -> bool:
         """The reply has its ``max_sentences`` whole sentences: the caller should stop generating."""
-        return self.released > 0 and _ENDS_SENTENCE.search(self.released_text) is not None \
-            and self.complete_at(self.released)
+        return self.released > 0 and self._ends_complete(self.released)
 
     def feed(self, delta: str) -> str:
         if self.problem is not None or self.complete or not delta:
@@ -279,6 +278,10 @@ class StreamGuard:
                 return False
         return True
 
+    def _ends_complete(self, end: int) -> bool:
+        """``text[:end]`` ends a sentence, and with it holds ``max_sentences`` sentences."""
+        return _ENDS_SENTENCE.search(self.text[:end]) is not None and self.complete_at(end)
+
     def complete_at(self, end: int) -> bool:
         """``text[:end]`` holds ``max_sentences`` sentences (never, with no limit)."""
         return bool(self.max_sentences) and len(sentence_spans(self.text[:end])) >= self.max_sentences
@@ -323,8 +326,7 @@ class StreamGuard:
                 # The stream ended and its rest may not go out: a sentence read as another language
                 # on its own though not with the short ones around it.
                 self.problem = "language"
-            if target > self.released and not (_ENDS_SENTENCE.search(self.text[:target])
-                                               and self.complete_at(target)):
+            if target > self.released and not self._ends_complete(target):
                 # A unit ends where the whitespace after it was seen: let that whitespace out with it, so
                 # that a splitter downstream (the TTS's) knows at once that the unit is whole. Without it
                 # the TTS waited for the next word, which is held here until its sentence is judged: the
