@@ -118,7 +118,6 @@ class LocalProvider:
         self.queue = queue
         # The embedded model is converted to its quantisation (a few seconds, once) by load(), in its thread.
         self.path: Path = gguf_model(settings.gguf_path)
-        self.default_model = settings.model or self.path.name.removesuffix(".gguf")
         self.context_window = settings.n_ctx
         if queue is not None:  # (the guard's tests drive _reply alone)
             queue.workers = settings.instances  # one generation per copy of the model
@@ -133,12 +132,16 @@ class LocalProvider:
         self._tasks: set[asyncio.Task] = set()
         self.template_source = "none"
 
+    @property
+    def default_model(self) -> str:
+        """The configured name, else the file's (which load() may change to the converted one)."""
+        return self.settings.model or self.path.name.removesuffix(".gguf")
+
     # --- start-up ------------------------------------------------------------
     def load(self) -> None:
         s = self.settings
         t0 = time.perf_counter()
         self.path = model_file(s.gguf_path, s.embedded_quant)
-        self.default_model = s.model or self.path.name.removesuffix(".gguf")
         llm = self._load_copy()
         template = llm.metadata.get("tokenizer.chat_template")
         self.template_source = "gguf" if template else "chatml-fallback"
