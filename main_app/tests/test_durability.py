@@ -126,7 +126,9 @@ async def test_a_page_that_leaves_mid_reply_keeps_what_was_heard(services, db, t
     try:
         ws = await open_page(app)
         got = await ask_until_audio(ws, chunks=1)
-        await asyncio.sleep(0.3)  # the page plays a moment of the first sentence, then the tab is closed
+        # The page plays a moment of the first sentence (a word or two: Piper leads with ~0.2 s of silence, and
+        # after 0.3 s no word had played in 2 of 6 runs here), then the tab is closed.
+        await asyncio.sleep(0.6)
         await ws.close()
         for _ in range(100):  # the session records the interruption as it closes
             messages = await history(app, got["conversation_id"])
