@@ -358,6 +358,7 @@ async def test_words_after_a_pause_that_came_with_the_first_audio_continue_the_u
         assert hub.said_in(hub.last("stt").utterances[1]) == whole["text"]
         assert whole["message_id"] == first["message_id"]
         await page.wait("reply_end", turn=whole["turn"])
+        await asyncio.sleep(0.35)  # its first word played (the user's 26 s of silence is fed faster than real time)
         await user.says(start=30.0, end=30.6, text="Thanks.")  # much later: a turn of its own
         assert (await page.wait("transcript", count=3))["text"] == "Thanks."
         await page.wait("reply_end", count=2)
@@ -398,6 +399,7 @@ async def test_words_already_answered_are_not_joined_to_the_next_utterance(store
         await session.on_text_event({"type": "playback", "turn": stop["turn"], "played_ms": 0})
         await page.wait("interrupted")
         await page.wait("reply_end", turn=second["turn"])
+        await asyncio.sleep(0.35)  # its first word played (the user's 26 s of silence is fed faster than real time)
         await user.says(start=30.0, end=30.6, text="Thanks.")
         assert (await page.wait("transcript", count=3))["text"] == "Thanks."
         await page.wait("reply_end", count=2)
