@@ -12,6 +12,11 @@ room (a room does not change within a conversation), typed questions, the reply 
   reply. Detected = playback paused or stopped for that reply; the time is from the speech's onset
   (Silero, no padding, on the clip) to the ``pause_playback`` / ``stop_playback`` event at the page.
 - Cost: the guard alone on 10 s of echo, per 20 ms mic frame, in this process.
+
+``python -m bench.echo --stt``: what STT makes of a user talking over a reply (offline, in this process, a
+minute or two): 3 users x 3 Piper replies x 3 rooms x 3 times into the reply, the reply paused 0.3 s after
+the user's onset (as a barge-in does), the STT service's streaming decode of the audio from 0.3 s before the
+onset to the end of the recording: from the bare mic, and from the guard's residual at several margins.
 """
 
 from __future__ import annotations
@@ -257,5 +262,81 @@ def report(results: dict[str, list[dict]], cost_us: float, seconds: float, load0
     return "\n".join(lines)
 
 
+STT_USERS = ["mfa_thoughts.wav", "common_voice_en_22058264.wav", "librispeech_61-70968-0000.wav"]
+STT_REPLIES = ["Paris is the capital of France, known for its art, fashion and culture. It has many famous landmarks "
+               "like the Eiffel Tower.",
+               "Sure. Paris is a beautiful city on the river Seine, with museums, cafes and old bridges everywhere "
+               "you look.",
+               "The city of Paris is home to more than two million people and is famous for the Louvre museum."]
+STT_ROOMS = [(100, -10), (150, -6), (50, -12)]
+STT_INTO = (0.8, 1.5, 2.5)
+STT_MARGINS = (12.0, 6.0, 3.0, 0.0)
+
+
+def stt_over_echo() -> str:
+    """The table of ``--stt`` (see the module's docstring)."""
+    from rvchat_app.echo import EchoGuard
+    from rvchat_app.loopback import RATE, Room, guarded, through_room
+    from rvchat_app.settings import Settings
+    from rvchat_app.testing import load_pcm16
+    from rvchat_common.audio import resample
+    from rvchat_common.testing import speech_manifest, speech_sample, wer
+    from rvchat_stt.engine import WhisperEngine
+    from rvchat_tts.engine import PiperEngine
+    from rvchat_tts.voices import VoiceCatalog
+    from rvchat_vad.engine import SileroEngine
+
+    def clip(name: str) -> np.ndarray:
+        return np.frombuffer(load_pcm16(speech_sample(name)), "<i2").astype(np.float32) / 32768
+
+    t0 = time.perf_counter()
+    voice = "en_US-joe-medium"
+    tts = PiperEngine(VoiceCatalog(voice))
+    tts.load()
+    stt, vad = WhisperEngine(), SileroEngine()
+    stt.load()
+    vad.load()
+    replies = [resample(np.frombuffer(tts.synthesize(text, voice), "<i2").astype(np.float32) / 32768,
+                        tts.sample_rate(voice), RATE) for text in STT_REPLIES]
+    said = {m["file"]: m["text"] for m in speech_manifest()}
+    default = Settings().echo_stt_margin_db
+    variants = ["mic"] + [f"{m:g} dB" for m in STT_MARGINS]
+    rows: dict[str, list[tuple[str, float, str]]] = {v: [] for v in variants}
+    for name in STT_USERS:
+        user = clip(name)
+        onset = vad.detect(user, threshold=0.5, min_speech_ms=100, min_silence_ms=100, speech_pad_ms=0)[0][0]
+        for reply in replies:
+            for delay_ms, gain_db in STT_ROOMS:
+                for into in STT_INTO:
+                    lead = 1.0
+                    played = reply[: int((into + 0.3) * RATE)]
+                    mic, start = through_room(played, Room(delay_ms=delay_ms, gain_db=gain_db, seed=delay_ms),
+                                              lead_s=lead, user=user, user_at_s=lead + into - onset,
+                                              tail_s=user.size / RATE + 1)
+                    span = slice(int((lead + into - 0.3) * RATE), int((lead + into - onset) * RATE) + user.size)
+                    heard = {"mic": mic}
+                    for m in STT_MARGINS:
+                        heard[f"{m:g} dB"] = guarded(mic, played, start, EchoGuard(stt_margin_db=m), stt=True)
+                    for v, audio in heard.items():
+                        text = stt.transcribe_stream(audio[span], "en").text
+                        rows[v].append((name, wer(said[name], text), text))
+    n = len(rows["mic"])
+    lines = ["| STT hears | utterances with WER > 0.4 | mean WER | median WER | worst |", "|---|---|---|---|---|"]
+    for v in variants:
+        errs = [e for _, e, _ in rows[v]]
+        worst = max(rows[v], key=lambda r: r[1])
+        label = v if v == "mic" else f"the guard's residual, {v} margin" + (" (default)" if v == f"{default:g} dB" else "")
+        lines.append(f"| {label} | {sum(e > 0.4 for e in errs)} of {n} | {statistics.mean(errs):.3f} | "
+                     f"{statistics.median(errs):.3f} | {worst[1]:.2f} \"{worst[2].strip()}\" |")
+    lines += ["", "By user (utterances with WER > 0.4, mic / " + " / ".join(variants[1:]) + "):", ""]
+    for name in STT_USERS:
+        counts = [sum(e > 0.4 for u, e, _ in rows[v] if u == name) for v in variants]
+        lines.append(f"- {name} (\"{said[name]}\"): " + " / ".join(map(str, counts)) + f" of {n // len(STT_USERS)}")
+    lines += ["", f"{time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.2f} at the end."]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(run())
+    import sys
+
+    print(stt_over_echo() if "--stt" in sys.argv[1:] else run())

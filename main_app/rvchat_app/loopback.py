@@ -305,14 +305,14 @@ def through_room(reply: np.ndarray, room: Room, *, lead_s: float = 1.0, tail_s: 
     return mic.astype(np.float32), start
 
 
-def guarded(mic: np.ndarray, reply: np.ndarray, reply_start: int, guard) -> np.ndarray:
+def guarded(mic: np.ndarray, reply: np.ndarray, reply_start: int, guard, *, stt: bool = False) -> np.ndarray:
     """Offline: feed ``mic`` through an :class:`~rvchat_app.echo.EchoGuard` in 20 ms frames arriving at
-    real time, with ``reply`` sent as its reference when the mic starts; the residual, realigned
-    with the mic (the guard's latency taken off)."""
+    real time, with ``reply`` sent as its reference when the mic starts; the residual the VAD hears (with
+    ``stt``, the one STT hears), realigned with the mic (the guard's latency taken off)."""
     pcm = float_to_pcm16(mic)
     out = []
     for i in range(len(pcm) // (2 * FRAME)):
-        out.append(guard.near(pcm[i * 2 * FRAME:(i + 1) * 2 * FRAME], (i + 1) * FRAME / RATE))
+        out.append(guard.listen(pcm[i * 2 * FRAME:(i + 1) * 2 * FRAME], (i + 1) * FRAME / RATE)[int(stt)])
         if i == 0:
             guard.far(reply.astype(np.float32), reply_start / RATE - PLAYER_LEAD_S)  # sent just before
     res = np.frombuffer(b"".join(out), dtype="<i2").astype(np.float32) / 32768.0

@@ -5,7 +5,7 @@ map VAD stream time back to wall-clock time), the turn-taking settings the page 
 threshold, turn-end silence, minimum speech) and the threshold in force (raised while the assistant
 speaks), whether the user is speaking, the utterance waiting for its final transcript, and the
 words carried over from an utterance the user continued, and the self-hearing guard (``echo.py``:
-the VAD hears the mic with the reply's echo taken out; STT hears the mic). It knows nothing about
+the VAD and STT hear the mic with the reply's echo taken out). It knows nothing about
 replies beyond the audio the page plays (the guard's reference): it tells
 the session through :class:`TurnHooks` when speech starts (the barge-in point), when speech ends,
 when the turn ends with a transcript (possibly early: a speculative start with a commit time), and
@@ -46,7 +46,7 @@ def is_meaningful(text: str) -> bool:
 
 @dataclass
 class _Part:
-    """Words of an utterance and the mic sample at which the audio they were decoded from begins."""
+    """Words of an utterance and the heard sample at which the audio they were decoded from begins."""
     start: int
     text: str
 
@@ -104,13 +104,14 @@ class TurnDetector:
                        "min_speech_ms": settings.vad_min_speech_ms}
         self._agent_speaking = False
         self._threshold_now = settings.vad_threshold
-        # Mic stream bookkeeping: sample counter, a short ring buffer (pre-roll) and
-        # arrival times, to map VAD stream timestamps back to wall-clock time.
-        self.samples_in = 0
-        self.vad_offset = 0  # the mic sample at which the VAD stream's time 0 is
-        self.echo = EchoGuard(max_delay_ms=settings.echo_max_delay_ms, margin_db=settings.echo_margin_db) \
-            if settings.echo_guard else None
-        self._vad_samples = 0  # samples produced for the VAD (the guard's residual runs behind the mic)
+        # The heard stream's bookkeeping (what the VAD and STT hear: the mic, or with the guard the mic with the
+        # reply's echo taken out, 16 ms late): sample counter, a short ring buffer of what STT hears (pre-roll),
+        # and the mic's arrival times, to map VAD stream timestamps back to wall-clock time.
+        self.samples_in = 0  # heard samples
+        self.vad_offset = 0  # the heard sample at which the VAD stream's time 0 is
+        self.echo = EchoGuard(max_delay_ms=settings.echo_max_delay_ms, margin_db=settings.echo_margin_db,
+                              stt_margin_db=settings.echo_stt_margin_db) if settings.echo_guard else None
+        self._mic_in = 0  # mic samples
         self._ring: collections.deque[tuple[int, bytes]] = collections.deque()
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
         self.user_speaking = False
@@ -125,7 +126,7 @@ class TurnDetector:
         # were not said, and "What is the capital." "Of France?" reads as two sentences).
         self._carry: list[_Part] = []
         self._carry_message_id: int | None = None
-        self._sending_from = 0  # the mic sample at which the audio of the STT utterance being sent begins
+        self._sending_from = 0  # the heard sample at which the audio of the STT utterance being sent begins
         self._sending_again = False  # and whether it is an earlier utterance's audio sent again
         self._turn_from: int | None = None  # where the audio of the last turn's words begins
         self._turn_text = ""  # and the words
@@ -215,9 +216,8 @@ class TurnDetector:
     # ----------------------------------------------------------------- links
     async def on_link_status(self, link: Link) -> None:
         if link.name == "vad" and link.up:
-            # A fresh VAD stream counts time from zero again. With the echo guard the VAD hears the mic
-            # 16 ms late; that is left in its times (16 ms less of the 300 ms pre-roll, turn ends 16 ms late).
-            self.vad_offset = self._vad_samples
+            # A fresh VAD stream counts time from zero again.
+            self.vad_offset = self.samples_in
             self._threshold_now = self._wanted_threshold()
             await link.call("configure", **self.wire_config())
         if link.name in ("vad", "stt") and not link.up and self.user_speaking:
@@ -231,28 +231,29 @@ class TurnDetector:
         if not pcm:
             return
         now = time.perf_counter()
+        self._mic_in += len(pcm) // 2
+        self._arrivals.append((self._mic_in, now))
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < self._mic_in - 10 * SAMPLE_RATE:
+            self._arrivals.popleft()
+        for_vad, heard = self.echo.listen(pcm, now) if self.echo is not None else (pcm, pcm)
         start = self.samples_in
-        self.samples_in += len(pcm) // 2
-        self._ring.append((start, pcm))
-        self._arrivals.append((self.samples_in, now))
+        self.samples_in += len(heard) // 2
+        if heard:
+            self._ring.append((start, heard))
         # Two seconds for the pre-roll, and the current utterance for a continuation to send again whole.
         anchors = [self._sending_from] + ([self._turn_from] if self._turn_from is not None else [])
         keep_from = max(min([self.samples_in - 2 * SAMPLE_RATE, *anchors]),
                         self.samples_in - REDECODE_MAX_S * SAMPLE_RATE)
         while self._ring and self._ring[0][0] + len(self._ring[0][1]) // 2 < keep_from:
             self._ring.popleft()
-        while len(self._arrivals) > 1 and self._arrivals[0][0] < self.samples_in - 10 * SAMPLE_RATE:
-            self._arrivals.popleft()
-        heard = self.echo.near(pcm, now) if self.echo is not None else pcm
-        self._vad_samples += len(heard) // 2
         vad = self.links.get("vad")
-        if heard and vad is not None and vad.up:
-            await vad.call("audio", heard)
-        if self.user_speaking:
+        if for_vad and vad is not None and vad.up:
+            await vad.call("audio", for_vad)
+        if self.user_speaking and heard:
             async with self._stt_lock:
                 stt = self.links.get("stt")
                 if self.user_speaking and stt is not None and stt.up:
-                    await stt.call("audio", pcm)
+                    await stt.call("audio", heard)
 
     # ----------------------------------------------------------------- the reply's audio (echo reference)
     def on_reply_audio(self, pcm: bytes, rate: int, sent_at: float) -> None:
@@ -267,7 +268,8 @@ class TurnDetector:
              "resume_playback": self.echo.resume}[kind](at)
 
     def _sample_time(self, sample: int) -> float | None:
-        """Wall-clock (perf_counter) time at which a given mic sample arrived."""
+        """Wall-clock (perf_counter) time at which the mic audio of a given heard sample arrived."""
+        sample -= self.echo.latency if self.echo is not None else 0
         for end, t in self._arrivals:
             if end >= sample:
                 return t - (end - sample) / SAMPLE_RATE
@@ -450,7 +452,7 @@ class TurnDetector:
                 await self.hooks.on_user_state()
 
     def _uncovered(self, start: int, again: bool) -> list[_Part]:
-        """The carried parts that audio from mic sample ``start`` does not cover (``again``: it is the start of
+        """The carried parts that audio from heard sample ``start`` does not cover (``again``: it is the start of
         the utterance they continue; else it covers none of them)."""
         return [p for p in self._carry if p.start < start] if again else list(self._carry)
 

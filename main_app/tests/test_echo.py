@@ -237,6 +237,36 @@ def test_the_user_is_heard_over_the_start_of_the_first_reply(silero, delay_ms, g
     assert starts and at < starts[0] < at + 0.3, (starts, at)
 
 
+# A user says "No." (one short word: what the echo's words most easily take the place of) 1-3.5 s into the reply,
+# through three rooms; the reply pauses 0.3 s after their onset, as a barge-in does. STT hears from 0.3 s before
+# the onset (the pre-roll) to the end of the recording. Offline over 6 Piper syntheses, the guard's residual
+# gave STT the word 11-15 times of 18, the bare mic 2-4 ("friend now", "the beauty of the city").
+OVER_THE_REPLY = [(d, g, into) for d, g in ((50, -12), (100, -10), (150, -6)) for into in (1.0, 1.5, 2.0, 2.5, 3.0, 3.5)]
+
+
+@pytest.mark.models
+def test_stt_hears_the_users_words_not_the_echos(tts_reply, silero):
+    from rvchat_common.testing import normalise
+    from rvchat_stt.engine import WhisperEngine
+
+    stt = WhisperEngine()
+    stt.load()
+    user = clip("common_voice_en_22058264.wav")
+    onset = silero.detect(user, threshold=0.5, min_speech_ms=100, min_silence_ms=100, speech_pad_ms=0)[0][0]
+    heard = {"mic": [], "guarded": []}
+    for delay_ms, gain_db, into in OVER_THE_REPLY:
+        lead = 1.0
+        played = tts_reply[: int((into + 0.3) * RATE)]
+        mic, start = through_room(played, Room(delay_ms=delay_ms, gain_db=gain_db, seed=delay_ms), lead_s=lead,
+                                  user=user, user_at_s=lead + into - onset, tail_s=user.size / RATE + 1)
+        span = slice(int((lead + into - 0.3) * RATE), int((lead + into - onset) * RATE) + user.size)
+        for name, audio in (("mic", mic), ("guarded", guarded(mic, played, start, EchoGuard(), stt=True))):
+            heard[name].append(stt.transcribe_stream(audio[span], "en").text)
+    right = {name: sum(0 < len(set(normalise(t))) and set(normalise(t)) <= {"no", "nope"} for t in texts)
+             for name, texts in heard.items()}
+    assert right["guarded"] >= 10 and right["guarded"] >= right["mic"] + 5, (right, heard)
+
+
 # --------------------------------------------------------------------------- main_app over the real services
 QUESTION = "Tell me about Paris in three sentences."
 
@@ -277,6 +307,12 @@ async def test_loopback_the_assistant_does_not_interrupt_itself(app_service, ung
             assert self_interruptions(page, first["turn"])
 
 
+# A reader who starts at full voice. USER's first words ("I have a") are soft: under an echo as loud they are misheard
+# about 1 time in 5 whether STT hears the mic or the guard's residual (bench/results/echo.md), where the words
+# after the reply paused never are; a short word under the echo is test_stt_hears_the_users_words_not_the_echos.
+TALKER = "librispeech_61-70968-0000.wav"
+
+
 async def test_loopback_the_user_still_interrupts(app_service):
     from rvchat_app.loopback import LoopbackPage
 
@@ -284,7 +320,7 @@ async def test_loopback_the_user_still_interrupts(app_service):
     try:
         first = await page.ask(QUESTION)
         at = first["_t"] + 1.5  # the user talks 1.5 s into the reply
-        page.talk(load_pcm16(speech_sample(USER)), at)
+        page.talk(load_pcm16(speech_sample(TALKER)), at)
         stop = await page.wait_for(lambda e: e["type"] in ("pause_playback", "stop_playback")
                                    and e.get("turn") == first["turn"], 30)
         interrupted = await page.wait_for(lambda e: e["type"] == "interrupted" and e["turn"] == first["turn"], 30)
@@ -296,5 +332,5 @@ async def test_loopback_the_user_still_interrupts(app_service):
     # What STT heard is the user's words, not the assistant's.
     from rvchat_common.testing import speech_manifest, wer
 
-    reference = next(m["text"] for m in speech_manifest() if m["file"] == USER)
+    reference = next(m["text"] for m in speech_manifest() if m["file"] == TALKER)
     assert wer(reference, answer["text"]) <= 0.4, answer["text"]

@@ -49,6 +49,9 @@ async def make(store, hub: FakeHub, **settings) -> tuple[Session, Page]:
     page = Page()
     observed = []
     settings.setdefault("speculative_silence_ms", 0)
+    # The fake STT reads a ScriptedUser's words from exact sample values; the echo guard (real DSP, tested on real
+    # audio in test_echo.py) would rescale them under the fake reply's audio.
+    settings.setdefault("echo_guard", False)
     session = Session(send=page.send, store=store, settings=Settings(db_path=":memory:", **settings),
                       factories=hub.factories(), observe=lambda st, s: observed.append((st, s)))
     session.observed = observed
