@@ -96,22 +96,26 @@ async def test_going_on_after_a_committed_turn_is_answered_as_one_decode(words_a
     went_on = CUT_S + PAUSE_S  # seconds from the start of the clip, sent at real time
     try:
         result = await voice_turn(ws, paused_clip(), pad_s=1.5)
-        ended = [e["_t"] for e in events_of(result, "reply_end")]
-        if len(events_of(result, "transcript")) == 1 and ended and ended[0] > went_on:
-            # The first reply's audio came just before the pause was heard to end, so it was paused, and its
-            # generation ended (reply_end, where voice_turn stops) before the final of the whole utterance. The
-            # rest of the clip has been sent since: collect what follows.
-            more = await voice_turn(ws, b"", pad_s=0.0, timeout=60)
-            result["events"] += more["events"]
+        first = events_of(result, "transcript")[0]["turn"]
+        audio = [e["_t"] for e in events_of(result, "audio") if e["turn"] == first]
+        if len(events_of(result, "transcript")) == 1 and audio and audio[0] < went_on:
+            # Not this test's case: the reply was playing before the user went on, so the rest is talk over it
+            # (heard at the raised barge-in threshold, or a turn of its own), and voice_turn stopped at its
+            # reply_end. With the first audio ~0.15 s sooner since the LLM's units are spoken as they are released,
+            # this happens in about 1 run in 3 here.
+            pytest.skip(f"the first reply's audio came {audio[0]:.2f} s in, before the user went on at {went_on:.2f} s")
+        if len(events_of(result, "transcript")) == 1:
+            # The first reply's audio came just after the user went on, so it was paused, and its generation
+            # ended (reply_end, where voice_turn stops) before the final of the whole utterance. The rest of the
+            # clip has been sent since: collect what follows.
+            try:
+                more = await voice_turn(ws, b"", pad_s=0.0, until="transcript", extra_silence_s=5.0, timeout=20)
+                result["events"] += more["events"]
+            except TimeoutError:
+                pass  # no final of the whole utterance: the assertion below shows what came instead
     finally:
         await ws.close()
     transcripts = events_of(result, "transcript")
-    ended = [e["_t"] for e in events_of(result, "reply_end") if e["turn"] == transcripts[0]["turn"]]
-    if len(transcripts) == 1 and ended and ended[0] < went_on:
-        # The whole first reply had been sent (so, on a page, was playing) before the user went on: a turn of its
-        # own, and voice_turn stops at its reply_end. (A full suite run once ended this test with one transcript;
-        # which case it was is not known, so any other ending fails with the events' times.)
-        pytest.skip(f"the first reply was sent whole {ended[0]:.2f} s in, before the user went on at {went_on:.2f} s")
     assert len(transcripts) == 2, ([t["text"] for t in transcripts], [(e["type"], round(e["_t"], 2))
                                                                      for e in result["events"]])
     heard = [e["spoken_text"] for e in events_of(result, "interrupted") if e["turn"] == transcripts[0]["turn"]]
