@@ -263,10 +263,10 @@ def report(results: dict[str, list[dict]], cost_us: float, seconds: float, load0
 
 
 STT_USERS = ["mfa_thoughts.wav", "common_voice_en_22058264.wav", "librispeech_61-70968-0000.wav"]
-STT_REPLIES = ["Paris is the capital of France, known for its art, fashion and culture. It has many famous landmarks "
-               "like the Eiffel Tower.",
-               "Sure. Paris is a beautiful city on the river Seine, with museums, cafes and old bridges everywhere "
-               "you look.",
+STT_REPLIES = [("Paris is the capital of France, known for its art, fashion and culture. It has many famous landmarks "
+                "like the Eiffel Tower."),
+               ("Sure. Paris is a beautiful city on the river Seine, with museums, cafes and old bridges everywhere "
+                "you look."),
                "The city of Paris is home to more than two million people and is famous for the Louvre museum."]
 STT_ROOMS = [(100, -10), (150, -6), (50, -12)]
 STT_INTO = (0.8, 1.5, 2.5)
@@ -276,7 +276,7 @@ STT_MARGINS = (12.0, 6.0, 3.0, 0.0)
 def stt_over_echo() -> str:
     """The table of ``--stt`` (see the module's docstring)."""
     from rvchat_app.echo import EchoGuard
-    from rvchat_app.loopback import RATE, Room, guarded, through_room
+    from rvchat_app.loopback import RATE, Room, guarded, talked_over
     from rvchat_app.settings import Settings
     from rvchat_app.testing import load_pcm16
     from rvchat_common.audio import resample
@@ -308,12 +308,8 @@ def stt_over_echo() -> str:
         for reply in replies:
             for delay_ms, gain_db in STT_ROOMS:
                 for into in STT_INTO:
-                    lead = 1.0
-                    played = reply[: int((into + 0.3) * RATE)]
-                    mic, start = through_room(played, Room(delay_ms=delay_ms, gain_db=gain_db, seed=delay_ms),
-                                              lead_s=lead, user=user, user_at_s=lead + into - onset,
-                                              tail_s=user.size / RATE + 1)
-                    span = slice(int((lead + into - 0.3) * RATE), int((lead + into - onset) * RATE) + user.size)
+                    room = Room(delay_ms=delay_ms, gain_db=gain_db, seed=delay_ms)
+                    mic, played, start, span = talked_over(reply, room, user, onset, into)
                     heard = {"mic": mic}
                     for m in STT_MARGINS:
                         heard[f"{m:g} dB"] = guarded(mic, played, start, EchoGuard(stt_margin_db=m), stt=True)

@@ -305,6 +305,19 @@ def through_room(reply: np.ndarray, room: Room, *, lead_s: float = 1.0, tail_s: 
     return mic.astype(np.float32), start
 
 
+def talked_over(reply: np.ndarray, room: Room, user: np.ndarray, onset_s: float, into_s: float, *,
+                lead_s: float = 1.0, pause_after_s: float = 0.3, preroll_s: float = 0.3):
+    """Offline: ``user`` (a recording whose speech starts ``onset_s`` in) talks ``into_s`` s into ``reply``, which
+    stops playing ``pause_after_s`` after their onset, as a barge-in pauses it. Returns the mic, the part of the
+    reply that played, the sample it starts playing at, and the span STT hears: from ``preroll_s`` before the
+    onset to the end of the recording."""
+    played = reply[: int((into_s + pause_after_s) * RATE)]
+    mic, start = through_room(played, room, lead_s=lead_s, user=user, user_at_s=lead_s + into_s - onset_s,
+                              tail_s=user.size / RATE + 1)
+    span = slice(int((lead_s + into_s - preroll_s) * RATE), int((lead_s + into_s - onset_s) * RATE) + user.size)
+    return mic, played, start, span
+
+
 def guarded(mic: np.ndarray, reply: np.ndarray, reply_start: int, guard, *, stt: bool = False) -> np.ndarray:
     """Offline: feed ``mic`` through an :class:`~rvchat_app.echo.EchoGuard` in 20 ms frames arriving at
     real time, with ``reply`` sent as its reference when the mic starts; the residual the VAD hears (with

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from rvchat_app.echo import HOP, PAGE_LEAD_S, EchoGuard
-from rvchat_app.loopback import RATE, Room, guarded, through_room
+from rvchat_app.loopback import RATE, Room, guarded, talked_over, through_room
 from rvchat_app.testing import load_pcm16
 from rvchat_common.testing import speech_sample
 
@@ -255,11 +255,8 @@ def test_stt_hears_the_users_words_not_the_echos(tts_reply, silero):
     onset = silero.detect(user, threshold=0.5, min_speech_ms=100, min_silence_ms=100, speech_pad_ms=0)[0][0]
     heard = {"mic": [], "guarded": []}
     for delay_ms, gain_db, into in OVER_THE_REPLY:
-        lead = 1.0
-        played = tts_reply[: int((into + 0.3) * RATE)]
-        mic, start = through_room(played, Room(delay_ms=delay_ms, gain_db=gain_db, seed=delay_ms), lead_s=lead,
-                                  user=user, user_at_s=lead + into - onset, tail_s=user.size / RATE + 1)
-        span = slice(int((lead + into - 0.3) * RATE), int((lead + into - onset) * RATE) + user.size)
+        room = Room(delay_ms=delay_ms, gain_db=gain_db, seed=delay_ms)
+        mic, played, start, span = talked_over(tts_reply, room, user, onset, into)
         for name, audio in (("mic", mic), ("guarded", guarded(mic, played, start, EchoGuard(), stt=True))):
             heard[name].append(stt.transcribe_stream(audio[span], "en").text)
     right = {name: sum(0 < len(set(normalise(t))) and set(normalise(t)) <= {"no", "nope"} for t in texts)
