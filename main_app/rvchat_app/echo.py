@@ -184,6 +184,12 @@ class EchoGuard:
         self._bound = np.full(self.max_delay, start_gain_db / 10)  # log10 of the echo's gain at each delay, at most
         self._bound_stats = np.full((BOUND_FRAMES, self.max_delay), np.inf)  # the last frames' median ratios
 
+    @property
+    def bounding(self) -> bool:
+        """A reply is playing and its echo is not found yet: the VAD's residual only bounds the echo, so it may
+        have heard a user talking over the reply late (their onset masked where the reply is loud)."""
+        return self.delay is None and not self.no_echo and bool(self._ref_pow[: self.max_delay + TAIL_FRAMES].any())
+
     # ------------------------------------------------------------------ the reference
     def far(self, pcm: np.ndarray, sent_at: float) -> None:
         """Reply audio (float32 at 16 kHz) sent to the page at server time ``sent_at``. It plays as the

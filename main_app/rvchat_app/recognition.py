@@ -35,6 +35,7 @@ log = logging.getLogger("rvchat.app.recognition")
 
 SAMPLE_RATE = page.INPUT_SAMPLE_RATE
 RESUME_CHUNKS = 2  # VAD chunks (32 ms each) above threshold that mean the user was only pausing
+BOUNDED_PREROLL_MS = 300  # more pre-roll while the echo guard only bounds the reply's echo (EchoGuard.bounding)
 REDECODE_MAX_S = 20  # an utterance continued within this long is sent to STT again whole (the mic audio kept)
 
 
@@ -354,8 +355,13 @@ class TurnDetector:
             # Pre-roll and the switch to live forwarding happen under one lock, so no mic frame
             # reaches STT twice or out of order.
             self.user_speaking = True
-            await self._send_preroll(self.vad_offset + int(ts * SAMPLE_RATE)
-                                     - int(self.settings.preroll_ms * SAMPLE_RATE / 1000))
+            preroll_ms = self.settings.preroll_ms
+            if self.echo is not None and self.echo.bounding:
+                # The VAD may have heard the onset late (a clean-clone run: 0.35 s, and STT heard "I have a
+                # thousand" as "there were 1000"); STT hears the mic here, so reaching further back costs nothing
+                # with headphones.
+                preroll_ms += BOUNDED_PREROLL_MS
+            await self._send_preroll(self.vad_offset + int(ts * SAMPLE_RATE) - int(preroll_ms * SAMPLE_RATE / 1000))
         await self.hooks.on_user_state()
         await self.hooks.notify(page.SpeechStarted(timestamp=ts))
         if stt is None or not stt.up:
