@@ -330,12 +330,6 @@ class ScriptedUser:
         self.hub = hub
         self.t = 0.0
 
-    @property
-    def lag(self) -> float:
-        """How late the VAD hears the mic (the echo guard's latency), so its times are that much later."""
-        echo = self.session.detector.echo
-        return echo.latency / 16000 if echo is not None else 0.0
-
     async def _feed_until(self, t: float, speech: tuple[float, float, int] | None = None) -> None:
         while self.t + self.FRAME_S / 2 < t:
             frame = self.FRAME
@@ -352,17 +346,17 @@ class ScriptedUser:
         speech = (start, end, self.hub.speech_sample(text))
         fake_vad = self.hub.last("vad")
         await self._feed_until(start)
-        fake_vad.emit(vad.SpeechStart(timestamp=start + self.lag))
+        fake_vad.emit(vad.SpeechStart(timestamp=start))
         await until(lambda: self.session.state == "user_speaking", what="the session to hear speech")
         await self._feed_until(end + tail, speech)
-        fake_vad.emit(vad.SpeechEnd(timestamp=end + self.lag, start=start + self.lag, duration=round(end - start, 3)))
+        fake_vad.emit(vad.SpeechEnd(timestamp=end, start=start, duration=round(end - start, 3)))
 
     async def resumes(self, at: float, chunks: int = 2) -> None:
         """Speech probabilities above the threshold again at ``at`` (before the VAD confirms speech)."""
         await self._feed_until(at)
         fake_vad = self.hub.last("vad")
         for i in range(chunks):
-            fake_vad.emit(vad.Probability(timestamp=round(at + self.lag + i * 0.032, 3), probability=0.9))
+            fake_vad.emit(vad.Probability(timestamp=round(at + i * 0.032, 3), probability=0.9))
 
 
 # --------------------------------------------------------------------------- real-time client
