@@ -38,9 +38,17 @@ def usable(s: str) -> bool:
     return 3 <= n <= 28 and bool(WORD.match(s)) and s[0].isupper()
 
 
+def sources(pattern: str, how: str) -> list[str]:
+    """The files of one training source, in a fixed order; stop with how to get them if there are none."""
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise SystemExit(f"no files at {pattern}: {how}")
+    return files
+
+
 def wordnet() -> list[list[str]]:
     out = []
-    for f in glob.glob("/usr/share/wordnet/data.*"):
+    for f in sources("/usr/share/wordnet/data.*", "apt-get install wordnet-base"):
         with open(f, encoding="latin-1") as fh:
             lines = fh.read().splitlines()
         for line in lines:
@@ -53,7 +61,7 @@ def wordnet() -> list[list[str]]:
 
 def fortunes() -> list[list[str]]:
     out = []
-    for f in glob.glob("/usr/share/games/fortunes/*"):
+    for f in sources("/usr/share/games/fortunes/*", "apt-get install fortunes"):
         if "." in os.path.basename(f) or os.path.isdir(f):
             continue
         with open(f, encoding="latin-1") as fh:
@@ -75,7 +83,7 @@ def chatterbot() -> list[list[str]]:
     if not d:
         return []
     out = []
-    for f in glob.glob(os.path.join(d, "*.yml")):
+    for f in sources(os.path.join(d, "*.yml"), "EOU_CHATTERBOT=<chatterbot_corpus/data/english>"):
         with open(f, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
         for line in lines:
