@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from bench.stats import auc
+
 WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9'’,;:.?!\-\s\"]*$")
 SENTENCE_SPLIT = re.compile(r"(?<=[.?!])\s+(?=[A-Z\"])")
 
@@ -177,22 +179,17 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 600) -> tuple[np.n
     return theta[:-1], float(theta[-1])
 
 
-def auc(score: np.ndarray, y: np.ndarray) -> float:
-    pos, neg = score[y == 1], score[y == 0]
-    order = np.argsort(np.r_[pos, neg])
-    ranks = np.empty(len(order))
-    ranks[order] = np.arange(1, len(order) + 1)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 def ends_against_pauses(score: list[float], is_end: list[bool]) -> str:
     x, y = np.array(score), np.array(is_end, dtype=float)
     counts = ", ".join(f">= {th:g}: {int((x[y == 1] >= th).sum())} / {int((x[y == 0] >= th).sum())}"
                        for th in (0.1, 0.3, 0.5, 0.9))
-    return f"AUC {auc(x, y):.3f}; ends / pauses {counts}"
+    return f"AUC {auc(x[y == 1], x[y == 0]):.3f}; ends / pauses {counts}"
 
 
 def main() -> None:
+    cache = os.environ.get("BENCH_TURNS_CACHE")
+    if not cache or not os.path.exists(cache):
+        raise SystemExit("BENCH_TURNS_CACHE=<file>: bench/turns.py's replay, to score the head on (see the docstring)")
     rng = random.Random(int(os.environ.get("EOU_SEED", "11")))
     texts = utterances(rng, int(os.environ.get("EOU_UTTERANCES", "6000")))
     print(f"{len(texts)} utterances, e.g.:", *texts[:5], sep="\n  ")
@@ -213,14 +210,15 @@ def main() -> None:
     best = None
     for l2 in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1):
         w, b = fit(xz[~held], y[~held], l2)
-        a = auc(xz[held] @ w + b, y[held])
+        score = xz[held] @ w + b
+        a = auc(score[y[held] == 1], score[y[held] == 0])
         print(f"  l2 {l2:g}: held-out text AUC {a:.4f}")
         if best is None or a > best[0]:
             best = (a, l2)
     w, b = fit(xz, y, best[1])
     print(f"text: {len(y)} states ({int(y.sum())} complete), l2 {best[1]:g}, held-out AUC {best[0]:.4f}")
 
-    with open(os.environ["BENCH_TURNS_CACHE"]) as f:
+    with open(cache) as f:
         items = json.load(f)[0]
     texts = [(p["text"], False) for it in items for p in it["pauses"]]
     texts += [(it["end_text"], True) for it in items if it.get("end_text") is not None]

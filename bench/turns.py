@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from bench.stats import percentile
+from bench.stats import auc, percentile
 
 PAUSES_S = (0.4, 0.6, 0.8, 1.0, 1.2)
 SPECULATIVE_MS = 200
@@ -365,11 +365,10 @@ def run() -> str:
         for name, p_pauses, p_ends in prompt_variants(items):
             pos = [e for e in p_ends if e is not None]
             neg = [q for it, ps in zip(items, p_pauses) if it["kind"] != "natural" for q in ps]
-            auc = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / len(pos) / len(neg)
             scored = [{**it, "pauses": [{**p, "eou": q} for p, q in zip(it["pauses"], ps)]}
                       for it, ps in zip(items, p_pauses)]
             cuts = [sum(cut(it, with_eou(holds, th)) for it in scored) for th in (0.1, 0.2, 0.3)]
-            lines.append(f"| {name} | {auc:.2f} | {' / '.join(str(sum(e >= th for e in pos)) for th in (0.1, 0.2, 0.3))}"
+            lines.append(f"| {name} | {auc(pos, neg):.2f} | {' / '.join(str(sum(e >= th for e in pos)) for th in (0.1, 0.2, 0.3))}"
                          f" of {len(pos)} | {' / '.join(f'{c}/{len(items)}' for c in cuts)} |")
     if os.environ.get("BENCH_TURNS_SMART_TURN"):
         smart_turn_scores(items, os.environ["BENCH_TURNS_SMART_TURN"])
